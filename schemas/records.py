@@ -1,0 +1,334 @@
+"""The records that cross a stage boundary, one model each.
+
+Deliberate choices:
+- Pydantic models, frozen and ``extra="forbid"``: a record read back from JSONL is validated, and
+  a new field is a schema change (here and in the JSON Schema file), never a loose dict key.
+- Every model's JSON Schema lives beside this file as ``<name>.schema.json``; ``generate.py``
+  rewrites them and a test fails when the committed files drift from these classes.
+- Lists stay lists (FAIL_TO_PASS is ``list[str]``); SWE-bench's JSON-in-a-string form is produced
+  only by the exporter.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    """Base of every record: immutable, strict about unknown keys, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str | bytes):  # noqa: ANN206 - returns cls
+        return cls.model_validate_json(text)
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class Comment(Record):
+    """A comment on an issue or pull request."""
+
+    author: str = ""
+    created_at: str = Field(description="ISO 8601, UTC")
+    body: str = ""
+
+
+class LinkedIssue(Record):
+    """An issue a PR closes. Title/body are empty when the source cannot fetch them (git)."""
+
+    repo: str = Field(description="owner/name of the repository the issue lives in")
+    number: int
+    title: str = ""
+    body: str = ""
+    created_at: str | None = None
+    comments: list[Comment] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- mine
+
+
+class PullRequest(Record):
+    """A merged pull request as mined from git history or GitHub."""
+
+    instance_id: str = Field(description="owner__repo-N, the SWE-bench convention")
+    repo: str = Field(description="owner/name")
+    repo_url: str = Field(description="local path or clone URL the diff and snapshot come from")
+    number: int
+    source: Literal["git", "github"]
+    title: str
+    body: str = ""
+    base_commit: str = Field(description="the commit the PR applies to (first parent of merge)")
+    head_commit: str | None = Field(default=None, description="PR branch tip, merge style only")
+    merge_commit: str
+    merge_style: Literal["merge", "squash", "rebase", "unknown"] = "unknown"
+    created_at: str = Field(description="ISO 8601, UTC; earliest PR commit for git sources")
+    merged_at: str
+    author: str = ""
+    author_association: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    commit_messages: list[str] = Field(default_factory=list)
+    linked_issues: list[LinkedIssue] = Field(default_factory=list)
+    comments: list[Comment] = Field(default_factory=list)
+    first_commit_at: str | None = Field(
+        default=None, description="date of the PR's first commit; hints are comments before it"
+    )
+    branch: str = Field(default="", description="the branch whose history it was found on")
+    changed_files: list[str] = Field(default_factory=list)
+    lines_added: int = 0
+    lines_deleted: int = 0
+    diff: str = Field(default="", description="git diff --binary base..merge, taken locally")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class Dockerfiles(Record):
+    base: str
+    env: str
+    instance: str
+
+
+class Environment(Record):
+    """How to build and test one task; enough to rebuild its image without smelter."""
+
+    python_version: str
+    base_image: str
+    env_image: str
+    instance_image: str
+    env_hash: str = Field(description="hash of dependency files + recipe; env images share it")
+    recipe: str = Field(description="name of the install-ladder rung that worked")
+    install_commands: list[str] = Field(default_factory=list)
+    pre_install: list[str] = Field(default_factory=list)
+    test_command: list[str] = Field(description="argv run inside the container, file ids appended")
+    test_files: list[str] = Field(default_factory=list)
+    exclude_newer: str | None = Field(default=None, description="resolver cutoff (PR date)")
+    frozen_requirements: list[str] = Field(default_factory=list)
+    dockerfiles: Dockerfiles
+    build_seconds: float = 0.0
+    env_cache_hit: bool = False
+    image_size_bytes: int | None = None
+    build_log_tail: str = ""
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+class Candidate(Record):
+    """A PR split into a code patch and a test patch, both applying at base_commit."""
+
+    instance_id: str
+    repo: str
+    repo_url: str
+    pull_number: int
+    base_commit: str
+    merge_commit: str
+    created_at: str
+    problem_statement: str = Field(description="raw: linked issues' text, else PR title + body")
+    hints_text: str = ""
+    patch: str = Field(description="non-test code hunks")
+    test_patch: str = Field(description="test-file hunks, binary fixtures included")
+    aux_patch: str = Field(default="", description="docs, changelog and other non-code files")
+    code_files: list[str] = Field(default_factory=list)
+    test_files: list[str] = Field(default_factory=list)
+    aux_files: list[str] = Field(default_factory=list)
+    linked_issues: list[LinkedIssue] = Field(default_factory=list)
+    pr_title: str = ""
+    pr_body: str = ""
+    source: Literal["git", "github"] = "git"
+    environment: Environment | None = None
+
+
+# --------------------------------------------------------------------------- validate
+
+
+class TestStatus(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+    ABSENT = "absent"
+
+
+TestStatus.__test__ = False  # type: ignore[attr-defined]  # not a pytest class despite its name
+
+
+class TestRun(Record):
+    """One pytest run in a fresh container."""
+
+    __test__: ClassVar[bool] = False  # not a pytest class despite its name
+
+    side: Literal["before", "after"]
+    attempt: int
+    exit_code: int | None
+    duration_seconds: float
+    statuses: dict[str, TestStatus] = Field(description="pytest node id -> status, from JUnit XML")
+    timed_out: bool = False
+    log_tail: str = ""
+
+
+class Validation(Record):
+    runs: list[TestRun] = Field(default_factory=list)
+    flaky: list[str] = Field(default_factory=list)
+    reruns_before: int = 2
+    reruns_after: int = 3
+    parser: str = "junit_v1"
+    test_script: str = Field(default="", description="exact script run in the container")
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- clean
+
+
+class Quality(Record):
+    raw_problem_statement: str
+    normalized_statement: str
+    rewritten_statement: str | None = None
+    used: Literal["raw", "normalized", "rewritten"] = "normalized"
+    specification_score: int | None = Field(default=None, ge=0, le=3)
+    test_alignment_score: int | None = Field(default=None, ge=0, le=3)
+    rationale: str = ""
+    leak_overlap: float | None = None
+    leak_rejected: bool = False
+    model: str | None = None
+    prompt_version: str | None = None
+    normalizer_version: str = "normalize_v1"
+
+
+class Provenance(Record):
+    source: Literal["git", "github"]
+    pull_number: int
+    pr_url: str = ""
+    merge_commit: str
+    linked_issues: list[int] = Field(default_factory=list)
+    smelter_version: str = ""
+    config_hash: str = ""
+
+
+# --------------------------------------------------------------------------- task
+
+
+class Task(Record):
+    """A validated task; field names are a superset of SWE-bench's."""
+
+    instance_id: str
+    repo: str
+    base_commit: str
+    patch: str
+    test_patch: str
+    problem_statement: str
+    hints_text: str = ""
+    created_at: str
+    version: str = ""
+    environment_setup_commit: str = ""
+    FAIL_TO_PASS: list[str]
+    PASS_TO_PASS: list[str] = Field(default_factory=list)
+    environment: Environment
+    validation: Validation
+    quality: Quality | None = None
+    provenance: Provenance
+
+
+# --------------------------------------------------------------------------- rejects
+
+
+class Reason(enum.StrEnum):
+    """Every reason a record can leave the pipeline; the funnel report counts these."""
+
+    # mine
+    NO_TEST_CHANGES = "no_test_changes"
+    NO_CODE_CHANGES = "no_code_changes"
+    TOO_MANY_FILES = "too_many_files"
+    TOO_MANY_LINES = "too_many_lines"
+    OUT_OF_DATE_RANGE = "out_of_date_range"
+    NO_LINKED_ISSUE = "no_linked_issue"
+    BOT_AUTHOR = "bot_author"
+    LICENSE_NOT_ALLOWED = "license_not_allowed"
+    NOT_MERGED = "not_merged"
+    DUPLICATE = "duplicate"
+    # snapshot
+    REPO_UNAVAILABLE = "repo_unavailable"
+    DIFF_FAILED = "diff_failed"
+    UNDECODABLE_DIFF = "undecodable_diff"
+    PATCH_DOES_NOT_APPLY = "patch_does_not_apply"
+    EMPTY_PATCH = "empty_patch"
+    # environment
+    NO_PYTHON_VERSION = "no_python_version"
+    BUILD_FAILED = "build_failed"
+    INSTALL_FAILED = "install_failed"
+    IMPORT_FAILED = "import_failed"
+    COLLECTION_FAILED = "collection_failed"
+    ENGINE_ERROR = "engine_error"
+    # validate
+    PASSES_BEFORE = "passes_before"
+    FAILS_AFTER = "fails_after"
+    PASS_TO_FAIL = "pass_to_fail"
+    COLLECTION_ERROR = "collection_error"
+    TIMEOUT = "timeout"
+    INFRASTRUCTURE = "infrastructure"
+    ALL_FLAKY = "all_flaky"
+    NO_TESTS_RUN = "no_tests_run"
+    # clean
+    STATEMENT_TOO_SHORT = "statement_too_short"
+    UNDER_SPECIFIED = "under_specified"
+    TESTS_MISALIGNED = "tests_misaligned"
+    LLM_ERROR = "llm_error"
+    # render / tokenize / pack
+    TOO_LONG = "too_long"
+    TOKENIZE_FAILED = "tokenize_failed"
+    # any stage: an unexpected error confined to one record
+    INTERNAL_ERROR = "internal_error"
+
+
+class Rejection(Record):
+    """A record that left the pipeline, and why; the dead-letter output of every stage."""
+
+    instance_id: str
+    stage: str
+    reason: Reason
+    detail: str = ""
+    repo: str = ""
+
+
+# --------------------------------------------------------------------------- training
+
+
+class Sample(Record):
+    """A rendered, tokenized training document."""
+
+    instance_id: str
+    text: str
+    input_ids: list[int]
+    loss_mask: list[int]
+    tokenizer: str
+    template: str = "chatml_v1"
+
+
+class ShardRow(Record):
+    """One packed sequence as stored in a Parquet shard."""
+
+    input_ids: list[int]
+    position_ids: list[int]
+    loss_mask: list[int]
+    doc_lengths: list[int]
+    doc_ids: list[str]
+    num_tokens: int
+
+
+RECORDS: dict[str, type[Record]] = {
+    "pull_request": PullRequest,
+    "candidate": Candidate,
+    "environment": Environment,
+    "task": Task,
+    "rejection": Rejection,
+    "sample": Sample,
+    "shard_row": ShardRow,
+}

@@ -1,0 +1,209 @@
+"""What every stage shares: the error tiers, the dead-letter tag, the stage DoFn shell and its cache.
+
+Deliberate choices:
+- Three error tiers. ``Rejected`` is this record's fault and becomes a ``Rejection`` on the
+  ``rejects`` output; ``Retryable`` is retried inside adapters and only surfaces after the
+  retries are spent; ``Fatal`` (bad config, no engine) stops the run with a one-line message.
+  Any other exception inside ``process`` is confined to its record (``internal_error``, with the
+  traceback tail as detail) so one odd PR never kills a batch job.
+- The per-stage cache is keyed by (instance_id, stage, hash of stage config + input record): a
+  re-run with the same inputs does no work, a changed input or config recomputes. Outcomes are
+  written with Beam's FileSystems so the cache may live on GCS/S3 as well as on local disk.
+- ``StageFn`` keeps only picklable state; subclasses open their clients in ``setup_stage``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from smelter.schemas import RECORDS, Reason, Record, Rejection
+
+log = logging.getLogger(__name__)
+
+REJECTS = "rejects"
+CACHE_FORMAT = 1
+
+
+class Rejected(Exception):
+    """This record cannot go on; it becomes a Rejection. Carries the reason and a short detail."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+class Retryable(Exception):
+    """A transient failure (rate limit, engine hiccup) that an adapter may retry."""
+
+
+class Fatal(Exception):
+    """The run cannot go on (bad config, no Docker engine); shown as one line, exit non-zero."""
+
+
+def tail(text: str, limit: int = 4000) -> str:
+    """The end of a log, where the error usually is; capped so records stay small."""
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Content hash of JSON-able parts (dataclasses and records included), stable across runs."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, Record):
+            return obj.model_dump(mode="json")
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        if isinstance(obj, set | frozenset):
+            return sorted(obj)
+        return str(obj)
+
+    blob = json.dumps(parts, sort_keys=True, default=default, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def record_kind(record: Record) -> str:
+    for name, cls in RECORDS.items():
+        if type(record) is cls:
+            return name
+    raise TypeError(f"not a top-level record: {type(record).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCache:
+    """Stage outcomes on a (possibly remote) filesystem, one JSON file per (stage, key)."""
+
+    root: str
+
+    def _path(self, stage: str, instance_id: str, key: str) -> str:
+        return FileSystems.join(self.root, stage, f"{instance_id}.{key}.json")
+
+    def get(self, stage: str, instance_id: str, key: str) -> list[Record | Rejection] | None:
+        path = self._path(stage, instance_id, key)
+        try:
+            if not FileSystems.exists(path):
+                return None
+            with FileSystems.open(path) as f:
+                doc = json.loads(f.read())
+        except (OSError, ValueError) as e:  # a torn or unreadable entry is a miss, not a crash
+            log.warning("ignoring unreadable cache entry %s: %s", path, e)
+            return None
+        if doc.get("format") != CACHE_FORMAT:
+            return None
+        return [RECORDS[kind].model_validate(body) for kind, body in doc["outcomes"]]
+
+    def put(self, stage: str, instance_id: str, key: str, outcomes: list[Record]) -> None:
+        path = self._path(stage, instance_id, key)
+        doc = {
+            "format": CACHE_FORMAT,
+            "outcomes": [[record_kind(o), o.model_dump(mode="json")] for o in outcomes],
+        }
+        tmp = f"{path}.tmp"
+        # Write-then-rename: a run killed mid-write leaves no half entry that looks complete.
+        with FileSystems.create(tmp) as f:
+            f.write(json.dumps(doc).encode())
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+
+
+class StageFn(beam.DoFn):
+    """Shell shared by every stage: cache, rejection routing, per-reason counters.
+
+    Subclasses set ``STAGE``, keep picklable config in ``__init__`` and implement ``run``.
+    """
+
+    STAGE: ClassVar[str] = ""
+
+    def __init__(self, config: Any, cache_root: str | None = None) -> None:
+        self._config = config
+        self._cache_root = cache_root
+        self._config_hash = stable_hash(self.STAGE, config)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def setup_stage(self) -> None:
+        """Open connections (Docker, HTTP, git mirrors) here, never in __init__."""
+
+    def teardown_stage(self) -> None:
+        """Close what setup_stage opened."""
+
+    def run(self, record: Any) -> Iterable[Record]:
+        raise NotImplementedError
+
+    def instance_id_of(self, record: Any) -> str:
+        return getattr(record, "instance_id", "") or str(record)
+
+    def cache_key(self, record: Any) -> str | None:
+        """Key of this record's outcome; None disables caching for it."""
+        if isinstance(record, Record):
+            return stable_hash(self._config_hash, record)
+        return None
+
+    # -- Beam ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._cache = StageCache(self._cache_root) if self._cache_root else None
+        self.setup_stage()
+
+    def teardown(self) -> None:
+        self.teardown_stage()
+
+    def process(self, record: Any) -> Iterator[Any]:
+        instance_id = self.instance_id_of(record)
+        key = self.cache_key(record) if self._cache else None
+        if self._cache and key:
+            cached = self._cache.get(self.STAGE, instance_id, key)
+            if cached is not None:
+                Metrics.counter(self.STAGE, "cache_hits").inc()
+                yield from self._emit(cached)
+                return
+        outcomes = self._outcomes(record, instance_id)
+        if self._cache and key:
+            self._cache.put(self.STAGE, instance_id, key, outcomes)
+        yield from self._emit(outcomes)
+
+    def _outcomes(self, record: Any, instance_id: str) -> list[Record]:
+        repo = getattr(record, "repo", "")
+        try:
+            return list(self.run(record))
+        except Rejected as r:  # a fault of this record only
+            return [Rejection(instance_id=instance_id, stage=self.STAGE, reason=r.reason,
+                              detail=tail(r.detail, 2000), repo=repo)]
+        except Fatal:
+            raise
+        except Exception as e:  # noqa: BLE001 - confined to the record, never lost
+            log.exception("%s: unexpected error on %s", self.STAGE, instance_id)
+            detail = f"{type(e).__name__}: {e}\n{tail(traceback.format_exc(), 1500)}"
+            return [Rejection(instance_id=instance_id, stage=self.STAGE,
+                              reason=Reason.INTERNAL_ERROR, detail=detail, repo=repo)]
+
+    def _emit(self, outcomes: list[Record]) -> Iterator[Any]:
+        for o in outcomes:
+            if isinstance(o, Rejection):
+                Metrics.counter(self.STAGE, f"rejected_{o.reason.value}").inc()
+                yield TaggedOutput(REJECTS, o)
+            else:
+                Metrics.counter(self.STAGE, "ok").inc()
+                yield o
+
+
+class Stage(beam.PTransform):
+    """Applies a StageFn and returns (main, rejects), the shape every stage has in the graph."""
+
+    def __init__(self, fn: StageFn, label: str | None = None) -> None:
+        super().__init__(label or fn.STAGE)
+        self._fn = fn
+
+    def expand(self, pcoll: Any) -> tuple[Any, Any]:
+        out = pcoll | beam.ParDo(self._fn).with_outputs(REJECTS, main="main")
+        return out.main, out[REJECTS]
