@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smelter: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("smelter: interrupted; finished records are cached, re-run to resume", file=sys.stderr)
+        print(
+            "smelter: interrupted; finished records are cached, re-run to resume", file=sys.stderr
+        )
         return 130
     except BrokenPipeError:
         # Output piped into `head`: stop quietly, as other command-line tools do.

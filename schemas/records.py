@@ -27,7 +27,7 @@ class Record(BaseModel):
         return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str | bytes):  # noqa: ANN206 - returns cls
+    def from_json(cls, text: str | bytes):
         return cls.model_validate_json(text)
 
 

@@ -43,31 +43,67 @@ def _env() -> Environment:
 
 EXAMPLES = {
     "pull_request": PullRequest(
-        instance_id="acme__demo-1", repo="acme/demo", repo_url="/tmp/demo", number=1,
-        source="git", title="Fix it (#1)", base_commit="a" * 40, merge_commit="b" * 40,
-        created_at="2024-01-01T00:00:00Z", merged_at="2024-01-02T00:00:00Z",
+        instance_id="acme__demo-1",
+        repo="acme/demo",
+        repo_url="/tmp/demo",
+        number=1,
+        source="git",
+        title="Fix it (#1)",
+        base_commit="a" * 40,
+        merge_commit="b" * 40,
+        created_at="2024-01-01T00:00:00Z",
+        merged_at="2024-01-02T00:00:00Z",
     ),
     "candidate": Candidate(
-        instance_id="acme__demo-1", repo="acme/demo", repo_url="/tmp/demo", pull_number=1,
-        base_commit="a" * 40, merge_commit="b" * 40, created_at="2024-01-01T00:00:00Z",
-        problem_statement="It breaks", patch="diff --git a/x b/x\n", test_patch="",
+        instance_id="acme__demo-1",
+        repo="acme/demo",
+        repo_url="/tmp/demo",
+        pull_number=1,
+        base_commit="a" * 40,
+        merge_commit="b" * 40,
+        created_at="2024-01-01T00:00:00Z",
+        problem_statement="It breaks",
+        patch="diff --git a/x b/x\n",
+        test_patch="",
         environment=_env(),
     ),
     "environment": _env(),
     "task": Task(
-        instance_id="acme__demo-1", repo="acme/demo", base_commit="a" * 40, patch="p",
-        test_patch="t", problem_statement="s", created_at="2024-01-01T00:00:00Z",
-        FAIL_TO_PASS=["tests/test_x.py::test_a"], PASS_TO_PASS=[], environment=_env(),
-        validation=Validation(runs=[TestRun(side="before", attempt=0, exit_code=1,
-                                            duration_seconds=0.5,
-                                            statuses={"tests/test_x.py::test_a": TestStatus.FAILED})]),
+        instance_id="acme__demo-1",
+        repo="acme/demo",
+        base_commit="a" * 40,
+        patch="p",
+        test_patch="t",
+        problem_statement="s",
+        created_at="2024-01-01T00:00:00Z",
+        FAIL_TO_PASS=["tests/test_x.py::test_a"],
+        PASS_TO_PASS=[],
+        environment=_env(),
+        validation=Validation(
+            runs=[
+                TestRun(
+                    side="before",
+                    attempt=0,
+                    exit_code=1,
+                    duration_seconds=0.5,
+                    statuses={"tests/test_x.py::test_a": TestStatus.FAILED},
+                )
+            ]
+        ),
         provenance=Provenance(source="git", pull_number=1, merge_commit="b" * 40),
     ),
     "rejection": Rejection(instance_id="acme__demo-2", stage="mine", reason=Reason.NO_TEST_CHANGES),
-    "sample": Sample(instance_id="acme__demo-1", text="hi", input_ids=[1, 2], loss_mask=[0, 1],
-                     tokenizer="qwen"),
-    "shard_row": ShardRow(input_ids=[1, 2], position_ids=[0, 1], loss_mask=[0, 1],
-                          doc_lengths=[2], doc_ids=["acme__demo-1"], num_tokens=2),
+    "sample": Sample(
+        instance_id="acme__demo-1", text="hi", input_ids=[1, 2], loss_mask=[0, 1], tokenizer="qwen"
+    ),
+    "shard_row": ShardRow(
+        input_ids=[1, 2],
+        position_ids=[0, 1],
+        loss_mask=[0, 1],
+        doc_lengths=[2],
+        doc_ids=["acme__demo-1"],
+        num_tokens=2,
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""What every stage shares: the error tiers, the dead-letter tag, the stage DoFn shell and its cache.
+"""What every stage shares: error tiers, the dead-letter tag, the stage DoFn shell, its cache.
 
 Deliberate choices:
 - Three error tiers. ``Rejected`` is this record's fault and becomes a ``Rejection`` on the
@@ -18,6 +18,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -129,7 +131,14 @@ class StageFn(beam.DoFn):
     def __init__(self, config: Any, cache_root: str | None = None) -> None:
         self._config = config
         self._cache_root = cache_root
+        self._progress_dir: str | None = None
         self._config_hash = stable_hash(self.STAGE, config)
+
+    def attach(self, cache_root: str | None, progress_dir: str | None = None) -> StageFn:
+        """Set where outcomes are cached and progress is ticked; called by the graph builder."""
+        self._cache_root = cache_root
+        self._progress_dir = progress_dir
+        return self
 
     # -- hooks ---------------------------------------------------------------------------------
     def setup_stage(self) -> None:
@@ -153,10 +162,25 @@ class StageFn(beam.DoFn):
     # -- Beam ----------------------------------------------------------------------------------
     def setup(self) -> None:
         self._cache = StageCache(self._cache_root) if self._cache_root else None
+        self._ticks = None
+        if self._progress_dir:
+            # One append-only file per worker: the CLI sums their sizes to draw progress, which
+            # works across DirectRunner's worker processes without any shared state.
+            os.makedirs(self._progress_dir, exist_ok=True)
+            name = f"{self.STAGE}.{os.getpid()}.{id(self)}.ticks"
+            self._ticks = open(os.path.join(self._progress_dir, name), "a")  # noqa: SIM115
+        self._seconds = Metrics.distribution(self.STAGE, "record_ms")
         self.setup_stage()
 
     def teardown(self) -> None:
         self.teardown_stage()
+        if getattr(self, "_ticks", None):
+            self._ticks.close()
+
+    def _tick(self, mark: str) -> None:
+        if self._ticks:
+            self._ticks.write(mark)
+            self._ticks.flush()
 
     def process(self, record: Any) -> Iterator[Any]:
         instance_id = self.instance_id_of(record)
@@ -165,11 +189,15 @@ class StageFn(beam.DoFn):
             cached = self._cache.get(self.STAGE, instance_id, key)
             if cached is not None:
                 Metrics.counter(self.STAGE, "cache_hits").inc()
+                self._tick("c")
                 yield from self._emit(cached)
                 return
+        start = time.monotonic()
         outcomes = self._outcomes(record, instance_id)
+        self._seconds.update(int((time.monotonic() - start) * 1000))
         if self._cache and key:
             self._cache.put(self.STAGE, instance_id, key, outcomes)
+        self._tick("r" if all(isinstance(o, Rejection) for o in outcomes) and outcomes else "o")
         yield from self._emit(outcomes)
 
     def _outcomes(self, record: Any, instance_id: str) -> list[Record]:
@@ -177,15 +205,29 @@ class StageFn(beam.DoFn):
         try:
             return list(self.run(record))
         except Rejected as r:  # a fault of this record only
-            return [Rejection(instance_id=instance_id, stage=self.STAGE, reason=r.reason,
-                              detail=tail(r.detail, 2000), repo=repo)]
+            return [
+                Rejection(
+                    instance_id=instance_id,
+                    stage=self.STAGE,
+                    reason=r.reason,
+                    detail=tail(r.detail, 2000),
+                    repo=repo,
+                )
+            ]
         except Fatal:
             raise
-        except Exception as e:  # noqa: BLE001 - confined to the record, never lost
+        except Exception as e:  # confined to the record, never lost
             log.exception("%s: unexpected error on %s", self.STAGE, instance_id)
             detail = f"{type(e).__name__}: {e}\n{tail(traceback.format_exc(), 1500)}"
-            return [Rejection(instance_id=instance_id, stage=self.STAGE,
-                              reason=Reason.INTERNAL_ERROR, detail=detail, repo=repo)]
+            return [
+                Rejection(
+                    instance_id=instance_id,
+                    stage=self.STAGE,
+                    reason=Reason.INTERNAL_ERROR,
+                    detail=detail,
+                    repo=repo,
+                )
+            ]
 
     def _emit(self, outcomes: list[Record]) -> Iterator[Any]:
         for o in outcomes:

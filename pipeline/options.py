@@ -1,0 +1,193 @@
+"""Options: stage config dataclasses become flags and TOML keys; Beam's own options pass through.
+
+Deliberate choices:
+- Each stage owns a frozen config dataclass whose fields carry their help text
+  (``field(metadata={"help": ...})``). This module turns those fields into ``--field-name`` flags
+  and ``[section] field_name = …`` TOML keys, so one definition serves the CLI, the config file,
+  ``--dry-run`` and the run manifest. Transforms never see argparse or PipelineOptions.
+- Precedence: defaults < config file < flags.
+- Arguments we do not know are handed to Beam only if a Beam ``PipelineOptions`` subclass knows
+  them (``--runner``, ``--direct_num_workers``…); anything else is a one-line usage error instead
+  of Beam's silent "discarding unparseable args".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from smelter.transforms.common import Fatal
+
+# section name -> (module, class). Order is the order of stages and of --help groups.
+STAGE_CONFIGS: dict[str, tuple[str, str]] = {
+    "mine": ("smelter.transforms.mine_git", "MineConfig"),
+    "github": ("smelter.transforms.github_source", "GitHubConfig"),
+    "snapshot": ("smelter.transforms.snapshot", "SnapshotConfig"),
+    "environment": ("smelter.transforms.environment", "EnvConfig"),
+    "validate": ("smelter.transforms.validate", "ValidateConfig"),
+    "clean": ("smelter.transforms.clean", "CleanConfig"),
+    "pack": ("smelter.transforms.shards", "PackConfig"),
+}
+
+
+def load_config_classes() -> dict[str, type]:
+    """The stage config classes that are installed (a missing module is skipped)."""
+    found: dict[str, type] = {}
+    for section, (module_name, cls_name) in STAGE_CONFIGS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        cls = getattr(module, cls_name, None)
+        if cls is not None:
+            found[section] = cls
+    return found
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Convert a TOML/flag value to a field's declared type, with a clear error if impossible."""
+    base, _ = _unwrap_optional(tp)
+    if value is None:
+        return None
+    if typing.get_origin(base) is tuple:
+        items = value if isinstance(value, list | tuple) else [value]
+        (item_type, *_) = typing.get_args(base) or (str,)
+        return tuple(item_type(v) for v in items)
+    if base is bool:
+        if isinstance(value, str):
+            return value.lower() in {"1", "true", "yes", "on"}
+        return bool(value)
+    if isinstance(base, type) and not isinstance(value, base):
+        return base(value)
+    return value
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, classes: dict[str, type]) -> None:
+    """One argument group per stage config; every field becomes a flag defaulting to None."""
+    seen: dict[str, str] = {}
+    for section, cls in classes.items():
+        group = parser.add_argument_group(f"{section} options")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("cli") is False:
+                continue
+            if f.name in seen:
+                raise RuntimeError(f"config field {f.name!r} in both {seen[f.name]} and {section}")
+            seen[f.name] = section
+            base, _ = _unwrap_optional(hints[f.name])
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            help_text = f.metadata.get("help", "")
+            help_text = f"{help_text} (default: {default!r})" if help_text else None
+            kwargs: dict[str, Any] = {
+                "dest": f"{section}.{f.name}",
+                "default": None,
+                "help": help_text,
+            }
+            if base is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(base) is tuple:
+                kwargs["nargs"] = "+"
+                kwargs["metavar"] = f.name.upper()
+            else:
+                kwargs["type"] = base if base in (int, float) else str
+                kwargs["metavar"] = f.name.rsplit("_", 1)[-1].upper()
+            group.add_argument(flag_name(f.name), **kwargs)
+
+
+def read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
+    if not path:
+        return {}
+    try:
+        with Path(path).open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise Fatal(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise Fatal(f"cannot read config file {path}: {e}") from None
+    if not all(isinstance(v, dict) for v in doc.values()):
+        raise Fatal(f"{path}: expected only [sections] at top level, like [validate]")
+    return doc
+
+
+def build_stage_configs(
+    args: argparse.Namespace, classes: dict[str, type], file_doc: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Instantiate every stage config from defaults < file section < flags."""
+    configs: dict[str, Any] = {}
+    known_sections = set(classes) | {"run"}
+    for section in file_doc:
+        if section not in known_sections:
+            known = ", ".join(sorted(known_sections))
+            raise Fatal(f"config file: unknown section [{section}] (known: {known})")
+    for section, cls in classes.items():
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in file_doc.get(section, {}).items():
+            if key not in names:
+                raise Fatal(f"config file: unknown key {key!r} in [{section}]")
+            values[key] = value
+        for name in names:
+            flag_value = getattr(args, f"{section}.{name}", None)
+            if flag_value is not None:
+                values[name] = flag_value
+        try:
+            coerced = {k: _coerce(hints[k], v) for k, v in values.items()}
+            configs[section] = cls(**coerced)
+        except (TypeError, ValueError) as e:
+            raise Fatal(f"bad value in [{section}] options: {e}") from None
+    return configs
+
+
+def _beam_option_classes() -> list[type[PipelineOptions]]:
+    out: list[type[PipelineOptions]] = []
+    todo = list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> PipelineOptions:
+    """Beam options from leftover flags; unknown flags are a usage error, not a silent drop.
+
+    ``default_flags`` come first so a user's flag of the same name (argparse: last one wins)
+    overrides them.
+    """
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in _beam_option_classes():
+        try:
+            cls._add_argparse_args(parser)  # type: ignore[attr-defined]
+        except argparse.ArgumentError:
+            continue  # several Beam classes register the same flag
+    _, unknown = parser.parse_known_args(list(extra))
+    if unknown:
+        raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
+    return PipelineOptions([*default_flags, *extra])
