@@ -3,7 +3,9 @@
 Sub-commands live in their own modules (``COMMAND_MODULES``); each exposes
 ``register(subparsers) -> None`` and sets ``func=handler`` on its parser with
 ``parser.set_defaults(func=...)``. Handlers take the parsed ``argparse.Namespace`` and return an
-exit code. Modules are imported lazily so ``smelter --help`` stays fast and one broken optional
+exit code. A command that runs a Beam pipeline sets ``accepts_beam_flags=True``: the arguments
+argparse does not know are then handed over as ``args.beam_flags`` (and checked against Beam's
+own options) instead of being refused. Modules are imported lazily so one broken optional
 component does not take the whole CLI down.
 """
 
@@ -16,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from smelter.transforms.common import Fatal
+from smelter.transforms.errors import Fatal
 
 # Order = order in --help.
 COMMAND_MODULES = [
@@ -56,12 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropBeamImportNoise(logging.Filter):
+    """Beam warns about optional GCP client libraries on import; users cannot act on it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamImportNoise())
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_beam_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_flags = extra
+    logging.getLogger().setLevel(
+        [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     )
     if not getattr(args, "func", None):
         parser.print_help()

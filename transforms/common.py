@@ -30,28 +30,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from smelter.schemas import RECORDS, Reason, Record, Rejection
+from smelter.transforms.errors import Fatal, Rejected, Retryable
 
 log = logging.getLogger(__name__)
 
 REJECTS = "rejects"
+__all__ = ["REJECTS", "Fatal", "Rejected", "Retryable", "Stage", "StageCache", "StageFn"]
 CACHE_FORMAT = 1
-
-
-class Rejected(Exception):
-    """This record cannot go on; it becomes a Rejection. Carries the reason and a short detail."""
-
-    def __init__(self, reason: Reason, detail: str = "") -> None:
-        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
-        self.reason = reason
-        self.detail = detail
-
-
-class Retryable(Exception):
-    """A transient failure (rate limit, engine hiccup) that an adapter may retry."""
-
-
-class Fatal(Exception):
-    """The run cannot go on (bad config, no Docker engine); shown as one line, exit non-zero."""
 
 
 def tail(text: str, limit: int = 4000) -> str:

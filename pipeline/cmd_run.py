@@ -1,0 +1,315 @@
+"""``smelter run``, ``mine`` and ``demo``: resolve options, run the graph, summarise.
+
+Deliberate choices:
+- The default runner is Beam's DirectRunner in multi-process mode; any standard Beam option
+  (``--runner``, ``--direct_num_workers``, ``--project``…) passes through unchanged.
+- Input validation happens before Beam starts, so a path that is not a repository is one line
+  on stderr, not a worker traceback.
+- ``run.json`` records the resolved configuration (never a secret: configs hold the *names* of
+  environment variables, not their values), versions and per-stage time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from smelter.pipeline import options as opts
+from smelter.pipeline.graph import STAGES, RunPlan
+from smelter.pipeline.outputs import ProgressWatcher, compute_funnel, funnel_table, write_json
+from smelter.transforms.common import Fatal
+
+DEFAULT_OUT = "out"
+
+
+def _add_common(parser: argparse.ArgumentParser, *, with_sources: bool = True) -> None:
+    if with_sources:
+        src = parser.add_argument_group("sources")
+        src.add_argument(
+            "--repo",
+            action="append",
+            default=[],
+            metavar="PATH_OR_URL",
+            help="a git repository (local path or clone URL) to mine; repeatable",
+        )
+        src.add_argument(
+            "--repos-file", metavar="FILE", help="a file with one repository path/URL per line"
+        )
+        src.add_argument(
+            "--repo-name",
+            metavar="OWNER/NAME",
+            help="name to use for a single --repo (default: from its remote URL or folder)",
+        )
+        try:
+            from smelter.pipeline.github_cli import add_github_arguments
+        except ModuleNotFoundError:
+            pass
+        else:
+            add_github_arguments(src)
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT}/)"
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML config file with [mine], [validate]… sections; flags override it",
+    )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute every stage instead of reusing OUT/.cache",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="DirectRunner worker processes (default: number of cores)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved configuration and exit without running",
+    )
+    opts.add_stage_arguments(parser, opts.load_config_classes())
+
+
+def register(sub: Any) -> None:
+    epilog = (
+        "Any standard Apache Beam pipeline option (e.g. --runner=FlinkRunner, "
+        "--direct_running_mode=in_memory) is passed through to Beam."
+    )
+    run = sub.add_parser(
+        "run",
+        help="mine, snapshot, build, validate, clean and pack",
+        description="Run the whole pipeline (or up to --until) on repositories.",
+        epilog=epilog,
+    )
+    _add_common(run)
+    run.add_argument(
+        "--until", choices=STAGES, default="pack", help="last stage to run (default: pack)"
+    )
+    run.set_defaults(func=cmd_run, accepts_beam_flags=True)
+
+    mine = sub.add_parser(
+        "mine",
+        help="mine merged PRs and split them into candidates",
+        description="Mine merged pull requests and snapshot them into "
+        "candidates (patch + test_patch); no Docker needed.",
+        epilog=epilog,
+    )
+    _add_common(mine)
+    mine.set_defaults(func=cmd_run, until="snapshot", accepts_beam_flags=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="create the demo repository and run everything on it",
+        description="Create the bundled demo repository (deterministic, at "
+        "run time) and run the whole pipeline on it.",
+        epilog=epilog,
+    )
+    _add_common(demo, with_sources=False)
+    demo.add_argument(
+        "--until", choices=STAGES, default="pack", help="last stage to run (default: pack)"
+    )
+    demo.set_defaults(func=cmd_demo, accepts_beam_flags=True)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("git@")
+
+
+def check_repository(url: str) -> None:
+    """Refuse a local path that is not a git repository before Beam starts."""
+    if _is_remote(url):
+        return
+    path = Path(url)
+    if not path.exists():
+        raise Fatal(f"repository not found: {url}")
+    proc = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--git-dir"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise Fatal(f"not a git repository: {url}")
+
+
+def repo_urls(args: argparse.Namespace) -> list[str]:
+    urls = list(getattr(args, "repo", []) or [])
+    if getattr(args, "repos_file", None):
+        try:
+            lines = Path(args.repos_file).read_text().splitlines()
+        except OSError as e:
+            raise Fatal(f"cannot read --repos-file {args.repos_file}: {e.strerror}") from None
+        urls += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    for url in urls:
+        check_repository(url)
+    return [u if _is_remote(u) else str(Path(u).resolve()) for u in urls]
+
+
+def make_plan(args: argparse.Namespace, until: str, urls: list[str]) -> RunPlan:
+    from smelter.transforms.mine_git import RepoSpec
+
+    classes = opts.load_config_classes()
+    configs = opts.build_stage_configs(args, classes, opts.read_config_file(args.config))
+    name = getattr(args, "repo_name", None)
+    if name and len(urls) != 1:
+        raise Fatal("--repo-name needs exactly one --repo")
+    specs = tuple(RepoSpec.from_url(u, name=name) for u in urls)
+    github_repos = tuple(getattr(args, "github", None) or ())
+    github_query = getattr(args, "github_query", None)
+    if not specs and not github_repos and not github_query:
+        raise Fatal("nothing to mine: give --repo PATH_OR_URL, --repos-file or --github OWNER/REPO")
+    return RunPlan(
+        out_dir=str(Path(args.out).resolve()) if "://" not in args.out else args.out,
+        until=until,
+        repo_specs=specs,
+        github_repos=github_repos,
+        github_query=github_query,
+        cache=not args.no_cache,
+        progress=not args.no_progress,
+        configs=configs,
+    )
+
+
+def describe(plan: RunPlan) -> dict[str, Any]:
+    """The resolved plan as JSON-able data (for --dry-run and run.json)."""
+    return {
+        "out_dir": plan.out_dir,
+        "until": plan.until,
+        "repos": [dataclasses.asdict(s) for s in plan.repo_specs],
+        "github_repos": list(plan.github_repos),
+        "github_query": plan.github_query,
+        "cache": plan.cache,
+        "config": {k: dataclasses.asdict(v) for k, v in plan.configs.items()},
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("swe-smelter", "apache-beam", "docker", "pygithub", "datasets", "polars"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def _stage_seconds(result: Any) -> dict[str, float]:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    seconds: dict[str, float] = {}
+    try:
+        query = result.metrics().query(MetricsFilter().with_name("record_ms"))
+    except Exception:  # some runners do not support metric queries
+        return seconds
+    for d in query["distributions"]:
+        ns = d.key.metric.namespace
+        seconds[ns] = seconds.get(ns, 0.0) + d.committed.sum / 1000.0
+    return seconds
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[str, Any]:
+    """Run the graph for ``plan``; returns the funnel. Also used by tests and benchmarks."""
+    import apache_beam as beam
+
+    from smelter.pipeline import graph
+
+    out = Path(plan.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    default_flags = [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers or os.cpu_count() or 1}",
+    ]
+    options = opts.beam_options(beam_flags, default_flags)
+    console = Console(stderr=True)
+    stages = [s for s in STAGES if plan.includes(s)]
+    start = time.time()
+    with ProgressWatcher(plan.progress_dir, stages, console):
+        p = beam.Pipeline(options=options)
+        graph.build(p, plan)
+        result = p.run()
+        result.wait_until_finish()
+    wall = time.time() - start
+    funnel = compute_funnel(out, plan.until)
+    write_json(out / "funnel.json", funnel)
+    write_json(
+        out / "run.json",
+        {
+            "plan": describe(plan),
+            "versions": _versions(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+            "wall_seconds": round(wall, 2),
+            "stage_seconds": _stage_seconds(result),
+            "argv": [
+                a for a in sys.argv[1:] if "token" not in a.lower() and "key" not in a.lower()
+            ],
+        },
+    )
+    return funnel
+
+
+def _secret_like(arg: str) -> bool:
+    return any(word in arg.lower() for word in ("token", "key", "secret", "password"))
+
+
+def _report(funnel: dict[str, Any], plan: RunPlan) -> int:
+    console = Console()
+    console.print(funnel_table(funnel))
+    files = funnel["files"]
+    console.print(
+        f"{files['pull_requests']} PRs mined, {files['candidates']} candidates, "
+        f"{files['tasks']} tasks -> {plan.out_dir}"
+    )
+    problems = 0
+    if funnel["unaccounted"]:
+        console.print(f"[red]unaccounted records:[/red] {', '.join(funnel['unaccounted'])}")
+        problems += 1
+    if funnel["duplicated"]:
+        console.print(f"[red]records ended twice:[/red] {', '.join(funnel['duplicated'])}")
+        problems += 1
+    return 1 if problems else 0
+
+
+def _run_plan(args: argparse.Namespace, plan: RunPlan) -> int:
+    if args.dry_run:
+        import json
+
+        print(json.dumps(describe(plan), indent=2, sort_keys=True, default=str))
+        return 0
+    funnel = execute(plan, args.beam_flags, args.workers)
+    return _report(funnel, plan)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    plan = make_plan(args, args.until, repo_urls(args))
+    return _run_plan(args, plan)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from smelter.pipeline.demo_source import create_demo_repo
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    demo = create_demo_repo(out / "demo-repo")
+    Console(stderr=True).print(f"demo repository: {demo.path} ({demo.name})")
+    args.repo_name = demo.name
+    plan = make_plan(args, args.until, [str(demo.path)])
+    return _run_plan(args, plan)

@@ -1,0 +1,130 @@
+"""The Beam graph: one labelled line per stage, each giving (ok, rejects); rejects flatten once.
+
+Deliberate choices:
+- ``Reshuffle`` after mining: one repository yields all its PRs in one bundle, and without a
+  reshuffle the runner fuses every later stage onto that bundle, so nothing runs in parallel.
+- Stages after ``plan.until`` are not added at all, so ``smelter mine`` never touches Docker.
+- Outputs are plain JSONL of the record models (one file each), written through Beam's sinks so
+  the same graph writes to GCS/S3 on a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import apache_beam as beam
+
+from smelter.transforms.common import Stage, StageFn
+
+STAGES = ("mine", "snapshot", "environment", "validate", "clean", "render", "pack")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything one run needs, resolved from flags and config file; printed by --dry-run."""
+
+    out_dir: str
+    until: str
+    repo_specs: tuple[Any, ...]
+    github_repos: tuple[str, ...] = ()
+    github_query: str | None = None
+    cache: bool = True
+    progress: bool = True
+    configs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def includes(self, stage: str) -> bool:
+        return STAGES.index(stage) <= STAGES.index(self.until)
+
+    @property
+    def cache_dir(self) -> str | None:
+        return f"{self.out_dir.rstrip('/')}/.cache" if self.cache else None
+
+    @property
+    def progress_dir(self) -> str | None:
+        return f"{self.out_dir.rstrip('/')}/.progress" if self.progress else None
+
+
+class WriteJsonl(beam.PTransform):
+    """Records -> one JSONL file at ``path`` (an empty file when there are none)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def expand(self, pcoll: Any) -> Any:
+        return (
+            pcoll
+            | "ToJson" >> beam.Map(lambda r: r.to_json())
+            | "Write" >> beam.io.WriteToText(self._path, shard_name_template="", num_shards=1)
+        )
+
+
+def _stage(plan: RunPlan, fn: StageFn) -> Stage:
+    return Stage(fn.attach(plan.cache_dir, plan.progress_dir))
+
+
+def build(p: beam.Pipeline, plan: RunPlan) -> None:
+    """Add the whole smelter graph to ``p``."""
+    out = plan.out_dir.rstrip("/")
+    cfg = plan.configs
+    rejects = []
+
+    # -- mine: from local/remote git history, and/or from GitHub
+    mined = []
+    if plan.repo_specs:
+        from smelter.transforms.mine_git import MineGitFn
+
+        prs, rej = (
+            p
+            | "ReadRepoSpecs" >> beam.Create(list(plan.repo_specs))
+            | "MineGit" >> _stage(plan, MineGitFn(cfg["mine"]))
+        )
+        mined.append(prs)
+        rejects.append(rej)
+    if plan.github_repos or plan.github_query:
+        from smelter.pipeline.github_cli import github_pull_requests
+
+        prs, rej = github_pull_requests(p, plan, cfg["github"])
+        mined.append(prs)
+        rejects.append(rej)
+    prs = (mined | "AllMined" >> beam.Flatten()) | "Spread" >> beam.Reshuffle()
+    prs | "WritePRs" >> WriteJsonl(f"{out}/pull_requests.jsonl")
+
+    # -- snapshot
+    from smelter.transforms.snapshot import SnapshotFn
+
+    candidates, rej = prs | "snapshot" >> _stage(plan, SnapshotFn(cfg["snapshot"]))
+    rejects.append(rej)
+    candidates | "WriteCandidates" >> WriteJsonl(f"{out}/candidates.jsonl")
+
+    tasks = None
+    if plan.includes("environment"):
+        from smelter.transforms.environment import EnvironmentFn
+
+        built, rej = candidates | "environment" >> _stage(plan, EnvironmentFn(cfg["environment"]))
+        rejects.append(rej)
+        if plan.includes("validate"):
+            from smelter.transforms.validate import ValidateFn
+
+            tasks, rej = built | "validate" >> _stage(plan, ValidateFn(cfg["validate"]))
+            rejects.append(rej)
+    if tasks is not None and plan.includes("clean"):
+        from smelter.transforms.clean import CleanFn
+
+        tasks, rej = tasks | "clean" >> _stage(plan, CleanFn(cfg["clean"]))
+        rejects.append(rej)
+    if tasks is not None:
+        tasks | "WriteTasks" >> WriteJsonl(f"{out}/tasks.jsonl")
+    if tasks is not None and plan.includes("render"):
+        from smelter.transforms.shards import PackShards, RenderFn
+
+        samples, rej = tasks | "render" >> _stage(plan, RenderFn(cfg["pack"]))
+        rejects.append(rej)
+        if plan.includes("pack"):
+            rej = samples | "pack" >> PackShards(cfg["pack"], f"{out}/shards")
+            rejects.append(rej)
+
+    (rejects | "AllRejects" >> beam.Flatten()) | "WriteRejects" >> WriteJsonl(
+        f"{out}/rejects.jsonl"
+    )
