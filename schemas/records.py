@@ -172,6 +172,9 @@ class TestRun(Record):
     duration_seconds: float
     statuses: dict[str, TestStatus] = Field(description="pytest node id -> status, from JUnit XML")
     timed_out: bool = False
+    report_found: bool = Field(
+        default=True, description="pytest's JUnit XML came back; False makes the run void"
+    )
     log_tail: str = ""
 
 
