@@ -210,6 +210,9 @@ class Provenance(Record):
     source: Literal["git", "github"]
     pull_number: int
     pr_url: str = ""
+    repo_url: str = Field(
+        default="", description="local path or clone URL of the repository (Candidate.repo_url)"
+    )
     merge_commit: str
     linked_issues: list[int] = Field(default_factory=list)
     smelter_version: str = ""
@@ -323,6 +326,10 @@ class ShardRow(Record):
     loss_mask: list[int]
     doc_lengths: list[int]
     doc_ids: list[str]
+    doc_starts: list[int] = Field(
+        default_factory=list,
+        description="offset of each piece in its document: 0 unless a long document was split",
+    )
     num_tokens: int
 
 
