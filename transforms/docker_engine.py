@@ -1,0 +1,394 @@
+"""The one door to the Docker engine: connect, start one if needed, label, retry, run, prune.
+
+Deliberate choices:
+- Everything goes through the docker SDK (``docker.from_env()``), so ``DOCKER_HOST`` points the
+  whole pipeline at a remote engine; nothing here shells out to the ``docker`` CLI.
+- Every container and image smelter creates carries ``dev.smelter=1`` plus a kind label
+  (``base``/``env``/``instance``/``check``/``test``); ``prune`` finds leftovers by label only, so
+  it can never touch a container or image that someone else made.
+- Transient engine errors (5xx, connection resets, timeouts) are retried with exponential
+  backoff in ``retry``; a 4xx is the caller's fault and surfaces at once.
+- ``ensure_engine`` only starts a daemon when we are root and none answers: a fresh CI machine
+  needs it, a developer laptop with Docker Desktop never reaches that branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from smelter.transforms.common import Fatal, Retryable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LABEL = "dev.smelter"
+LABEL_KIND = "dev.smelter.kind"
+LABEL_SUITE = "dev.smelter.suite"
+LABEL_PYTHON = "dev.smelter.python"
+LABEL_SOURCE = "dev.smelter.source"
+LABEL_REPO = "dev.smelter.repo"
+LABEL_INSTANCE = "dev.smelter.instance"
+LABEL_ENV_HASH = "dev.smelter.env-hash"
+LABEL_RECIPE = "dev.smelter.recipe"
+
+KIND_ROOTFS = "rootfs"
+KIND_BASE = "base"
+KIND_ENV = "env"
+KIND_INSTANCE = "instance"
+KIND_CHECK = "check"  # throwaway containers of the environment stage (import/collect checks)
+KIND_TEST = "test"  # validation containers
+
+DOCKERD_LOG = "/var/log/smelter-dockerd.log"
+START_HINT = (
+    "start one (as root: `smelter engine ensure`, or `dockerd --bridge=none --iptables=false &`) "
+    "or point DOCKER_HOST at a running engine"
+)
+
+
+def labels(kind: str, **extra: str) -> dict[str, str]:
+    """The labels every smelter object carries; ``extra`` keys are label suffixes."""
+    out = {LABEL: "1", LABEL_KIND: kind}
+    for key, value in extra.items():
+        out[f"{LABEL}.{key.replace('_', '-')}"] = str(value)
+    return out
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def is_transient(err: BaseException) -> bool:
+    """Engine hiccups worth retrying: server errors, dropped connections, timeouts."""
+    if isinstance(err, Retryable):
+        return True
+    if isinstance(err, docker.errors.APIError):
+        status = err.status_code or 0
+        return status >= 500 and "No such" not in str(err)
+    return isinstance(
+        err, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError
+    )
+
+
+def retry(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 4,
+    base_delay: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn``; retry transient engine errors with exponential backoff, re-raise the rest.
+
+    After the last attempt the error is raised as ``Retryable`` so callers can tell "the engine
+    kept failing" from "this request is wrong".
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            if attempt == attempts - 1:
+                raise Retryable(f"docker engine kept failing: {e}") from e
+            delay = base_delay * 2**attempt
+            log.warning("transient docker error (%s); retrying in %.1fs", e, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- connect / start
+
+
+def connect(timeout: int = 600) -> docker.DockerClient:
+    """A client for the engine DOCKER_HOST (or the local socket) names, checked with a ping.
+
+    ``timeout`` is the HTTP read timeout; builds and long waits need a generous one.
+    """
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        where = os.environ.get("DOCKER_HOST", "the local socket")
+        raise Fatal(f"no Docker engine answers at {where} ({_short(e)}); {START_HINT}") from None
+    except requests.exceptions.RequestException as e:
+        where = os.environ.get("DOCKER_HOST", "the local socket")
+        raise Fatal(f"no Docker engine answers at {where} ({_short(e)}); {START_HINT}") from None
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1][:160] if text else type(err).__name__
+
+
+def _answers(timeout: int = 5) -> bool:
+    try:
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def ensure_engine(
+    start: bool = True, wait_seconds: float = 60.0, say: Callable[[str], None] = print
+) -> str:
+    """Make sure an engine answers; start a local one when allowed, root and none is running.
+
+    Returns a one-line description of what was found or done; raises ``Fatal`` when no engine
+    answers and none can be started.
+    """
+    if _answers():
+        client = docker.from_env()
+        try:
+            version = client.version().get("Version", "?")
+        finally:
+            client.close()
+        return f"docker engine {version} answers at {os.environ.get('DOCKER_HOST', 'local socket')}"
+    if not start:
+        raise Fatal(f"no Docker engine answers; {START_HINT}")
+    if os.environ.get("DOCKER_HOST"):
+        raise Fatal(f"no Docker engine answers at DOCKER_HOST={os.environ['DOCKER_HOST']}")
+    if os.geteuid() != 0:
+        raise Fatal(
+            f"no Docker engine answers and we are not root, so cannot start one; {START_HINT}"
+        )
+    if not shutil.which("dockerd"):
+        say("dockerd not found: installing Debian's docker.io (apt-get)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker.io"]):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise Fatal(f"`{' '.join(cmd)}` failed: {_short(Exception(proc.stderr))}")
+    # No bridge and no iptables: works in containers/VMs without NET_ADMIN; builds then use the
+    # host network and test containers network "none", which is what we want anyway.
+    cmd = ["dockerd", "--bridge=none", "--iptables=false"]
+    with open(DOCKERD_LOG, "ab") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives our exit; not killed with our process group
+        )
+    say(f"started `{' '.join(cmd)}` (pid {proc.pid}, log {DOCKERD_LOG}); waiting for it")
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Fatal(f"dockerd exited with code {proc.returncode}; see {DOCKERD_LOG}")
+        if _answers(timeout=2):
+            return f"started dockerd (pid {proc.pid}); it answers; log {DOCKERD_LOG}"
+        time.sleep(0.5)
+    raise Fatal(f"dockerd did not answer within {wait_seconds:.0f}s; see {DOCKERD_LOG}")
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def tar_files(files: Mapping[str, bytes | str], mode: int = 0o644) -> bytes:
+    """An in-memory tar of ``{path: content}``, for put_archive and build contexts."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, content in sorted(files.items()):
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = 0  # stable bytes: same files, same context hash, same cache key
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int | None
+    output: str
+    timed_out: bool
+    seconds: float
+
+
+def run_container(
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    *,
+    kind: str = KIND_CHECK,
+    files: Mapping[str, bytes | str] | None = None,
+    timeout: float = 300.0,
+    network: str = "none",
+    mem_limit: str = "4g",
+    pids_limit: int = 512,
+    environment: Mapping[str, str] | None = None,
+    user: str | None = None,
+    workdir: str | None = None,
+    output_limit: int = 1_000_000,
+    extra_labels: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Run ``command`` in a fresh container and always remove it.
+
+    ``files`` ({absolute path: bytes}) are copied in before start, so a network-less container
+    still gets its patches. Output is stdout+stderr interleaved, capped at ``output_limit``
+    characters (the tail is kept).
+    """
+    started = time.monotonic()
+    container = retry(
+        lambda: client.containers.create(
+            image,
+            command,
+            detach=True,
+            network_mode=network,
+            mem_limit=mem_limit,
+            pids_limit=pids_limit,
+            environment=dict(environment or {}),
+            user=user or "",
+            working_dir=workdir,
+            labels={**labels(kind), **(extra_labels or {})},
+        )
+    )
+    try:
+        if files:
+            container.put_archive("/", tar_files(files))
+        container.start()
+        timed_out = False
+        try:
+            status = container.wait(timeout=timeout)
+            exit_code: int | None = int(status.get("StatusCode", -1))
+        except requests.exceptions.RequestException:  # read timeout while waiting = wall clock
+            timed_out, exit_code = True, None
+            with contextlib.suppress(docker.errors.APIError):  # it may have exited meanwhile
+                container.kill()
+        raw = container.logs(stdout=True, stderr=True, tail=2000)
+        output = raw.decode("utf-8", "replace")[-output_limit:]
+        return RunResult(exit_code, output, timed_out, time.monotonic() - started)
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+# --------------------------------------------------------------------------- images / prune
+
+
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        retry(lambda: client.images.get(tag))
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def prune(
+    client: docker.DockerClient,
+    *,
+    images: bool = False,
+    all_images: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Remove leftover smelter containers; with ``images`` also instance images, with
+    ``all_images`` every smelter image (env and base too). Only labelled objects are touched.
+    """
+    removed = {"containers": 0, "images": 0}
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        try:
+            c.remove(force=True)
+            removed["containers"] += 1
+        except docker.errors.NotFound:
+            pass
+    kinds: Iterable[str] = ()
+    if all_images:
+        kinds = (KIND_INSTANCE, KIND_ENV, KIND_BASE, KIND_ROOTFS)
+    elif images:
+        kinds = (KIND_INSTANCE,)
+    for kind in kinds:  # children first, so parents are free to go
+        for img in client.images.list(filters={"label": f"{LABEL_KIND}={kind}"}):
+            try:
+                client.images.remove(img.id, force=True)
+                removed["images"] += 1
+            except docker.errors.APIError as e:
+                say(f"kept image {img.short_id}: {_short(e)}")
+    return removed
+
+
+# --------------------------------------------------------------------------- builds
+
+
+class BuildFailed(Exception):
+    """A docker build failed; ``log`` is the full build output (callers keep its tail)."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+def build_image(
+    client: docker.DockerClient,
+    *,
+    dockerfile: str,
+    tag: str,
+    image_labels: Mapping[str, str],
+    context_files: Mapping[str, bytes | str] | None = None,
+    buildargs: Mapping[str, str] | None = None,
+    timeout: float = 3600.0,
+    on_line: Callable[[str], None] | None = None,
+) -> tuple[str, str]:
+    """Build ``dockerfile`` with an in-memory context and host networking; returns (id, log).
+
+    Host networking because the engine may have no bridge (``--bridge=none``); the build still
+    reaches the package index. ``buildargs`` carry secrets-free settings such as an index URL;
+    they are not written into the Dockerfile text we record.
+    """
+    files = {"Dockerfile": dockerfile, **(context_files or {})}
+    context = io.BytesIO(tar_files(files, mode=0o755))
+    lines: list[str] = []
+    image_id = ""
+    started = time.monotonic()
+    stream = client.api.build(
+        fileobj=context,
+        custom_context=True,
+        tag=tag,
+        labels=dict(image_labels),
+        rm=True,
+        forcerm=True,
+        network_mode="host",
+        buildargs=dict(buildargs or {}),
+        decode=True,
+        timeout=int(timeout),
+    )
+    error = ""
+    try:
+        for chunk in stream:
+            if "stream" in chunk:
+                text = chunk["stream"]
+                lines.append(text)
+                if on_line and text.strip():
+                    on_line(text.rstrip())
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            if "error" in chunk:
+                error = chunk["error"]
+                lines.append(error + "\n")
+            if time.monotonic() - started > timeout:
+                error = f"build exceeded {timeout:.0f}s"
+                break
+    except requests.exceptions.RequestException as e:
+        error = f"build stream broke: {_short(e)}"
+    log_text = "".join(lines)
+    if error:
+        raise BuildFailed(error.strip(), log_text)
+    if not image_id:  # older engines only report the tag
+        image_id = client.images.get(tag).id
+    return image_id, log_text
