@@ -24,6 +24,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import docker
@@ -200,10 +201,21 @@ def ensure_engine(
 # --------------------------------------------------------------------------- containers
 
 
-def tar_files(files: Mapping[str, bytes | str], mode: int = 0o644) -> bytes:
-    """An in-memory tar of ``{path: content}``, for put_archive and build contexts."""
+def tar_files(
+    files: Mapping[str, bytes | str], mode: int = 0o644, dirs: Mapping[str, Path] | None = None
+) -> bytes:
+    """An in-memory tar of ``{path: content}`` (and whole ``{arcname: directory}`` trees), for
+    put_archive and build contexts. Directory entries keep their modes; mtimes are zeroed.
+    """
+
+    def stable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        for arcname, directory in sorted((dirs or {}).items()):
+            tar.add(str(directory), arcname=arcname, filter=stable)
         for path, content in sorted(files.items()):
             data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(path.lstrip("/"))
@@ -283,6 +295,32 @@ def run_container(
 # --------------------------------------------------------------------------- images / prune
 
 
+def read_image_file(client: docker.DockerClient, image: str, path: str) -> bytes | None:
+    """A file's bytes from an image, without starting a container (create, copy out, remove)."""
+    container = retry(lambda: client.containers.create(image, ["true"], labels=labels(KIND_CHECK)))
+    try:
+        try:
+            chunks, _ = container.get_archive(path)
+        except docker.errors.NotFound:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+            member = tar.next()
+            f = tar.extractfile(member) if member else None
+            return f.read() if f else None
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+def remove_image(client: docker.DockerClient, tag: str) -> bool:
+    """Remove an image we made (e.g. an instance image after validation); False if absent."""
+    try:
+        retry(lambda: client.images.remove(tag, force=True))
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def image_exists(client: docker.DockerClient, tag: str) -> bool:
     try:
         retry(lambda: client.images.get(tag))
@@ -341,6 +379,7 @@ def build_image(
     tag: str,
     image_labels: Mapping[str, str],
     context_files: Mapping[str, bytes | str] | None = None,
+    context_dirs: Mapping[str, Path] | None = None,
     buildargs: Mapping[str, str] | None = None,
     timeout: float = 3600.0,
     on_line: Callable[[str], None] | None = None,
@@ -352,7 +391,7 @@ def build_image(
     they are not written into the Dockerfile text we record.
     """
     files = {"Dockerfile": dockerfile, **(context_files or {})}
-    context = io.BytesIO(tar_files(files, mode=0o755))
+    context = io.BytesIO(tar_files(files, mode=0o755, dirs=context_dirs))
     lines: list[str] = []
     image_id = ""
     started = time.monotonic()

@@ -1,0 +1,204 @@
+"""Recipe inference on file contents (pure; no git, no Docker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from smelter.transforms import recipe as r
+
+PYPROJECT = """
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "Demo-Pkg"
+requires-python = ">=3.9"
+dependencies = ["attrs>=21", "click"]
+classifiers = [
+  "Programming Language :: Python :: 3.9",
+  "Programming Language :: Python :: 3.10",
+  "Programming Language :: Python :: 3.11",
+]
+
+[project.optional-dependencies]
+test = ["pytest>=7", "hypothesis", "demo-pkg[extra]"]
+dev = ["ruff", "demo-pkg[test]"]
+extra = ["rich"]
+"""
+
+SETUP_CFG = """
+[metadata]
+name = oldpkg
+classifiers =
+    Programming Language :: Python :: 3.8
+    Programming Language :: Python :: 3.9
+
+[options]
+python_requires = >=3.8
+install_requires =
+    requests>=2  # comment
+    six
+
+[options.extras_require]
+testing =
+    pytest
+    mock
+"""
+
+SETUP_PY = """
+from setuptools import setup
+setup(
+    name="legacy",
+    python_requires=">=3.6, <3.10",
+    install_requires=["simplejson"],
+    extras_require={"tests": ["nose", "pytest"]},
+    classifiers=["Programming Language :: Python :: 3.7"],
+)
+"""
+
+WORKFLOW = """
+jobs:
+  test:
+    strategy:
+      matrix:
+        os: [ubuntu-latest]
+        python-version: ["3.10", "3.12"]
+  lint:
+    steps:
+      - uses: actions/setup-python@v5
+        with:
+          python-version:
+            - 3.13
+            - "3.9"
+"""
+
+
+def test_project_metadata_from_pyproject() -> None:
+    p = r.project_metadata({"pyproject.toml": PYPROJECT})
+    assert p.name == "Demo-Pkg" and p.installable
+    assert p.requires_python == ">=3.9"
+    assert p.dependencies == ("attrs>=21", "click")
+    assert set(p.extras) == {"test", "dev", "extra"}
+    assert p.classifier_versions == ("3.9", "3.10", "3.11")
+    assert not p.uses_scm_version
+
+
+def test_project_metadata_from_setup_cfg_and_setup_py() -> None:
+    cfg = r.project_metadata({"setup.cfg": SETUP_CFG, "setup.py": "import setuptools\n"})
+    assert cfg.name == "oldpkg" and cfg.requires_python == ">=3.8"
+    assert cfg.dependencies == ("requests>=2", "six")
+    assert cfg.extras["testing"] == ("pytest", "mock")
+    legacy = r.project_metadata({"setup.py": SETUP_PY})
+    assert legacy.requires_python == ">=3.6, <3.10"
+    assert legacy.dependencies == ("simplejson",)
+    assert legacy.extras == {"tests": ("nose", "pytest")}
+    assert legacy.classifier_versions == ("3.7",)
+
+
+def test_dynamic_dependencies_are_flagged() -> None:
+    text = '[project]\nname = "x"\ndynamic = ["dependencies", "version"]\n'
+    assert r.project_metadata({"pyproject.toml": text}).dependencies_dynamic
+
+
+def test_python_hints_from_tox_and_ci_matrix() -> None:
+    files = {
+        "tox.ini": "[tox]\nenvlist = py38, py39-django{32,40}, py3{10,11}\n",
+        ".github/workflows/ci.yml": WORKFLOW,
+    }
+    assert r.python_hints(files) == ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+
+
+@pytest.mark.parametrize(
+    ("files", "available", "expected"),
+    [
+        ({"pyproject.toml": PYPROJECT}, ["3.9", "3.11", "3.13"], "3.11"),  # newest named
+        ({"pyproject.toml": PYPROJECT}, ["3.13"], "3.13"),  # >=3.9 allows it
+        ({"setup.py": SETUP_PY}, ["3.9", "3.11", "3.13"], "3.9"),  # <3.10
+        ({"setup.py": SETUP_PY}, ["3.11", "3.13"], None),  # nothing allowed
+        ({"setup.cfg": SETUP_CFG}, ["3.11", "3.13"], "3.11"),  # oldest at/above newest hint
+        ({}, ["3.9", "3.11"], "3.11"),  # no hints: newest
+        ({"pyproject.toml": '[project]\nname="x"\nrequires-python = ">=3.11.4"\n'},
+         ["3.11"], "3.11"),  # a patch-level bound still admits the minor version
+        ({"pyproject.toml": '[tool.poetry]\nname="p"\n[tool.poetry.dependencies]\n'
+                            'python = "^3.8"\n'}, ["3.11", "3.13"], "3.13"),
+    ],
+)  # fmt: skip
+def test_choose_python(files: dict[str, str], available: list[str], expected: str | None) -> None:
+    assert r.choose_python(files, available) == expected
+
+
+def test_flatten_requirements_inlines_includes_and_drops_local_lines() -> None:
+    files = {
+        "requirements/test.txt": "-r base.txt\npytest>=7  # pinned\n-e .\n--index-url x\n./local\n",
+        "requirements/base.txt": "# base\nrequests==2.31\n-c ../constraints.txt\n",
+    }
+    assert r.flatten_requirements("requirements/test.txt", files) == ["requests==2.31", "pytest>=7"]
+
+
+def test_install_ladder_order_and_contents() -> None:
+    files = {
+        "pyproject.toml": PYPROJECT,
+        "requirements-dev.txt": "coverage\n",
+        "tox.ini": "[testenv]\ndeps =\n    pytest-mock\n    py39: importlib-metadata\n",
+    }
+    ladder = r.install_ladder(files)
+    assert [g.name for g in ladder] == [
+        "extras-test", "requirements-files", "tox-deps", "extras-dev", "everything", "plain",
+    ]  # fmt: skip
+    first = ladder[0]
+    assert first.extras == ("test",)
+    # own deps + test extra; the self-reference demo-pkg[extra] is left to the instance layer
+    assert first.requirements == ("attrs>=21", "click", "pytest>=7", "hypothesis")
+    assert ladder[1].requirements == ("attrs>=21", "click", "coverage", "pytest")
+    assert ladder[2].requirements == ("attrs>=21", "click", "pytest-mock", "importlib-metadata",
+                                      "pytest")  # fmt: skip
+    assert ladder[-1].requirements == ("attrs>=21", "click", "pytest")
+    assert r.order_ladder(ladder, "tox-deps")[0].name == "tox-deps"
+    assert [g.name for g in r.order_ladder(ladder, "gone")] == [g.name for g in ladder]
+
+
+def test_dependency_groups_rung() -> None:
+    text = (
+        '[project]\nname = "g"\ndependencies = []\n[dependency-groups]\n'
+        'test = ["pytest", {include-group = "typing"}]\ntyping = ["mypy"]\n'
+    )
+    ladder = r.install_ladder({"pyproject.toml": text})
+    assert [g.name for g in ladder] == ["dependency-groups", "plain"]
+    assert ladder[0].requirements == ("pytest", "mypy")
+
+
+def test_import_names_and_test_files() -> None:
+    paths = ["src/demo_pkg/__init__.py", "src/demo_pkg/core.py", "tests/__init__.py",
+             "docs/conf.py", "other/__init__.py", "setup.py"]  # fmt: skip
+    assert r.import_names(paths, "Demo-Pkg") == ["demo_pkg", "other"]
+    touched = ["tests/test_core.py", "tests/conftest.py", "tests/data/x.json", "pkg/a_test.py"]
+    assert r.collectable_test_files(touched) == ["pkg/a_test.py", "tests/test_core.py"]
+
+
+def test_scm_environment_only_for_git_versioned_projects() -> None:
+    scm = r.project_metadata(
+        {
+            "pyproject.toml": PYPROJECT.replace(
+                'requires = ["setuptools>=61"]',
+                'requires = ["setuptools>=61", "setuptools-scm>=8"]',
+            )
+        }
+    )
+    env = r.scm_environment(scm, "1.2.3")
+    assert env["SETUPTOOLS_SCM_PRETEND_VERSION"] == "1.2.3"
+    assert env["SETUPTOOLS_SCM_PRETEND_VERSION_FOR_DEMO_PKG"] == "1.2.3"
+    assert r.scm_environment(r.project_metadata({"pyproject.toml": PYPROJECT})) == {}
+
+
+def test_wanted_files() -> None:
+    for path in ("pyproject.toml", "requirements-test.txt", "requirements/dev.txt",
+                 ".github/workflows/ci.yml", "tox.ini"):  # fmt: skip
+        assert r.wanted(path), path
+    assert not r.wanted("src/pkg/setup.py") and not r.wanted("README.md")
+
+
+def test_test_command_leaves_junit_and_files_to_validation() -> None:
+    assert r.TEST_COMMAND[:3] == ("python", "-m", "pytest")
+    assert "no:cacheprovider" in r.TEST_COMMAND
+    assert not any(a.startswith("--junit") for a in r.TEST_COMMAND)
