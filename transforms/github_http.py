@@ -40,7 +40,7 @@ import requests
 from github.Requester import HTTPRequestsConnectionClass, HTTPSRequestsConnectionClass, Requester
 from urllib3.util import Retry
 
-from smelter.transforms.common import Fatal, Retryable
+from smelter.transforms.errors import Fatal, Retryable
 
 log = logging.getLogger(__name__)
 
