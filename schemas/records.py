@@ -110,6 +110,10 @@ class Environment(Record):
     pre_install: list[str] = Field(default_factory=list)
     test_command: list[str] = Field(description="argv run inside the container, file ids appended")
     test_files: list[str] = Field(default_factory=list)
+    workdir: str = Field(default="/testbed", description="source tree inside the image")
+    test_user: str | None = Field(
+        default=None, description="non-root user the tests collected as; None = run as root"
+    )
     exclude_newer: str | None = Field(default=None, description="resolver cutoff (PR date)")
     frozen_requirements: list[str] = Field(default_factory=list)
     dockerfiles: Dockerfiles
