@@ -1,0 +1,835 @@
+"""Exports of validated tasks: SWE-bench rows, a swebench task repository, a Hugging Face folder.
+
+``smelter export OUT`` turns ``OUT/tasks.jsonl`` into SWE-bench's field format (JSONL + Parquet)
+and into a task repository in the layout of the ``swebench`` package 5.x; ``smelter publish OUT
+--dest DIR`` assembles a Hugging Face dataset folder (card + ``tasks`` and ``shards`` configs)
+and, with ``--push``, uploads it.
+
+Deliberate choices:
+- FAIL_TO_PASS / PASS_TO_PASS become JSON strings (``json.dumps``, as in the public SWE-bench
+  datasets) here and only here; records keep lists.
+- ``image``: a flat row names our instance image (``Task.environment.instance_image``), which
+  exists wherever the pipeline built it; the harness uses a local image before pulling. In the
+  task repository ``image`` is swebench's derived name, because ``swebench`` checks reject any
+  other; the task's Dockerfile is ``FROM <our instance image>``, so building it yields exactly
+  that name, and ``instance_image`` keeps ours. ``build_harness_images`` builds those
+  Dockerfiles with the docker SDK, since swebench's own builder needs ``docker buildx``.
+- ``eval.sh`` is self-contained: no conda. Our images put their venv on PATH through the image
+  ENV, which ``docker exec`` inherits; the script resets the test files, applies the test patch
+  from a heredoc, runs the validated test command with ``-rA`` (what ``parse_log_pytest``
+  reads) on the files holding the graded tests, between swebench's start/end markers.
+- ``validation`` is a JSON string column: its per-run statuses are keyed by test id, which no
+  fixed Arrow struct can hold. ``environment``, ``quality`` and ``provenance`` are nested
+  columns whose Arrow types come from the record models, so every export has the same schema
+  whatever its rows hold (a column that is null everywhere still has its struct type).
+- Secrets: the Hugging Face token is read from ``HF_TOKEN`` at push time and handed to the
+  client; it is never written to the folder, the card or a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonlines
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel
+
+from smelter.schemas import Environment, Provenance, Quality, Task
+from smelter.transforms.common import Fatal
+
+# ----------------------------------------------------------------------------------- constants
+
+# The columns of the public SWE-bench datasets, in their order, then the 5.x harness columns.
+SWEBENCH_COLUMNS = (
+    "repo",
+    "instance_id",
+    "base_commit",
+    "patch",
+    "test_patch",
+    "problem_statement",
+    "hints_text",
+    "created_at",
+    "version",
+    "FAIL_TO_PASS",
+    "PASS_TO_PASS",
+    "environment_setup_commit",
+)
+HARNESS_COLUMNS = ("image", "eval_script", "log_parser", "eval_type")
+EXTRA_COLUMNS = ("instance_image", "environment", "validation", "quality", "provenance")
+
+LOG_PARSER = "parse_log_pytest"
+EVAL_TYPE = "pass_and_fail"
+WORKDIR = "/testbed"  # where swebench's harness applies patches (CONTAINER_WORKDIR)
+START_MARKER = ">>>>> Start Test Output"
+END_MARKER = ">>>>> End Test Output"
+HARNESS_NAMESPACE = "swebench"
+
+DEFAULT_DATASET_NAME = "smelter/tasks"
+DEFAULT_TASKS_SPLIT = "test"  # what swebench's harness evaluates unless told otherwise
+SHARDS_SPLIT = "train"
+
+
+# --------------------------------------------------------------------------------- pure parts
+
+
+def dumps_test_list(tests: Sequence[str]) -> str:
+    """SWE-bench's FAIL_TO_PASS / PASS_TO_PASS form: a JSON array in a string."""
+    return json.dumps(list(tests))
+
+
+def harness_image_name(instance_id: str, namespace: str = HARNESS_NAMESPACE) -> str:
+    """The image name swebench derives for an instance (``swebench.task.checks.expected_image``).
+
+    Docker Hub forbids ``__`` in names, hence swebench's ``_1776_``; ours must agree or its
+    checks fail and its harness looks for an image nobody built.
+    """
+    key = f"sweb.eval.x86_64.{instance_id}:latest".lower()
+    return f"{namespace}/{key}".replace("__", "_1776_")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchedFile:
+    path: str
+    new: bool = False
+    deleted: bool = False
+
+
+_DIFF_HEADER = re.compile(r'^diff --git "?a/(.+?)"? "?b/(.+?)"?$')
+
+
+def patched_files(patch: str) -> list[PatchedFile]:
+    """Files a git diff touches, with whether each is created or deleted (binary hunks too)."""
+    files: list[PatchedFile] = []
+    current: dict[str, Any] | None = None
+    for line in patch.splitlines():
+        m = _DIFF_HEADER.match(line)
+        if m:
+            if current:
+                files.append(PatchedFile(**current))
+            current = {"path": m.group(2)}
+        elif current is not None and line.startswith("new file mode"):
+            current["new"] = True
+        elif current is not None and line.startswith("deleted file mode"):
+            current["deleted"] = True
+    if current:
+        files.append(PatchedFile(**current))
+    return files
+
+
+def graded_test_files(task: Task) -> list[str]:
+    """The files holding the tests that grade the task (node id up to ``::``), sorted."""
+    return sorted({t.split("::", 1)[0] for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS]})
+
+
+def ungradable_tests(task: Task) -> list[str]:
+    """Test ids ``parse_log_pytest`` cannot read back: it splits result lines on whitespace."""
+    return [t for t in [*task.FAIL_TO_PASS, *task.PASS_TO_PASS] if re.search(r"\s", t)]
+
+
+def _heredoc_delimiter(body: str) -> str:
+    n = 0
+    while f"EOF_SMELTER_{n}" in body:
+        n += 1
+    return f"EOF_SMELTER_{n}"
+
+
+def eval_script(task: Task, workdir: str = WORKDIR) -> str:
+    """The script swebench's harness runs in the container after applying the candidate patch.
+
+    Self-contained (no conda): the image's ENV carries the venv. Test files are reset to
+    ``base_commit`` first so a candidate patch cannot edit the tests that grade it, then the
+    test patch is applied; the test command is the exact one validation used, plus ``-rA``.
+    The line before the end marker must be the test command: swebench records its ``$?``
+    there to cross-check the log against the exit code. The markers appear once, as ``set -x``
+    traces of ``:`` (an echo would print them twice and swebench slices at the first);
+    ``exec 2>&1`` puts those traces in pytest's stream, so they bracket its output in order
+    (Docker multiplexes stdout and stderr with no ordering promise).
+    """
+    env = task.environment
+    touched = patched_files(task.test_patch)
+    existing = [f.path for f in touched if not f.new]
+    created = [f.path for f in touched if f.new]
+    command = list(env.test_command)
+    if "-rA" not in command:
+        command.append("-rA")
+    command += graded_test_files(task)
+    body = task.test_patch if task.test_patch.endswith("\n") else task.test_patch + "\n"
+    eof = _heredoc_delimiter(body)
+    reset = []
+    if existing:
+        reset.append(f"git checkout {task.base_commit} -- {shlex.join(existing)}")
+    if created:
+        reset.append(f"rm -f -- {shlex.join(created)}")
+    lines = [
+        "#!/bin/bash",
+        "set -uxo pipefail",
+        "exec 2>&1",
+        f"cd {shlex.quote(workdir)}",
+        f"git config --global --add safe.directory {shlex.quote(workdir)}",
+        "git status",
+        "git -c core.fileMode=false diff " + task.base_commit,
+        *reset,
+        f"git apply --binary -v - <<'{eof}'\n{body}{eof}",
+        f": '{START_MARKER}'",
+        shlex.join(command),
+        f": '{END_MARKER}'",
+        *reset,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def harness_dockerfile(task: Task, workdir: str = WORKDIR) -> str:
+    """The task repo's Dockerfile: our instance image under swebench's name, nothing rebuilt.
+
+    No RUN line, so it builds without network (swebench's builder uses the default network).
+    """
+    env = task.environment
+    return (
+        f"# Instance image built by smelter (recipe {env.recipe}, env {env.env_hash}).\n"
+        f"# Rebuild it from the environment block in task.yaml; this file only names it for\n"
+        f"# swebench's harness, which runs as root in {workdir}.\n"
+        f"FROM {env.instance_image}\n"
+        f"USER root\n"
+        f"WORKDIR {workdir}\n"
+    )
+
+
+def swebench_row(task: Task, image: str | None = None, workdir: str = WORKDIR) -> dict[str, Any]:
+    """One task in SWE-bench's field format, plus the harness columns and our extra blocks."""
+    row: dict[str, Any] = {
+        "repo": task.repo,
+        "instance_id": task.instance_id,
+        "base_commit": task.base_commit,
+        "patch": task.patch,
+        "test_patch": task.test_patch,
+        "problem_statement": task.problem_statement,
+        "hints_text": task.hints_text,
+        "created_at": task.created_at,
+        "version": task.version,
+        "FAIL_TO_PASS": dumps_test_list(task.FAIL_TO_PASS),
+        "PASS_TO_PASS": dumps_test_list(task.PASS_TO_PASS),
+        # Our env is built at base_commit; SWE-bench's field names the commit it was set up at.
+        "environment_setup_commit": task.environment_setup_commit or task.base_commit,
+        "image": image or task.environment.instance_image,
+        "eval_script": eval_script(task, workdir),
+        "log_parser": LOG_PARSER,
+        "eval_type": EVAL_TYPE,
+        "instance_image": task.environment.instance_image,
+        "environment": task.environment.model_dump(mode="json"),
+        "validation": task.validation.model_dump_json(),
+        "quality": task.quality.model_dump(mode="json") if task.quality else None,
+        "provenance": task.provenance.model_dump(mode="json"),
+    }
+    return row
+
+
+# ------------------------------------------------------------------------- Arrow schema (pure)
+
+
+def arrow_type(annotation: Any) -> pa.DataType:
+    """Arrow type of a record field's annotation; nested records become structs."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]  # only X | None is used
+        return arrow_type(inner)
+    if origin is Literal:
+        return pa.string()
+    if origin in (list, tuple):
+        return pa.list_(arrow_type(args[0]))
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return pa.struct(
+                [pa.field(n, arrow_type(f.annotation)) for n, f in annotation.model_fields.items()]
+            )
+        if issubclass(annotation, enum.Enum) or annotation is str:
+            return pa.string()
+        if annotation is bool:
+            return pa.bool_()
+        if annotation is int:
+            return pa.int64()
+        if annotation is float:
+            return pa.float64()
+    raise TypeError(f"no Arrow type for {annotation!r}; export it as a JSON string")
+
+
+def tasks_arrow_schema() -> pa.Schema:
+    """The schema of every tasks Parquet file, independent of the rows it holds."""
+    fields = [pa.field(c, pa.string()) for c in (*SWEBENCH_COLUMNS, *HARNESS_COLUMNS)]
+    fields += [
+        pa.field("instance_image", pa.string()),
+        pa.field("environment", arrow_type(Environment)),
+        pa.field("validation", pa.string()),
+        pa.field("quality", arrow_type(Quality)),
+        pa.field("provenance", arrow_type(Provenance)),
+    ]
+    return pa.schema(fields)
+
+
+# ---------------------------------------------------------------------------------- YAML (pure)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, as swebench writes task.yaml: readable diffs."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.dump(
+        data, Dumper=_Dumper, sort_keys=True, allow_unicode=True, default_flow_style=False
+    )
+
+
+# ------------------------------------------------------------------------------------ writers
+
+
+def read_tasks(path: str | Path) -> list[Task]:
+    """Task records from a JSONL file, validated (a malformed line is a one-line Fatal)."""
+    path = Path(path)
+    if not path.is_file():
+        raise Fatal(f"no tasks file at {path}; run `smelter run --out {path.parent}` first")
+    tasks = []
+    with jsonlines.open(path) as reader:
+        for n, obj in enumerate(reader, 1):
+            try:
+                tasks.append(Task.model_validate(obj))
+            except ValueError as e:
+                first = str(e).splitlines()[0]
+                raise Fatal(f"{path}:{n}: not a Task record ({first})") from None
+    return tasks
+
+
+def write_rows_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with jsonlines.open(path, mode="w", compact=True) as writer:
+        writer.write_all(rows)
+    return path
+
+
+def write_rows_parquet(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(list(rows), schema=tasks_arrow_schema())
+    pq.write_table(table, path)
+    return path
+
+
+TASK_YAML_KEYS = (
+    "instance_id",
+    "repo",
+    "version",
+    "base_commit",
+    "created_at",
+    "environment_setup_commit",
+    "image",
+    "log_parser",
+    "eval_type",
+    "instance_image",
+    "environment",
+    "quality",
+    "provenance",
+)
+
+
+def write_task_repo(
+    tasks: Sequence[Task],
+    root: str | Path,
+    dataset_name: str = DEFAULT_DATASET_NAME,
+    split: str = DEFAULT_TASKS_SPLIT,
+    namespace: str = HARNESS_NAMESPACE,
+) -> Path:
+    """A task repository in swebench 5.x's layout (``swebench.task.repo``), one dir per task.
+
+    Files: task.yaml, tests.json, problem_statement.md, hints.md (only when there are
+    hints), gold.patch, test.patch, eval.sh, Dockerfile, test_assets/ (empty: our test patches
+    carry binary files as git binary hunks), validation.json (our full per-run evidence).
+    """
+    root = Path(root)
+    tasks_dir = root / "tasks"
+    if tasks_dir.exists():
+        shutil.rmtree(tasks_dir)  # a task dropped since the last export must not linger
+    tasks_dir.mkdir(parents=True)
+    config = {"datasets": [dataset_name], "splits": [split]}
+    (root / "sweb.yaml").write_text(dump_yaml(config))
+    for task in tasks:
+        d = tasks_dir / task.instance_id
+        d.mkdir()
+        row = swebench_row(task, image=harness_image_name(task.instance_id, namespace))
+        meta = {k: row[k] for k in TASK_YAML_KEYS if row[k] is not None}
+        meta["split"] = split
+        meta["datasets"] = [dataset_name]
+        (d / "task.yaml").write_text(dump_yaml(meta))
+        tests = {"FAIL_TO_PASS": list(task.FAIL_TO_PASS), "PASS_TO_PASS": list(task.PASS_TO_PASS)}
+        (d / "tests.json").write_text(json.dumps(tests, indent=2, ensure_ascii=False) + "\n")
+        # newline="" keeps CRLF inside patches byte for byte (swebench reads them the same way)
+        for name, text in (
+            ("problem_statement.md", task.problem_statement),
+            ("gold.patch", task.patch),
+            ("test.patch", task.test_patch),
+            ("eval.sh", row["eval_script"]),
+            ("Dockerfile", harness_dockerfile(task)),
+        ):
+            with open(d / name, "w", newline="") as f:
+                f.write(text)
+        if task.hints_text:
+            with open(d / "hints.md", "w", newline="") as f:
+                f.write(task.hints_text)
+        (d / "test_assets").mkdir()
+        (d / "validation.json").write_text(task.validation.model_dump_json(indent=2) + "\n")
+    return root
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPaths:
+    jsonl: Path
+    parquet: Path
+    task_repo: Path
+    count: int
+
+
+def export_tasks(
+    tasks: Sequence[Task],
+    dest: str | Path,
+    dataset_name: str = DEFAULT_DATASET_NAME,
+    split: str = DEFAULT_TASKS_SPLIT,
+) -> ExportPaths:
+    """Everything ``smelter export`` writes: tasks.jsonl, tasks.parquet and task_repo/."""
+    dest = Path(dest)
+    tasks = sorted(tasks, key=lambda t: t.instance_id)  # stable files for stable diffs
+    rows = [swebench_row(t) for t in tasks]
+    return ExportPaths(
+        jsonl=write_rows_jsonl(rows, dest / "tasks.jsonl"),
+        parquet=write_rows_parquet(rows, dest / "tasks.parquet"),
+        task_repo=write_task_repo(tasks, dest / "task_repo", dataset_name, split),
+        count=len(rows),
+    )
+
+
+# ------------------------------------------------------------------------- dataset card (pure)
+
+_SIZE_BOUNDS = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+]
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket for n rows."""
+    for bound, name in _SIZE_BOUNDS:
+        if n < bound:
+            return name
+    return "n>1B"
+
+
+def task_statistics(tasks: Sequence[Task]) -> dict[str, Any]:
+    """Numbers the card reports about the tasks (computed, never typed in)."""
+    by_repo: dict[str, int] = {}
+    for t in tasks:
+        by_repo[t.repo] = by_repo.get(t.repo, 0) + 1
+
+    def summary(values: list[int]) -> dict[str, float]:
+        if not values:
+            return {"min": 0, "median": 0, "mean": 0, "max": 0}
+        return {
+            "min": min(values),
+            "median": statistics.median(values),
+            "mean": round(statistics.fmean(values), 2),
+            "max": max(values),
+        }
+
+    def patch_lines(patch: str) -> int:
+        return sum(
+            1
+            for line in patch.splitlines()
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        )
+
+    used: dict[str, int] = {}
+    for t in tasks:
+        key = t.quality.used if t.quality else "none"
+        used[key] = used.get(key, 0) + 1
+    return {
+        "tasks": len(tasks),
+        "repos": len(by_repo),
+        "tasks_per_repo": dict(sorted(by_repo.items())),
+        "fail_to_pass": summary([len(t.FAIL_TO_PASS) for t in tasks]),
+        "pass_to_pass": summary([len(t.PASS_TO_PASS) for t in tasks]),
+        "patch_lines": summary([patch_lines(t.patch) for t in tasks]),
+        "python_versions": sorted({t.environment.python_version for t in tasks}),
+        "install_recipes": sorted({t.environment.recipe for t in tasks}),
+        "problem_statement_used": dict(sorted(used.items())),
+        "flaky_tests_excluded": sum(len(t.validation.flaky) for t in tasks),
+    }
+
+
+def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def dataset_card(
+    tasks: Sequence[Task],
+    *,
+    repo_id: str,
+    license_id: str = "other",
+    tasks_split: str = DEFAULT_TASKS_SPLIT,
+    shard_stats: dict[str, Any] | None = None,
+    has_shards: bool = True,
+    funnel: dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
+) -> str:
+    """README.md with the Hub's YAML metadata: configs, license, size category, statistics."""
+    stats = task_statistics(tasks)
+    configs: list[dict[str, Any]] = [
+        {
+            "config_name": "tasks",
+            "data_files": [{"split": tasks_split, "path": f"data/tasks/{tasks_split}-*.parquet"}],
+            "default": True,
+        }
+    ]
+    if has_shards:
+        configs.append(
+            {
+                "config_name": "shards",
+                "data_files": [{"split": SHARDS_SPLIT, "path": "data/shards/*.parquet"}],
+            }
+        )
+    meta = {
+        "pretty_name": f"{repo_id} (smelter tasks)",
+        "license": license_id,
+        "language": ["en"],
+        "tags": ["code", "software-engineering", "swe-bench", "smelter"],
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(len(tasks))],
+        "configs": configs,
+    }
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    parts = [f"---\n{front}---\n", f"# {repo_id}\n"]
+    parts.append(
+        f"{stats['tasks']} verifiable coding tasks from {stats['repos']} "
+        "repositories, mined from merged pull requests by "
+        "[smelter](https://pypi.org/project/swe-smelter/), and packed training shards made "
+        "from them.\n"
+    )
+    parts.append(
+        "## Configs\n\n"
+        f"- `tasks` (split `{tasks_split}`): one row per task in SWE-bench's field format "
+        "(`FAIL_TO_PASS` / `PASS_TO_PASS` are JSON strings, as in the public SWE-bench "
+        "datasets) with the swebench 5.x harness columns `image`, `eval_script`, `log_parser`, "
+        "`eval_type`, and smelter's blocks: `environment` (how to rebuild the image), "
+        "`validation` (JSON string: every test run, per-test statuses, flaky tests), `quality` "
+        "(raw and cleaned problem statement, scores) and `provenance`.\n"
+        + (
+            f"- `shards` (split `{SHARDS_SPLIT}`): fixed-length packed sequences "
+            "(`input_ids`, `position_ids` reset per document, `loss_mask`, `doc_lengths`, "
+            "`doc_ids`), Best-Fit Decreasing packing, no document truncated.\n"
+            if has_shards
+            else ""
+        )
+        + "- `task_repo/`: the same tasks as a swebench task repository "
+        "(`swebench eval ... --task-repo task_repo`).\n\n"
+        "```python\n"
+        "from datasets import load_dataset\n"
+        f'tasks = load_dataset("{repo_id}", "tasks", split="{tasks_split}")\n'
+        + (
+            f'shards = load_dataset("{repo_id}", "shards", split="{SHARDS_SPLIT}")\n'
+            if has_shards
+            else ""
+        )
+        + "```\n"
+    )
+
+    def med_max(key: str) -> str:
+        return "{median} / {max}".format(**stats[key])
+
+    summary_rows = [
+        ("tasks", stats["tasks"]),
+        ("repositories", stats["repos"]),
+        ("FAIL_TO_PASS per task (median / max)", med_max("fail_to_pass")),
+        ("PASS_TO_PASS per task (median / max)", med_max("pass_to_pass")),
+        ("patch lines changed (median / max)", med_max("patch_lines")),
+        ("Python versions", ", ".join(stats["python_versions"])),
+        ("install recipes", ", ".join(stats["install_recipes"])),
+        ("flaky tests excluded", stats["flaky_tests_excluded"]),
+    ]
+    parts.append("## Statistics\n\n" + _table(summary_rows, ("tasks", "value")) + "\n")
+    parts.append(
+        "\n" + _table(sorted(stats["tasks_per_repo"].items()), ("repository", "tasks")) + "\n"
+    )
+    if shard_stats:
+        flat = [(k, _fmt(v)) for k, v in shard_stats.items() if isinstance(v, int | float | str)]
+        parts.append("\n" + _table(flat, ("shards", "value")) + "\n")
+    if funnel and funnel.get("stages"):
+        rows = []
+        for s in funnel["stages"]:
+            rejected = ", ".join(f"{r} {n}" for r, n in sorted((s.get("rejected") or {}).items()))
+            rows.append((s.get("stage"), s.get("in"), s.get("out"), rejected or "-"))
+        parts.append("\n### Funnel\n\n" + _table(rows, ("stage", "in", "out", "rejected")) + "\n")
+    parts.append(
+        "\n## How it was made\n\n"
+        "1. **mine**: merged pull requests from git history (merge and squash commits) or GitHub, "
+        "keeping those that change both tests and code.\n"
+        "2. **snapshot**: the PR split into a code `patch` and a `test_patch`, both checked to "
+        "apply at `base_commit`; the snapshot holds nothing after it.\n"
+        "3. **environment**: a layered Docker image (base → env → instance) whose dependencies "
+        "resolve as of the PR date; tags are content hashes.\n"
+        "4. **validate**: the tests run in fresh containers without network, several times, "
+        "with the test patch alone and with the fix; `FAIL_TO_PASS` fail before and pass after in "
+        "every run, `PASS_TO_PASS` pass in both, flaky tests are excluded; results come from "
+        "pytest's JUnit XML.\n"
+        "5. **clean**: the problem statement normalised (optionally rewritten by an LLM, raw "
+        "text kept in `quality`), rewrites that leak the fix rejected.\n"
+        "6. **render, tokenize, pack**: ChatML samples, loss on the assistant turn only, packed "
+        "with Best-Fit Decreasing into the `shards`.\n\n"
+        "Run the reference patches with SWE-bench's harness (the images are the ones named in "
+        "`image`; rebuild them from `environment`):\n\n"
+        "```\n"
+        f"swebench eval {repo_id} --gold --split {tasks_split}\n"
+        "```\n"
+    )
+    if run_info:
+        keep = {k: run_info[k] for k in ("versions", "config_hash", "started_at") if k in run_info}
+        if keep:
+            parts.append(
+                "\n### Run\n\n```json\n" + json.dumps(keep, indent=2, sort_keys=True) + "\n```\n"
+            )
+    parts.append(
+        "\n## License\n\n"
+        f"Card metadata license: `{license_id}`. Each task's code, patches and issue text come "
+        "from its source repository and stay under that repository's license.\n"
+    )
+    return "\n".join(parts)
+
+
+def parse_card(text: str) -> dict[str, Any]:
+    """The YAML metadata of a dataset card (between the leading ``---`` lines)."""
+    if not text.startswith("---\n"):
+        raise ValueError("dataset card has no YAML metadata block")
+    block = text[4:].split("\n---\n", 1)[0]
+    return yaml.safe_load(block)
+
+
+# --------------------------------------------------------------------------- Hugging Face folder
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class HubFolder:
+    path: Path
+    tasks: int
+    shard_files: int
+    card: Path
+
+
+def build_hub_folder(
+    out_dir: str | Path,
+    dest: str | Path,
+    repo_id: str = DEFAULT_DATASET_NAME,
+    license_id: str = "other",
+    tasks_split: str = DEFAULT_TASKS_SPLIT,
+) -> HubFolder:
+    """A Hugging Face dataset folder from a run's output: card, tasks, shards, task repo.
+
+    The folder is rebuilt from scratch so a file from an earlier publish cannot ride along.
+    """
+    out_dir, dest = Path(out_dir), Path(dest)
+    tasks = sorted(read_tasks(out_dir / "tasks.jsonl"), key=lambda t: t.instance_id)
+    if not tasks:
+        raise Fatal(f"{out_dir / 'tasks.jsonl'} holds no tasks; nothing to publish")
+    if dest.resolve() == out_dir.resolve():
+        raise Fatal("--dest must not be the run's output folder itself; use e.g. OUT/hub")
+    if dest.exists():
+        if not (dest / "README.md").is_file() and any(dest.iterdir()):
+            raise Fatal(f"{dest} exists and is not a dataset folder; choose an empty --dest")
+        shutil.rmtree(dest)
+    (dest / "data" / "tasks").mkdir(parents=True)
+    rows = [swebench_row(t) for t in tasks]
+    write_rows_parquet(rows, dest / "data" / "tasks" / f"{tasks_split}-00000-of-00001.parquet")
+    write_task_repo(tasks, dest / "task_repo", repo_id, tasks_split)
+
+    shard_src = sorted((out_dir / "shards").glob("*.parquet"))
+    if shard_src:
+        (dest / "data" / "shards").mkdir(parents=True)
+        for f in shard_src:
+            shutil.copy2(f, dest / "data" / "shards" / f.name)
+    shard_stats = _read_json(out_dir / "shards" / "stats.json")
+    if shard_stats is not None:
+        (dest / "shards_stats.json").write_text(json.dumps(shard_stats, indent=2) + "\n")
+    card = dataset_card(
+        tasks,
+        repo_id=repo_id,
+        license_id=license_id,
+        tasks_split=tasks_split,
+        shard_stats=shard_stats,
+        has_shards=bool(shard_src),
+        funnel=_read_json(out_dir / "funnel.json"),
+        run_info=_read_json(out_dir / "run.json"),
+    )
+    (dest / "README.md").write_text(card)
+    return HubFolder(dest, len(tasks), len(shard_src), dest / "README.md")
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    token: str,
+    private: bool = False,
+    endpoint: str | None = None,
+) -> str:
+    """Upload the folder as a dataset repo; returns its URL. Errors become one-line Fatals."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token, endpoint=endpoint)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message="smelter publish",
+        )
+    except Exception as e:
+        message = str(e).replace(token, "***").splitlines()[0] if str(e) else type(e).__name__
+        raise Fatal(f"push to {repo_id} failed: {message}") from None
+    return f"{(endpoint or api.endpoint).rstrip('/')}/datasets/{repo_id}"
+
+
+# ------------------------------------------------------------------- harness images (Docker I/O)
+
+
+def build_harness_images(task_repo: str | Path, client: Any) -> dict[str, str]:
+    """Build each task's Dockerfile under the ``image`` its task.yaml names; id -> image.
+
+    swebench's own builder shells out to ``docker buildx``, which engines without the plugin
+    lack; the Dockerfile is only ``FROM <instance image>``, so the SDK's builder suffices and
+    needs no network. ``client`` is a ``docker.DockerClient``.
+    """
+    built: dict[str, str] = {}
+    for d in sorted((Path(task_repo) / "tasks").iterdir()):
+        meta_path = d / "task.yaml"
+        if not meta_path.is_file():
+            continue
+        meta = yaml.safe_load(meta_path.read_text())
+        client.images.build(path=str(d), tag=meta["image"], rm=True, network_mode="host")
+        built[meta["instance_id"]] = meta["image"]
+    return built
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    dest = Path(args.dest) if args.dest else out / "export"
+    tasks = read_tasks(out / "tasks.jsonl")
+    paths = export_tasks(tasks, dest, dataset_name=args.dataset_name, split=args.split)
+    warn = [(t.instance_id, ungradable_tests(t)) for t in tasks if ungradable_tests(t)]
+    for iid, ids in warn:
+        print(
+            f"smelter: warning: {iid}: {len(ids)} test id(s) contain whitespace, which "
+            "swebench's pytest log parser cannot read back",
+            file=sys.stderr,
+        )
+    print(
+        f"exported {paths.count} tasks: {paths.jsonl}, {paths.parquet}, {paths.task_repo}/",
+    )
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    repo_id = args.repo_id or DEFAULT_DATASET_NAME
+    folder = build_hub_folder(
+        args.out, args.dest, repo_id=repo_id, license_id=args.license, tasks_split=args.split
+    )
+    shards_note = f"{folder.shard_files} shard file(s)" if folder.shard_files else "no shards"
+    print(f"dataset folder {folder.path}: {folder.tasks} tasks, {shards_note}")
+    if not args.push:
+        return 0
+    if not args.repo_id:
+        raise Fatal("--push needs --repo-id OWNER/NAME")
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise Fatal("--push needs a Hugging Face token in the HF_TOKEN environment variable")
+    url = push_folder(folder.path, repo_id, token, private=args.private)
+    print(f"pushed to {url}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``export`` and ``publish`` to the ``smelter`` command line."""
+    p = subparsers.add_parser(
+        "export",
+        help="write tasks as SWE-bench JSONL/Parquet and a swebench task repository",
+        description="Read OUT/tasks.jsonl; write tasks.jsonl, tasks.parquet (SWE-bench field "
+        "format plus smelter's blocks) and task_repo/ (swebench 5.x layout) under --dest.",
+    )
+    p.add_argument("out", metavar="OUT", help="a run's output folder (holds tasks.jsonl)")
+    p.add_argument("--dest", metavar="DIR", help="where to write (default: OUT/export)")
+    p.add_argument(
+        "--dataset-name",
+        default=DEFAULT_DATASET_NAME,
+        help=f"dataset named in the task repo's sweb.yaml (default: {DEFAULT_DATASET_NAME})",
+    )
+    p.add_argument(
+        "--split",
+        default=DEFAULT_TASKS_SPLIT,
+        help=f"split of the tasks (default: {DEFAULT_TASKS_SPLIT}, swebench's default)",
+    )
+    p.set_defaults(func=_cmd_export)
+
+    q = subparsers.add_parser(
+        "publish",
+        help="assemble a Hugging Face dataset folder (tasks + shards) and optionally push it",
+        description="Build a dataset folder (README.md card, data/tasks, data/shards, "
+        "task_repo/) from a run's output; --push uploads it with the token in HF_TOKEN.",
+    )
+    q.add_argument("out", metavar="OUT", help="a run's output folder")
+    q.add_argument("--dest", metavar="DIR", required=True, help="the dataset folder to (re)build")
+    q.add_argument("--repo-id", metavar="OWNER/NAME", help="the Hub dataset repository")
+    q.add_argument("--push", action="store_true", help="upload to the Hub (needs HF_TOKEN)")
+    q.add_argument("--private", action="store_true", help="create the Hub repository private")
+    q.add_argument(
+        "--license", default="other", help="license id for the card metadata (default: other)"
+    )
+    q.add_argument("--split", default=DEFAULT_TASKS_SPLIT, help="split name of the tasks config")
+    q.set_defaults(func=_cmd_publish)

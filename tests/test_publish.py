@@ -1,0 +1,584 @@
+"""The exports: SWE-bench rows, the swebench task repository, the Hugging Face folder, the CLI.
+
+Task records are built from a real git repository (real diffs, a binary test fixture, a new
+test file), checked with swebench's own task checks and loaders, graded with swebench's own
+grading on a host run of the exported eval.sh, and loaded back with ``datasets`` offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonlines
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from smelter.pipeline import publish
+from smelter.pipeline.cli import main
+from smelter.schemas import (
+    Dockerfiles,
+    Environment,
+    Provenance,
+    Quality,
+    ShardRow,
+    Task,
+    TestRun,
+    TestStatus,
+    Validation,
+)
+
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Ada",
+    "GIT_AUTHOR_EMAIL": "ada@example.com",
+    "GIT_COMMITTER_NAME": "Ada",
+    "GIT_COMMITTER_EMAIL": "ada@example.com",
+    "GIT_AUTHOR_DATE": "1700000000 +0000",
+    "GIT_COMMITTER_DATE": "1700000000 +0000",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV, "HOME": str(repo)}
+    out = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True, check=True)
+    return out.stdout.decode()
+
+
+def write(repo: Path, files: dict[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        p = repo / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content)
+
+
+BASE_FILES = {
+    "pyproject.toml": '[project]\nname = "calc"\nversion = "0.1"\n\n'
+    '[tool.pytest.ini_options]\npythonpath = ["."]\n',
+    "calc/__init__.py": "",
+    "calc/core.py": "def add(a, b):\n    return a + b if a >= 0 else a - b\n",
+    "tests/test_core.py": "from calc.core import add\n\n\ndef test_add():\n"
+    "    assert add(1, 2) == 3\n",
+}
+
+# (code change, test change, F2P, P2P) for each pull request, applied one after another.
+PRS = [
+    (
+        {"calc/core.py": "def add(a, b):\n    return a + b\n"},
+        {
+            "tests/test_core.py": BASE_FILES["tests/test_core.py"]
+            + "\n\ndef test_add_negative():\n    assert add(-1, -2) == -3\n"
+        },
+        ["tests/test_core.py::test_add_negative"],
+        ["tests/test_core.py::test_add"],
+    ),
+    (
+        {"calc/mul.py": "def mul(a, b):\n    return a * b\n"},
+        {
+            "tests/test_mul.py": "import pathlib\n\nimport pytest\n\nfrom calc.mul import mul\n\n\n"
+            '@pytest.mark.parametrize("a,b,c", [(2, 3, 6), (0, 5, 0)])\n'
+            "def test_mul(a, b, c):\n    assert mul(a, b) == c\n\n\n"
+            "class TestMul:\n    def test_blob(self):\n"
+            '        data = (pathlib.Path(__file__).parent / "data" / "blob.bin").read_bytes()\n'
+            "        assert mul(len(data), 1) == 4\n",
+            "tests/data/blob.bin": b"\x00\xff\x10\x80",
+        },
+        [
+            "tests/test_mul.py::test_mul[2-3-6]",
+            "tests/test_mul.py::test_mul[0-5-0]",
+            "tests/test_mul.py::TestMul::test_blob",
+        ],
+        ["tests/test_core.py::test_add", "tests/test_core.py::test_add_negative"],
+    ),
+    (
+        {
+            "calc/core.py": 'def add(a, b):\n    """Sum."""\n    return a + b\n\n\n'
+            "def neg(a):\n    return -a\n"
+        },
+        {
+            "tests/test_core.py": BASE_FILES["tests/test_core.py"]
+            + "\n\ndef test_add_negative():\n    assert add(-1, -2) == -3\n"
+            "\n\ndef test_neg():\n    from calc.core import neg\n\n    assert neg(2) == -2\n"
+        },
+        ["tests/test_core.py::test_neg"],
+        ["tests/test_core.py::test_add", "tests/test_core.py::test_add_negative"],
+    ),
+]
+
+
+def make_environment(iid: str, python_version: str = "3.11") -> Environment:
+    h = f"{abs(hash(iid)) % 10**12:012d}"
+    return Environment(
+        python_version=python_version,
+        base_image="smelter/base:bookworm-py3.11",
+        env_image="smelter/env:0123456789abcdef",
+        instance_image=f"smelter/inst:{h}",
+        env_hash="0123456789abcdef",
+        recipe="pyproject",
+        install_commands=["uv pip install -e ."],
+        test_command=["python", "-m", "pytest", "-p", "no:cacheprovider"],
+        test_files=["tests/test_core.py"],
+        exclude_newer="2023-11-14T22:13:20Z",
+        frozen_requirements=["pytest==8.3.3"],
+        dockerfiles=Dockerfiles(base="FROM scratch\n", env="FROM base\n", instance="FROM env\n"),
+        build_seconds=12.5,
+    )
+
+
+def make_validation(f2p: list[str], p2p: list[str]) -> Validation:
+    before = {t: TestStatus.FAILED for t in f2p} | {t: TestStatus.PASSED for t in p2p}
+    after = {t: TestStatus.PASSED for t in [*f2p, *p2p]}
+    runs = [
+        TestRun(side="before", attempt=i, exit_code=1, duration_seconds=0.4, statuses=before)
+        for i in range(2)
+    ] + [
+        TestRun(side="after", attempt=i, exit_code=0, duration_seconds=0.3, statuses=after)
+        for i in range(3)
+    ]
+    return Validation(runs=runs, flaky=["tests/test_core.py::test_flaky"], seconds=4.2)
+
+
+def build_tasks(root: Path) -> tuple[Path, list[Task]]:
+    """A real repository with three merged PRs and their Task records (real git diffs)."""
+    repo = root / "calc"
+    repo.mkdir()
+    git(repo, "init", "-q", "--initial-branch=main")
+    write(repo, BASE_FILES)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
+    tasks = []
+    for n, (code, tests, f2p, p2p) in enumerate(PRS, start=1):
+        base = git(repo, "rev-parse", "HEAD").strip()
+        write(repo, {**code, **tests})
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"PR {n} (#{n})")
+        merge = git(repo, "rev-parse", "HEAD").strip()
+        patch = git(repo, "diff", "--binary", base, merge, "--", *code)
+        test_patch = git(repo, "diff", "--binary", base, merge, "--", *tests)
+        iid = f"acme__calc-{n}"
+        statement = f"Issue {n}: `add` is wrong for some inputs.\n\nSteps:\n1. call it\n"
+        tasks.append(
+            Task(
+                instance_id=iid,
+                repo="acme/calc",
+                base_commit=base,
+                patch=patch,
+                test_patch=test_patch,
+                problem_statement=statement,
+                hints_text="Look at core.py\n" if n == 1 else "",
+                created_at=f"2023-11-1{n}T10:00:00Z",
+                version="0.1",
+                FAIL_TO_PASS=f2p,
+                PASS_TO_PASS=p2p,
+                environment=make_environment(iid),
+                validation=make_validation(f2p, p2p),
+                quality=None
+                if n == 3
+                else Quality(
+                    raw_problem_statement=statement,
+                    normalized_statement=statement,
+                    specification_score=3,
+                    test_alignment_score=2,
+                ),
+                provenance=Provenance(
+                    source="git", pull_number=n, merge_commit=merge, linked_issues=[n]
+                ),
+            )
+        )
+    return repo, tasks
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Task]]:
+    return build_tasks(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No Hub access, and datasets' caches inside tmp_path."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hf_cache"
+
+
+# --------------------------------------------------------------------------------- pure parts
+
+
+def test_test_lists_are_json_strings_like_public_swebench(built: tuple[Path, list[Task]]) -> None:
+    _, tasks = built
+    row = publish.swebench_row(tasks[1])
+    # The public datasets store json.dumps(list) (", " separators), never a Python repr.
+    assert row["FAIL_TO_PASS"] == (
+        '["tests/test_mul.py::test_mul[2-3-6]", "tests/test_mul.py::test_mul[0-5-0]", '
+        '"tests/test_mul.py::TestMul::test_blob"]'
+    )
+    assert json.loads(row["PASS_TO_PASS"]) == tasks[1].PASS_TO_PASS
+    assert list(row)[: len(publish.SWEBENCH_COLUMNS)] == list(publish.SWEBENCH_COLUMNS)
+    assert row["image"] == tasks[1].environment.instance_image
+    assert row["log_parser"] == "parse_log_pytest" and row["eval_type"] == "pass_and_fail"
+    assert row["environment_setup_commit"] == tasks[1].base_commit
+    assert json.loads(row["validation"])["flaky"] == ["tests/test_core.py::test_flaky"]
+
+
+def test_patched_files_sees_new_and_binary_files(built: tuple[Path, list[Task]]) -> None:
+    _, tasks = built
+    files = publish.patched_files(tasks[1].test_patch)
+    assert [(f.path, f.new) for f in files] == [
+        ("tests/data/blob.bin", True),
+        ("tests/test_mul.py", True),
+    ]
+    assert [(f.path, f.new) for f in publish.patched_files(tasks[0].test_patch)] == [
+        ("tests/test_core.py", False)
+    ]
+
+
+def test_eval_script_shape(built: tuple[Path, list[Task]]) -> None:
+    _, tasks = built
+    script = publish.eval_script(tasks[1])
+    lines = script.splitlines()
+    start = lines.index(f": '{publish.START_MARKER}'")
+    end = lines.index(f": '{publish.END_MARKER}'")
+    # swebench stores the test command's $? right before the end marker: it must be the command.
+    assert end == start + 2
+    assert lines[start + 1] == (
+        "python -m pytest -p no:cacheprovider -rA tests/test_core.py tests/test_mul.py"
+    )
+    assert "conda" not in script and "cd /testbed" in lines
+    assert "rm -f -- tests/data/blob.bin tests/test_mul.py" in lines  # new files are removed
+    assert "GIT binary patch" in script
+
+
+def test_heredoc_delimiter_never_occurs_in_the_patch() -> None:
+    assert publish._heredoc_delimiter("x\nEOF_SMELTER_0\n") == "EOF_SMELTER_1"
+
+
+def test_harness_image_name_matches_swebench() -> None:
+    from swebench.task.checks import expected_image
+
+    for iid in ("acme__calc-1", "Psf__Requests-12", "a__b__c-3"):
+        assert publish.harness_image_name(iid) == expected_image(iid)
+
+
+def test_ungradable_ids_are_reported(built: tuple[Path, list[Task]]) -> None:
+    _, tasks = built
+    task = tasks[0].model_copy(update={"FAIL_TO_PASS": ["tests/t.py::test_x[a b]"]})
+    assert publish.ungradable_tests(task) == ["tests/t.py::test_x[a b]"]
+    assert publish.ungradable_tests(tasks[0]) == []
+
+
+def test_arrow_schema_is_fixed_even_when_a_block_is_null_everywhere(
+    built: tuple[Path, list[Task]], tmp_path: Path
+) -> None:
+    _, tasks = built
+    no_quality = [t for t in tasks if t.quality is None]
+    path = publish.write_rows_parquet(
+        [publish.swebench_row(t) for t in no_quality], tmp_path / "t.parquet"
+    )
+    schema = pq.read_schema(path)
+    assert pa.types.is_struct(schema.field("quality").type)
+    assert schema.field("quality").type.get_field_index("specification_score") >= 0
+    assert schema == publish.tasks_arrow_schema()
+
+
+def test_size_category() -> None:
+    assert publish.size_category(3) == "n<1K"
+    assert publish.size_category(1000) == "1K<n<10K"
+    assert publish.size_category(250_000) == "100K<n<1M"
+
+
+# -------------------------------------------------------------------------- swebench's checks
+
+
+def test_task_repo_passes_swebench_checks(built: tuple[Path, list[Task]], tmp_path: Path) -> None:
+    from swebench.harness.utils import make_test_spec
+    from swebench.task.checks import check_task_repo
+    from swebench.task.repo import load_task_repo
+
+    _, tasks = built
+    paths = publish.export_tasks(tasks, tmp_path / "export")
+    problems = check_task_repo(paths.task_repo)
+    assert [str(p) for p in problems] == []
+
+    loaded = {i["instance_id"]: i for i in load_task_repo(paths.task_repo)}
+    assert sorted(loaded) == [t.instance_id for t in tasks]
+    for task in tasks:
+        inst = loaded[task.instance_id]
+        assert inst["patch"] == task.patch and inst["test_patch"] == task.test_patch
+        assert inst["FAIL_TO_PASS"] == task.FAIL_TO_PASS
+        assert inst["PASS_TO_PASS"] == task.PASS_TO_PASS
+        assert inst["problem_statement"] == task.problem_statement
+        assert inst["hints_text"] == task.hints_text
+        assert inst["instance_image"] == task.environment.instance_image
+        assert inst["environment"]["test_command"] == task.environment.test_command
+        spec = make_test_spec(inst)
+        assert spec.image == publish.harness_image_name(task.instance_id)
+        assert spec.FAIL_TO_PASS == task.FAIL_TO_PASS
+        dockerfile = (paths.task_repo / "tasks" / task.instance_id / "Dockerfile").read_text()
+        assert f"FROM {task.environment.instance_image}" in dockerfile
+    assert not (paths.task_repo / "tasks" / "acme__calc-2" / "hints.md").exists()
+    assert (paths.task_repo / "tasks" / "acme__calc-1" / "hints.md").read_text() == (
+        "Look at core.py\n"
+    )
+
+
+def test_swebench_compiles_the_task_repo_into_a_dataset(
+    built: tuple[Path, list[Task]], tmp_path: Path
+) -> None:
+    from swebench.task.publish import write_parquets
+
+    _, tasks = built
+    paths = publish.export_tasks(tasks, tmp_path / "export")
+    written = write_parquets(paths.task_repo, tmp_path / "compiled")
+    table = pq.read_table(written[f"{publish.DEFAULT_DATASET_NAME}/test"])
+    assert sorted(table.column("instance_id").to_pylist()) == [t.instance_id for t in tasks]
+
+
+def test_problem_check_catches_a_broken_export(
+    built: tuple[Path, list[Task]], tmp_path: Path
+) -> None:
+    """The checks are not vacuous: drop a marker and they complain."""
+    from swebench.task.checks import check_task_repo, errors
+
+    _, tasks = built
+    paths = publish.export_tasks(tasks, tmp_path / "export")
+    eval_sh = paths.task_repo / "tasks" / tasks[0].instance_id / "eval.sh"
+    eval_sh.write_text(eval_sh.read_text().replace(publish.END_MARKER, "end"))
+    assert any("End Test Output" in p.message for p in errors(check_task_repo(paths.task_repo)))
+
+
+def test_jsonl_is_what_swebench_loads(built: tuple[Path, list[Task]], tmp_path: Path) -> None:
+    from swebench.harness.utils import load_swebench_dataset, make_test_spec
+
+    _, tasks = built
+    paths = publish.export_tasks(tasks, tmp_path / "export")
+    rows = load_swebench_dataset(str(paths.jsonl), "test")
+    assert [r["instance_id"] for r in rows] == [t.instance_id for t in tasks]
+    for row, task in zip(rows, tasks, strict=True):
+        assert isinstance(row["FAIL_TO_PASS"], str)
+        spec = make_test_spec(row)
+        assert spec.image == task.environment.instance_image
+        assert spec.FAIL_TO_PASS == task.FAIL_TO_PASS
+
+
+# ------------------------------------------------- the eval script, run and graded by swebench
+
+
+def _run_eval(repo: Path, task: Task, workdir: Path, candidate: str | None) -> str:
+    """Check the task out at base_commit, apply the candidate, run eval.sh on the host."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    git(repo, "worktree", "add", "-q", "--detach", str(workdir), task.base_commit)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "GIT_"))}
+    env |= {"HOME": str(workdir.parent), "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+    if candidate:
+        subprocess.run(
+            ["git", "apply", "--binary", "-"], cwd=workdir, input=candidate.encode(), check=True
+        )
+    script = publish.eval_script(task, workdir=str(workdir))
+    # stderr merged into stdout, as `docker exec` hands the harness one stream
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd="/",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    git(repo, "worktree", "remove", "--force", str(workdir))
+    return done.stdout
+
+
+def _grade(task: Task, log: str, tmp_path: Path) -> bool:
+    from swebench.harness.grading import get_eval_report
+    from swebench.harness.utils import make_test_spec
+
+    row = publish.swebench_row(task)
+    spec = make_test_spec(row)
+    log_path = tmp_path / f"{task.instance_id}.log"
+    log_path.write_text(log)
+    pred = {"instance_id": task.instance_id, "model_patch": "x", "model_name_or_path": "t"}
+    report = get_eval_report(spec, pred, str(log_path), include_tests_status=True)
+    return bool(report[task.instance_id]["resolved"])
+
+
+def test_eval_script_on_the_host_grades_gold_resolved_and_no_patch_unresolved(
+    built: tuple[Path, list[Task]], tmp_path: Path
+) -> None:
+    """swebench's own parser and grading read our eval.sh output (no Docker needed)."""
+    repo, tasks = built
+    for task in tasks:
+        gold = _run_eval(repo, task, tmp_path / "testbed", task.patch)
+        # graded from inside the markers, not from swebench's whole-log fallback
+        inside = gold.split(publish.START_MARKER)[1].split(publish.END_MARKER)[0]
+        assert all(f"PASSED {t}" in inside for t in task.FAIL_TO_PASS), gold[-3000:]
+        assert _grade(task, gold, tmp_path), gold[-3000:]
+        empty = _run_eval(repo, task, tmp_path / "testbed", None)
+        assert not _grade(task, empty, tmp_path), empty[-3000:]
+
+
+# ------------------------------------------------------------------- Hugging Face dataset folder
+
+
+def write_run_output(out: Path, tasks: list[Task]) -> None:
+    """A run's output folder as the pipeline leaves it: tasks, shards, stats, funnel."""
+    out.mkdir(parents=True, exist_ok=True)
+    with jsonlines.open(out / "tasks.jsonl", "w") as w:
+        w.write_all(t.model_dump(mode="json") for t in tasks)
+    rows = [
+        ShardRow(
+            input_ids=[1, 2, 3, 4],
+            position_ids=[0, 1, 0, 1],
+            loss_mask=[0, 1, 0, 1],
+            doc_lengths=[2, 2],
+            doc_ids=[tasks[0].instance_id, tasks[1].instance_id],
+            num_tokens=4,
+        ),
+        ShardRow(
+            input_ids=[5, 6, 7, 0],
+            position_ids=[0, 1, 2, 0],
+            loss_mask=[0, 1, 1, 0],
+            doc_lengths=[3],
+            doc_ids=[tasks[2].instance_id],
+            num_tokens=3,
+        ),
+    ]
+    (out / "shards").mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([r.model_dump() for r in rows]), out / "shards" / "shard-00000.parquet"
+    )
+    (out / "shards" / "stats.json").write_text(
+        json.dumps({"sequences": 2, "tokens": 7, "fill_ratio": 0.875, "documents_split": 0})
+    )
+    (out / "funnel.json").write_text(
+        json.dumps(
+            {
+                "stages": [
+                    {"stage": "mine", "in": 5, "out": 4, "rejected": {"no_test_changes": 1}},
+                    {"stage": "validate", "in": 4, "out": 3, "rejected": {"passes_before": 1}},
+                ]
+            }
+        )
+    )
+
+
+def test_hub_folder_loads_offline_and_card_round_trips(
+    built: tuple[Path, list[Task]], tmp_path: Path, offline: Path
+) -> None:
+    import datasets
+
+    _, tasks = built
+    out = tmp_path / "out"
+    write_run_output(out, tasks)
+    folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/calc-tasks")
+    assert (folder.tasks, folder.shard_files) == (3, 1)
+
+    meta = publish.parse_card(folder.card.read_text())
+    assert meta["license"] == "other"
+    assert meta["size_categories"] == ["n<1K"]
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert set(configs) == {"tasks", "shards"}
+    assert configs["shards"]["data_files"] == [{"split": "train", "path": "data/shards/*.parquet"}]
+    card = folder.card.read_text()
+    assert "| tasks | 3 |" in card and "| acme/calc | 3 |" in card
+    assert "| fill_ratio | 0.875 |" in card and "| validate | 4 | 3 | passes_before 1 |" in card
+
+    loaded = datasets.load_dataset(str(folder.path), "tasks", cache_dir=str(offline))
+    rows = sorted(loaded["test"], key=lambda r: r["instance_id"])
+    assert [r["instance_id"] for r in rows] == [t.instance_id for t in tasks]
+    assert json.loads(rows[1]["FAIL_TO_PASS"]) == tasks[1].FAIL_TO_PASS
+    assert rows[1]["environment"]["instance_image"] == tasks[1].environment.instance_image
+    assert rows[2]["quality"] is None and rows[0]["quality"]["specification_score"] == 3
+    assert rows[0]["provenance"]["pull_number"] == 1
+
+    shards = datasets.load_dataset(str(folder.path), "shards", cache_dir=str(offline))
+    assert shards["train"].num_rows == 2
+    assert shards["train"][0]["doc_ids"] == [tasks[0].instance_id, tasks[1].instance_id]
+    # the task repo travels with the dataset and still passes swebench's checks
+    from swebench.task.checks import check_task_repo
+
+    assert check_task_repo(folder.path / "task_repo") == []
+
+
+def test_hub_folder_without_shards_has_only_the_tasks_config(
+    built: tuple[Path, list[Task]], tmp_path: Path, offline: Path
+) -> None:
+    import datasets
+
+    _, tasks = built
+    out = tmp_path / "out"
+    out.mkdir()
+    with jsonlines.open(out / "tasks.jsonl", "w") as w:
+        w.write_all(t.model_dump(mode="json") for t in tasks)
+    folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/x", tasks_split="train")
+    meta = publish.parse_card(folder.card.read_text())
+    assert [c["config_name"] for c in meta["configs"]] == ["tasks"]
+    loaded = datasets.load_dataset(str(folder.path), "tasks", cache_dir=str(offline))
+    assert loaded["train"].num_rows == 3
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_export_and_publish(
+    built: tuple[Path, list[Task]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, tasks = built
+    out = tmp_path / "out"
+    write_run_output(out, tasks)
+    assert main(["export", str(out)]) == 0
+    assert (out / "export" / "tasks.parquet").is_file()
+    assert (out / "export" / "task_repo" / "sweb.yaml").is_file()
+
+    secret = "hf_SECRETSECRETSECRET123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    hub = tmp_path / "hub"
+    assert main(["publish", str(out), "--dest", str(hub), "--repo-id", "acme/calc"]) == 0
+    for f in hub.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+    monkeypatch.delenv("HF_TOKEN")
+    capsys.readouterr()
+    assert main(["publish", str(out), "--dest", str(hub), "--repo-id", "a/b", "--push"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "smelter: error: --push needs a Hugging Face token in the HF_TOKEN environment variable"
+    )
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smelter: error: no tasks file at") and "\n" not in err
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tasks.jsonl").write_text('{"instance_id": "x"}\n')
+    assert main(["publish", str(bad), "--dest", str(tmp_path / "hub")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"smelter: error: {bad / 'tasks.jsonl'}:1: not a Task record")
+
+
+def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("export", "publish"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "OUT" in capsys.readouterr().out
