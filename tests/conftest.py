@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.docker",
+    "tests.fixtures.validate",
     "tests.fixtures.llm_standin",
     "tests.fixtures.pipeline",
     "tests.fixtures.github_standin",

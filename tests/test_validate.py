@@ -1,0 +1,286 @@
+"""The validate stage on a real engine: a small package in tmp_path, real git diffs, real images,
+real pytest in locked-down containers. Plus the pure parts of the stage (script, file choice)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import docker
+import pytest
+
+from smelter.schemas.records import Reason, Task
+from smelter.transforms.common import Rejected
+from smelter.transforms.validate import (
+    REPORT_PATH,
+    ValidateConfig,
+    Validator,
+    pytest_argv,
+    render_test_script,
+    touched_test_modules,
+)
+from tests.fixtures.validate import InstanceFactory, candidate_for, git
+
+BASE_CODE = """\
+def add(a, b):
+    if b < 0:
+        return a - b  # the bug: negative numbers are subtracted
+    return a + b
+
+
+def mul(a, b):
+    return a * b
+"""
+FIXED_CODE = """\
+def add(a, b):
+    return a + b
+
+
+def mul(a, b):
+    return a * b
+
+
+def sub(a, b):
+    return a - b
+"""
+BASE_TESTS = """\
+import os
+
+from calc import add, mul
+
+
+def test_add_positive():
+    assert add(1, 2) == 3
+
+
+def test_mul():
+    assert mul(2, 3) == 6
+
+
+class TestOwner:
+    def test_not_root(self):
+        assert os.getuid() != 0
+"""
+NEW_TESTS = (
+    BASE_TESTS
+    + """
+
+import pytest
+
+
+@pytest.mark.parametrize("a,b,want", [(1, -1, 0), (5, 2, 7)])
+def test_add_param(a, b, want):
+    assert add(a, b) == want
+
+
+def test_add_negative():
+    assert add(2, -3) == -1
+"""
+)
+NEW_MODULE = """\
+from calc import sub
+
+
+def test_sub():
+    assert sub(3, 1) == 2
+"""
+
+CONFIG = ValidateConfig(
+    validate_timeout_seconds=120,
+    validate_memory="512m",
+    validate_parallel_runs=2,
+    validate_keep_instance_images=True,  # the fixture removes them
+)
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def make_repo(tmp_path: Path, pr: dict[str, str]) -> tuple[Path, str]:
+    """A git repo with a base commit (buggy calc + tests) and one PR commit on top."""
+    repo = tmp_path / "calc"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    write(repo, {"calc/__init__.py": BASE_CODE, "tests/test_calc.py": BASE_TESTS})
+    write(repo, {"pyproject.toml": '[project]\nname = "calc"\nversion = "0"\n'})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    write(repo, pr)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the PR")
+    git(repo, "checkout", "-q", base)  # the image holds the base commit
+    return repo, base
+
+
+def validate(
+    tmp_path: Path, instance_image: InstanceFactory, client: docker.DockerClient, pr: dict[str, str]
+) -> Task:
+    repo, base = make_repo(tmp_path, pr)
+    image = instance_image(repo)
+    cand = candidate_for(
+        repo,
+        base=base,
+        image=image,
+        head="main",
+        test_paths=["tests"],
+        code_paths=["calc"],
+    )
+    return Validator(client, CONFIG).validate(cand)
+
+
+def rejected(*args: object) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        validate(*args)  # type: ignore[arg-type]
+    return info.value
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_touched_test_modules_skip_deleted_conftest_and_data() -> None:
+    patch = textwrap.dedent(
+        """\
+        diff --git a/tests/test_a.py b/tests/test_a.py
+        --- a/tests/test_a.py
+        +++ b/tests/test_a.py
+        diff --git a/tests/test_old.py b/tests/test_old.py
+        deleted file mode 100644
+        --- a/tests/test_old.py
+        +++ /dev/null
+        diff --git a/tests/conftest.py b/tests/conftest.py
+        +++ b/tests/conftest.py
+        diff --git a/tests/data/x.json b/tests/data/x.json
+        +++ b/tests/data/x.json
+        diff --git a/pkg/io_test.py b/pkg/io_test.py
+        new file mode 100644
+        --- /dev/null
+        +++ b/pkg/io_test.py
+        """
+    )
+    assert touched_test_modules(patch) == ["pkg/io_test.py", "tests/test_a.py"]
+
+
+def test_pytest_argv_adds_report_rootdir_and_keeps_cache_off_once() -> None:
+    argv = pytest_argv(["python", "-m", "pytest", "-p", "no:cacheprovider"], ["t/test_a.py"], "/w")
+    assert argv.count("no:cacheprovider") == 1
+    assert f"--junit-xml={REPORT_PATH}" in argv
+    assert "junit_family=xunit1" in argv and "--rootdir=/w" in argv
+    assert argv[-1] == "t/test_a.py"
+
+
+def test_script_is_valid_sh_and_names_everything(tmp_path: Path) -> None:
+    script = render_test_script(pytest_argv([], ["tests/test_x.py"], "/testbed"), "/testbed")
+    (tmp_path / "s.sh").write_text(script)
+    subprocess.run(["sh", "-n", str(tmp_path / "s.sh")], check=True)
+    for needle in ("git apply", "/smelter/test.patch", "/smelter/fix.patch", "setpriv", "--junit"):
+        assert needle in script
+
+
+# --------------------------------------------------------------------------- real Docker
+
+
+@pytest.mark.docker
+def test_bug_fix_gives_fail_to_pass_and_pass_to_pass(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    pr = {
+        "calc/__init__.py": FIXED_CODE,
+        "tests/test_calc.py": NEW_TESTS,
+        "tests/test_sub.py": NEW_MODULE,  # imports a name the fix adds: collection error before
+    }
+    task = validate(tmp_path, instance_image, docker_client, pr)
+    assert task.FAIL_TO_PASS == [
+        "tests/test_calc.py::test_add_negative",
+        "tests/test_calc.py::test_add_param[1--1-0]",
+        "tests/test_sub.py::test_sub",
+    ]
+    assert task.PASS_TO_PASS == [
+        "tests/test_calc.py::TestOwner::test_not_root",  # tests ran as a non-root user
+        "tests/test_calc.py::test_add_param[5-2-7]",
+        "tests/test_calc.py::test_add_positive",
+        "tests/test_calc.py::test_mul",
+    ]
+    v = task.validation
+    assert [(r.side, r.attempt) for r in v.runs] == [
+        ("before", 0), ("before", 1), ("after", 0), ("after", 1), ("after", 2)
+    ]  # fmt: skip
+    assert all(r.report_found and r.duration_seconds > 0 for r in v.runs)
+    assert v.runs[0].statuses["tests/test_sub.py"] == "error"  # the module did not import
+    assert v.runs[0].exit_code == 1 and v.runs[2].exit_code == 0
+    assert "test_add_negative" in v.runs[0].log_tail
+    assert "git apply" in v.test_script and v.parser == "junit_v1" and v.flaky == []
+    assert task.provenance.merge_commit and task.environment.instance_image
+
+
+@pytest.mark.docker
+def test_patch_breaking_a_passing_test_rejects_pass_to_fail(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    broken = FIXED_CODE.replace("return a * b", "return a * b + 1")
+    r = rejected(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": broken, "tests/test_calc.py": NEW_TESTS
+    })  # fmt: skip
+    assert r.reason is Reason.PASS_TO_FAIL and "tests/test_calc.py::test_mul" in r.detail
+
+
+@pytest.mark.docker
+def test_flaky_test_via_smelter_attempt_is_recorded_and_excluded(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    flaky = NEW_TESTS + textwrap.dedent(
+        """
+
+        def test_flaky():
+            assert os.environ["SMELTER_ATTEMPT"] != "1"
+        """
+    )
+    task = validate(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": FIXED_CODE, "tests/test_calc.py": flaky
+    })  # fmt: skip
+    assert task.validation.flaky == ["tests/test_calc.py::test_flaky"]
+    assert "tests/test_calc.py::test_flaky" not in task.FAIL_TO_PASS + task.PASS_TO_PASS
+    assert "tests/test_calc.py::test_add_negative" in task.FAIL_TO_PASS
+
+
+@pytest.mark.docker
+def test_only_flaky_candidate_rejects_all_flaky(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    tests = BASE_TESTS + textwrap.dedent(
+        """
+
+        def test_add_negative_flaky():
+            assert add(2, -3) == -1 and os.environ["SMELTER_ATTEMPT"] != "2"
+        """
+    )
+    r = rejected(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": FIXED_CODE, "tests/test_calc.py": tests
+    })  # fmt: skip
+    assert r.reason is Reason.ALL_FLAKY and "test_add_negative_flaky" in r.detail
+
+
+@pytest.mark.docker
+def test_tests_passing_without_the_fix_reject_passes_before(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    tests = BASE_TESTS + "\n\ndef test_more():\n    assert add(2, 2) == 4\n"
+    r = rejected(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": FIXED_CODE, "tests/test_calc.py": tests
+    })  # fmt: skip
+    assert r.reason is Reason.PASSES_BEFORE
+
+
+@pytest.mark.docker
+def test_fix_that_does_not_fix_rejects_fails_after(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    not_fixed = BASE_CODE + "\n\ndef unrelated():\n    return 1\n"
+    r = rejected(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": not_fixed, "tests/test_calc.py": NEW_TESTS
+    })  # fmt: skip
+    assert r.reason is Reason.FAILS_AFTER and "test_add_negative" in r.detail

@@ -1,0 +1,398 @@
+"""The validate stage: Candidate (with its Environment) -> Task with FAIL_TO_PASS / PASS_TO_PASS.
+
+Deliberate choices:
+- One shell script, recorded verbatim on the Task (``validation.test_script``), does all the
+  work inside the container: ``sh run_tests.sh before|after``. With the image and the two patch
+  files anyone can re-validate a task without smelter.
+- Every run is a fresh container from the instance image (no state leaks between runs or
+  sides), with ``SMELTER_ATTEMPT`` = the 0-based rerun index of its side, so a test that depends
+  on it shows up as flaky reproducibly.
+- The script starts as root only to make the result directory writable, then re-executes
+  itself as the owner of the source tree (the instance image copies it as 1000:1000) via
+  ``setpriv``; a tree owned by root stays root ("non-root where the repo allows").
+- Results come from JUnit XML copied out of the container (``junit.py``); the verdict is the
+  pure ``grading.grade``. Patches that fail to apply in the container get their own exit codes
+  and reasons, so they are never mistaken for test results.
+- The runs of one task go to a small thread pool (``validate_parallel_runs``): the engine does
+  the work, threads only wait. Containers are removed in ``finally`` and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import re
+import shlex
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+
+from smelter.schemas.records import (
+    Candidate,
+    Provenance,
+    Reason,
+    Task,
+    TestRun,
+    Validation,
+)
+from smelter.transforms import docker_engine as eng
+from smelter.transforms.common import Rejected, StageFn, tail
+from smelter.transforms.grading import grade
+from smelter.transforms.junit import PARSER, JUnitError, parse_junit
+from smelter.transforms.sandbox import (
+    Sandbox,
+    SandboxLimits,
+    SandboxResult,
+    install_cleanup_handlers,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "validate"
+SCRIPT_VERSION = "test_script_v1"
+INBOX = "/smelter"
+SCRIPT_PATH = f"{INBOX}/run_tests.sh"
+TEST_PATCH_PATH = f"{INBOX}/test.patch"
+FIX_PATCH_PATH = f"{INBOX}/fix.patch"
+REPORT_PATH = f"{INBOX}/out/report.xml"
+DEFAULT_WORKDIR = "/testbed"
+DEFAULT_TEST_COMMAND = ("python", "-m", "pytest", "-rA", "--tb=short")
+
+EXIT_NO_WORKDIR, EXIT_TEST_PATCH, EXIT_FIX_PATCH = 90, 91, 92
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """How the validate stage runs tests; every field is a CLI flag / TOML key."""
+
+    validate_reruns_before: int = field(
+        default=2, metadata={"help": "runs with the test patch alone (flaky tests flip between)"}
+    )
+    validate_reruns_after: int = field(
+        default=3, metadata={"help": "runs with test patch + fix (flaky tests flip between)"}
+    )
+    validate_timeout_seconds: float = field(
+        default=900.0, metadata={"help": "wall-clock limit of one test run; the task is rejected"}
+    )
+    validate_memory: str = field(
+        default="4g", metadata={"help": "memory limit of a test container (no swap beyond it)"}
+    )
+    validate_cpus: float = field(default=1.0, metadata={"help": "CPUs per test container"})
+    validate_pids_limit: int = field(
+        default=1024, metadata={"help": "max processes/threads in a test container"}
+    )
+    validate_tmpfs_size: str = field(
+        default="1g", metadata={"help": "size of the tmpfs mounted on /tmp in test containers"}
+    )
+    validate_log_bytes: int = field(
+        default=20_000, metadata={"help": "bytes of each run's output kept (the tail)"}
+    )
+    validate_parallel_runs: int = field(
+        default=2, metadata={"help": "test containers of one task running at the same time"}
+    )
+    validate_drop_privileges: bool = field(
+        default=True,
+        metadata={"help": "run tests as the owner of the source tree instead of root"},
+    )
+    validate_keep_instance_images: bool = field(
+        default=False,
+        metadata={"help": "keep each instance image after validation (default: remove it)"},
+    )
+    validate_pytest_args: tuple[str, ...] = field(
+        default=(), metadata={"help": "extra pytest arguments appended to the test command"}
+    )
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(
+            timeout_seconds=self.validate_timeout_seconds,
+            memory=self.validate_memory,
+            cpus=self.validate_cpus,
+            pids=self.validate_pids_limit,
+            log_bytes=self.validate_log_bytes,
+            tmpfs_size=self.validate_tmpfs_size,
+        )
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+_PLUS_PATH = re.compile(r"^\+\+\+ (?:\"?b/)?(.*?)\"?(?:\t.*)?$")
+
+
+def touched_test_modules(test_patch: str) -> list[str]:
+    """Test modules the test patch adds or modifies (deleted ones cannot run); sorted."""
+    out: set[str] = set()
+    for line in test_patch.splitlines():
+        if not line.startswith("+++ ") or line.startswith("+++ /dev/null"):
+            continue
+        m = _PLUS_PATH.match(line)
+        path = m.group(1) if m else ""
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")):
+            out.add(path)
+    return sorted(out)
+
+
+def pytest_argv(
+    test_command: Sequence[str], test_files: Sequence[str], workdir: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """The full pytest command: the environment's command + what validation needs + files."""
+    argv = list(test_command) or list(DEFAULT_TEST_COMMAND)
+    if not _has_plugin_off(argv, "cacheprovider"):
+        argv += ["-p", "no:cacheprovider"]  # no .pytest_cache: runs must not influence each other
+    argv += [
+        f"--junit-xml={REPORT_PATH}",
+        "-o",
+        "junit_family=xunit1",  # adds file= to each testcase: node ids are recovered exactly
+        "--continue-on-collection-errors",  # one broken module must not hide the others
+        f"--rootdir={workdir}",  # node ids relative to the repository root, ini or not
+        *extra,
+        *test_files,
+    ]
+    return argv
+
+
+def _has_plugin_off(argv: Sequence[str], plugin: str) -> bool:
+    return any(a == f"no:{plugin}" for a in argv) or f"-pno:{plugin}" in argv
+
+
+def render_test_script(argv: Sequence[str], workdir: str, drop_privileges: bool = True) -> str:
+    """The script every test container runs, as recorded on the Task."""
+    drop = (
+        """if [ "$(id -u)" = 0 ] && [ -z "${SMELTER_DROPPED:-}" ]; then
+  mkdir -p "$out" && chmod 0777 "$out"
+  owner="$(stat -c %u:%g .)"
+  if [ "$owner" != 0:0 ] && command -v setpriv >/dev/null 2>&1; then
+    # Tests run as the owner of the source tree, not root (the tree stays writable for them).
+    export SMELTER_DROPPED=1 HOME=/tmp
+    exec setpriv --reuid="${owner%:*}" --regid="${owner#*:}" --clear-groups -- sh "$0" "$@"
+  fi
+fi
+"""
+        if drop_privileges
+        else ""
+    )
+    return f"""#!/bin/sh
+# smelter {SCRIPT_VERSION}: run the touched tests of one task in a fresh container.
+# usage: sh {SCRIPT_PATH} before|after
+#   before: apply {TEST_PATCH_PATH}; after: also apply {FIX_PATCH_PATH}.
+# Results: pytest JUnit XML at {REPORT_PATH}. Exit: pytest's code, or {EXIT_NO_WORKDIR} (no
+# source tree), {EXIT_TEST_PATCH} (test patch does not apply), {EXIT_FIX_PATCH} (fix does not).
+set -u
+out={shlex.quote(REPORT_PATH.rsplit("/", 1)[0])}
+cd {shlex.quote(workdir)} || exit {EXIT_NO_WORKDIR}
+{drop}mkdir -p "$out" && rm -f {shlex.quote(REPORT_PATH)}
+git apply --whitespace=nowarn {TEST_PATCH_PATH} || {{
+  echo "smelter: the test patch does not apply"; exit {EXIT_TEST_PATCH}; }}
+if [ "${{1:-before}}" = after ]; then
+  git apply --whitespace=nowarn {FIX_PATCH_PATH} || {{
+    echo "smelter: the fix does not apply"; exit {EXIT_FIX_PATCH}; }}
+fi
+export PYTHONDONTWRITEBYTECODE=1
+exec {shlex.join(argv)}
+"""
+
+
+def to_test_run(
+    side: str, attempt: int, result: SandboxResult, test_files: Sequence[str], log_bytes: int
+) -> TestRun:
+    """One sandbox run -> a TestRun record; an unreadable report counts as missing."""
+    report = result.files.get(REPORT_PATH)
+    statuses: dict[str, Any] = {}
+    found = report is not None and not result.timed_out
+    note = ""
+    if found and report is not None:
+        try:
+            statuses = parse_junit(report, known_files=test_files).statuses
+        except JUnitError as e:
+            found, note = False, f"\n[smelter] {e}"
+    if result.oom_killed:
+        note += "\n[smelter] the container was killed for exceeding its memory limit"
+    if result.timed_out:
+        note += "\n[smelter] killed at the wall-clock limit"
+    return TestRun(
+        side=side,  # type: ignore[arg-type]
+        attempt=attempt,
+        exit_code=result.exit_code,
+        duration_seconds=round(result.seconds, 3),
+        statuses=statuses,
+        timed_out=result.timed_out,
+        report_found=found,
+        log_tail=tail(result.log + note, log_bytes),
+    )
+
+
+def patch_problem(runs: Iterable[TestRun]) -> Rejected | None:
+    """A patch that does not apply in the image is not a test result."""
+    for run in runs:
+        if run.exit_code == EXIT_TEST_PATCH:
+            return Rejected(Reason.PATCH_DOES_NOT_APPLY, "test patch: " + tail(run.log_tail, 800))
+        if run.exit_code == EXIT_FIX_PATCH:
+            return Rejected(Reason.PATCH_DOES_NOT_APPLY, "fix: " + tail(run.log_tail, 800))
+        if run.exit_code == EXIT_NO_WORKDIR:
+            return Rejected(Reason.INFRASTRUCTURE, "the image has no source tree at its WORKDIR")
+    return None
+
+
+def smelter_version() -> str:
+    try:
+        return importlib.metadata.version("swe-smelter")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+class Validator:
+    """Runs a candidate's before/after runs in a sandbox and grades them (no Beam involved)."""
+
+    def __init__(self, client: docker.DockerClient, config: ValidateConfig) -> None:
+        self._client = client
+        self.config = config
+        self.sandbox = Sandbox(client, config.limits())
+
+    def workdir_of(self, image: str) -> str:
+        try:
+            attrs = eng.retry(lambda: self._client.images.get(image)).attrs
+        except docker.errors.ImageNotFound:
+            raise Rejected(
+                Reason.INFRASTRUCTURE,
+                f"instance image {image} is missing (removed after an earlier validation? "
+                "re-run the environment stage or keep images with --validate-keep-instance-images)",
+            ) from None
+        return (attrs.get("Config") or {}).get("WorkingDir") or DEFAULT_WORKDIR
+
+    def runs(self, candidate: Candidate) -> tuple[list[TestRun], str]:
+        """All before/after runs of one candidate, and the script they ran."""
+        env = candidate.environment
+        assert env is not None
+        cfg = self.config
+        files = touched_test_modules(candidate.test_patch) or sorted(env.test_files)
+        if not files:
+            raise Rejected(Reason.NO_TESTS_RUN, "the test patch touches no test module")
+        workdir = self.workdir_of(env.instance_image)
+        argv = pytest_argv(env.test_command, files, workdir, cfg.validate_pytest_args)
+        script = render_test_script(argv, workdir, cfg.validate_drop_privileges)
+        inputs = {
+            SCRIPT_PATH: script,
+            TEST_PATCH_PATH: candidate.test_patch,
+            FIX_PATCH_PATH: candidate.patch,
+        }
+        jobs = [("before", i) for i in range(cfg.validate_reruns_before)]
+        jobs += [("after", i) for i in range(cfg.validate_reruns_after)]
+
+        def one(job: tuple[str, int]) -> TestRun:
+            side, attempt = job
+            result = self.sandbox.run(
+                env.instance_image,
+                ["sh", SCRIPT_PATH, side],
+                files=inputs,
+                fetch=[REPORT_PATH],
+                env={"SMELTER_ATTEMPT": str(attempt), "SMELTER_SIDE": side},
+                labels={eng.LABEL_INSTANCE: candidate.instance_id},
+            )
+            return to_test_run(side, attempt, result, files, cfg.validate_log_bytes)
+
+        with ThreadPoolExecutor(max_workers=max(1, cfg.validate_parallel_runs)) as pool:
+            runs = list(pool.map(one, jobs))
+        return runs, script
+
+    def validate(self, candidate: Candidate, config_hash: str = "") -> Task:
+        """The Task, or ``Rejected`` with the precise reason."""
+        env = candidate.environment
+        if env is None:
+            raise Rejected(Reason.INFRASTRUCTURE, "candidate reached validation without an image")
+        started = time.monotonic()
+        try:
+            runs, script = self.runs(candidate)
+        finally:
+            if not self.config.validate_keep_instance_images:
+                self._remove_image(env.instance_image)
+        if (problem := patch_problem(runs)) is not None:
+            raise problem
+        verdict = grade(
+            [r for r in runs if r.side == "before"], [r for r in runs if r.side == "after"]
+        )
+        if not verdict.ok:
+            assert verdict.reason is not None
+            raise Rejected(verdict.reason, _with_log(verdict.detail, runs))
+        validation = Validation(
+            runs=runs,
+            flaky=verdict.flaky,
+            reruns_before=self.config.validate_reruns_before,
+            reruns_after=self.config.validate_reruns_after,
+            parser=PARSER,
+            test_script=script,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return Task(
+            instance_id=candidate.instance_id,
+            repo=candidate.repo,
+            base_commit=candidate.base_commit,
+            patch=candidate.patch,
+            test_patch=candidate.test_patch,
+            problem_statement=candidate.problem_statement,
+            hints_text=candidate.hints_text,
+            created_at=candidate.created_at,
+            environment_setup_commit=candidate.base_commit,
+            FAIL_TO_PASS=verdict.fail_to_pass,
+            PASS_TO_PASS=verdict.pass_to_pass,
+            environment=env,
+            validation=validation,
+            provenance=Provenance(
+                source=candidate.source,
+                pull_number=candidate.pull_number,
+                pr_url=(
+                    f"https://github.com/{candidate.repo}/pull/{candidate.pull_number}"
+                    if candidate.source == "github"
+                    else ""
+                ),
+                merge_commit=candidate.merge_commit,
+                linked_issues=[i.number for i in candidate.linked_issues],
+                smelter_version=smelter_version(),
+                config_hash=config_hash,
+            ),
+        )
+
+    def _remove_image(self, image: str) -> None:
+        with contextlib.suppress(docker.errors.APIError):
+            self._client.images.remove(image, force=False, noprune=False)
+
+
+def _with_log(detail: str, runs: Sequence[TestRun]) -> str:
+    """The grading detail plus the end of the most telling run's log."""
+    worst = next((r for r in runs if r.timed_out or not r.report_found), None)
+    worst = worst or next((r for r in runs if r.side == "after"), runs[0] if runs else None)
+    if worst is None or not worst.log_tail:
+        return detail
+    return (
+        f"{detail}\n--- {worst.side} run {worst.attempt} log tail ---\n{tail(worst.log_tail, 1200)}"
+    )
+
+
+class ValidateFn(StageFn):
+    """Candidate (with environment) -> Task; rejections carry the precise reason."""
+
+    STAGE = STAGE
+
+    def __init__(self, config: ValidateConfig, cache_root: str | None = None) -> None:
+        super().__init__(config, cache_root)
+
+    def setup_stage(self) -> None:
+        install_cleanup_handlers()
+        self._client = eng.connect()
+        self._validator = Validator(self._client, self._config)
+
+    def teardown_stage(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    def run(self, record: Candidate) -> Iterable[Task]:
+        yield self._validator.validate(record, self._config_hash)
