@@ -80,12 +80,13 @@ class LogEntry:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GraphNode:
-    """A commit in the commit graph: parents, author time (unix seconds), subject."""
+    """A commit in the commit graph: parents, author time (unix seconds), subject, author."""
 
     sha: str
     parents: tuple[str, ...]
     author_time: int
     subject: str
+    author_name: str = ""
 
 
 def _mirror_name(url_or_path: str) -> str:
@@ -223,13 +224,13 @@ class GitRepo:
 
     def commit_graph(self, *revs: str) -> dict[str, GraphNode]:
         """Every commit reachable from ``revs`` with parents, author time and subject (one call)."""
-        out = self.git("log", f"--format={_RS}%H{_US}%P{_US}%at{_US}%s", *revs, "--").decode(
-            "utf-8", "replace"
-        )
+        out = self.git(
+            "log", f"--format={_RS}%H{_US}%P{_US}%at{_US}%an{_US}%s", *revs, "--"
+        ).decode("utf-8", "replace")
         graph: dict[str, GraphNode] = {}
         for chunk in out.split(_RS)[1:]:
-            sha, parents, at, subject = chunk.rstrip("\n").split(_US, 3)
-            graph[sha] = GraphNode(sha, tuple(parents.split()), int(at or 0), subject)
+            sha, parents, at, name, subject = chunk.rstrip("\n").split(_US, 4)
+            graph[sha] = GraphNode(sha, tuple(parents.split()), int(at or 0), subject, name)
         return graph
 
     def read_file(self, commit: str, path: str) -> bytes | None:
