@@ -149,26 +149,51 @@ def _heredoc_delimiter(body: str) -> str:
     return f"EOF_SMELTER_{n}"
 
 
+def harness_test_argv(task: Task, workdir: str = WORKDIR) -> list[str]:
+    """The validated test command, made to print what ``parse_log_pytest`` reads.
+
+    ``-rA`` prints one ``STATUS node_id`` line per test; ``--rootdir`` makes node ids relative
+    to the repository root as in validation (without an ini file pytest would root them at the
+    common ancestor of the arguments); ``--continue-on-collection-errors`` keeps one broken
+    module from hiding the other tests' results; no cache provider keeps the tree clean.
+    """
+    argv = list(task.environment.test_command) or ["python", "-m", "pytest"]
+    if "-rA" not in argv:
+        argv.append("-rA")
+    if "no:cacheprovider" not in argv and "-pno:cacheprovider" not in argv:
+        argv += ["-p", "no:cacheprovider"]
+    if not any(a.startswith("--rootdir") for a in argv):
+        argv.append(f"--rootdir={workdir}")
+    if "--continue-on-collection-errors" not in argv:
+        argv.append("--continue-on-collection-errors")
+    return argv + graded_test_files(task)
+
+
+def _drops_privileges(task: Task) -> bool:
+    """Validation ran the tests as the source tree's owner unless its script says otherwise."""
+    script = task.validation.test_script
+    return not script or "setpriv" in script
+
+
 def eval_script(task: Task, workdir: str = WORKDIR) -> str:
     """The script swebench's harness runs in the container after applying the candidate patch.
 
     Self-contained (no conda): the image's ENV carries the venv. Test files are reset to
     ``base_commit`` first so a candidate patch cannot edit the tests that grade it, then the
-    test patch is applied; the test command is the exact one validation used, plus ``-rA``.
+    test patch is applied. As in validation, the tests run as the owner of the source tree when
+    that is not root (the harness runs everything as root, and a test of file permissions
+    passes for a user and fails for root); the tree is chowned back to that owner first, since
+    root applied the patches.
+
     The line before the end marker must be the test command: swebench records its ``$?``
     there to cross-check the log against the exit code. The markers appear once, as ``set -x``
     traces of ``:`` (an echo would print them twice and swebench slices at the first);
     ``exec 2>&1`` puts those traces in pytest's stream, so they bracket its output in order
     (Docker multiplexes stdout and stderr with no ordering promise).
     """
-    env = task.environment
     touched = patched_files(task.test_patch)
     existing = [f.path for f in touched if not f.new]
     created = [f.path for f in touched if f.new]
-    command = list(env.test_command)
-    if "-rA" not in command:
-        command.append("-rA")
-    command += graded_test_files(task)
     body = task.test_patch if task.test_patch.endswith("\n") else task.test_patch + "\n"
     eof = _heredoc_delimiter(body)
     reset = []
@@ -176,6 +201,14 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
         reset.append(f"git checkout {task.base_commit} -- {shlex.join(existing)}")
     if created:
         reset.append(f"rm -f -- {shlex.join(created)}")
+    as_owner = [
+        'as_owner=""',
+        'owner="$(stat -c %u:%g .)"',
+        'if [ "$(id -u)" = 0 ] && [ "$owner" != 0:0 ] && command -v setpriv >/dev/null; then '
+        'chown -R "$owner" . && as_owner="setpriv --reuid=${owner%:*} --regid=${owner#*:} '
+        '--clear-groups env HOME=/tmp"; fi',
+    ]
+    run = shlex.join(harness_test_argv(task, workdir))
     lines = [
         "#!/bin/bash",
         "set -uxo pipefail",
@@ -186,28 +219,35 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
         "git -c core.fileMode=false diff " + task.base_commit,
         *reset,
         f"git apply --binary -v - <<'{eof}'\n{body}{eof}",
+        "export PYTHONDONTWRITEBYTECODE=1",
+        *(as_owner if _drops_privileges(task) else ['as_owner=""']),
         f": '{START_MARKER}'",
-        shlex.join(command),
+        f"$as_owner {run}",
         f": '{END_MARKER}'",
         *reset,
     ]
     return "\n".join(lines) + "\n"
 
 
-def harness_dockerfile(task: Task, workdir: str = WORKDIR) -> str:
+def harness_dockerfile(task: Task) -> str:
     """The task repo's Dockerfile: our instance image under swebench's name, nothing rebuilt.
 
-    No RUN line, so it builds without network (swebench's builder uses the default network).
+    swebench's harness applies patches in /testbed as root. Our images keep the source there
+    (``Environment.workdir``); one that does not gets a symlink, the only RUN line ever
+    emitted, so the usual Dockerfile builds without network.
     """
     env = task.environment
-    return (
-        f"# Instance image built by smelter (recipe {env.recipe}, env {env.env_hash}).\n"
-        f"# Rebuild it from the environment block in task.yaml; this file only names it for\n"
-        f"# swebench's harness, which runs as root in {workdir}.\n"
-        f"FROM {env.instance_image}\n"
-        f"USER root\n"
-        f"WORKDIR {workdir}\n"
-    )
+    lines = [
+        f"# Instance image built by smelter (recipe {env.recipe}, env {env.env_hash}); rebuild",
+        "# it from the environment block in task.yaml. This file only names it for swebench's",
+        "# harness, which runs as root in /testbed.",
+        f"FROM {env.instance_image}",
+        "USER root",
+    ]
+    if env.workdir.rstrip("/") != WORKDIR:
+        lines.append(f"RUN ln -sfn {shlex.quote(env.workdir)} {WORKDIR}")
+    lines.append(f"WORKDIR {WORKDIR}")
+    return "\n".join(lines) + "\n"
 
 
 def swebench_row(task: Task, image: str | None = None, workdir: str = WORKDIR) -> dict[str, Any]:

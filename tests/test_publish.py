@@ -32,86 +32,7 @@ from smelter.schemas import (
     TestStatus,
     Validation,
 )
-
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Ada",
-    "GIT_AUTHOR_EMAIL": "ada@example.com",
-    "GIT_COMMITTER_NAME": "Ada",
-    "GIT_COMMITTER_EMAIL": "ada@example.com",
-    "GIT_AUTHOR_DATE": "1700000000 +0000",
-    "GIT_COMMITTER_DATE": "1700000000 +0000",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV, "HOME": str(repo)}
-    out = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True, check=True)
-    return out.stdout.decode()
-
-
-def write(repo: Path, files: dict[str, str | bytes]) -> None:
-    for rel, content in files.items():
-        p = repo / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            p.write_bytes(content)
-        else:
-            p.write_text(content)
-
-
-BASE_FILES = {
-    "pyproject.toml": '[project]\nname = "calc"\nversion = "0.1"\n\n'
-    '[tool.pytest.ini_options]\npythonpath = ["."]\n',
-    "calc/__init__.py": "",
-    "calc/core.py": "def add(a, b):\n    return a + b if a >= 0 else a - b\n",
-    "tests/test_core.py": "from calc.core import add\n\n\ndef test_add():\n"
-    "    assert add(1, 2) == 3\n",
-}
-
-# (code change, test change, F2P, P2P) for each pull request, applied one after another.
-PRS = [
-    (
-        {"calc/core.py": "def add(a, b):\n    return a + b\n"},
-        {
-            "tests/test_core.py": BASE_FILES["tests/test_core.py"]
-            + "\n\ndef test_add_negative():\n    assert add(-1, -2) == -3\n"
-        },
-        ["tests/test_core.py::test_add_negative"],
-        ["tests/test_core.py::test_add"],
-    ),
-    (
-        {"calc/mul.py": "def mul(a, b):\n    return a * b\n"},
-        {
-            "tests/test_mul.py": "import pathlib\n\nimport pytest\n\nfrom calc.mul import mul\n\n\n"
-            '@pytest.mark.parametrize("a,b,c", [(2, 3, 6), (0, 5, 0)])\n'
-            "def test_mul(a, b, c):\n    assert mul(a, b) == c\n\n\n"
-            "class TestMul:\n    def test_blob(self):\n"
-            '        data = (pathlib.Path(__file__).parent / "data" / "blob.bin").read_bytes()\n'
-            "        assert mul(len(data), 1) == 4\n",
-            "tests/data/blob.bin": b"\x00\xff\x10\x80",
-        },
-        [
-            "tests/test_mul.py::test_mul[2-3-6]",
-            "tests/test_mul.py::test_mul[0-5-0]",
-            "tests/test_mul.py::TestMul::test_blob",
-        ],
-        ["tests/test_core.py::test_add", "tests/test_core.py::test_add_negative"],
-    ),
-    (
-        {
-            "calc/core.py": 'def add(a, b):\n    """Sum."""\n    return a + b\n\n\n'
-            "def neg(a):\n    return -a\n"
-        },
-        {
-            "tests/test_core.py": BASE_FILES["tests/test_core.py"]
-            + "\n\ndef test_add_negative():\n    assert add(-1, -2) == -3\n"
-            "\n\ndef test_neg():\n    from calc.core import neg\n\n    assert neg(2) == -2\n"
-        },
-        ["tests/test_core.py::test_neg"],
-        ["tests/test_core.py::test_add", "tests/test_core.py::test_add_negative"],
-    ),
-]
+from tests._calc_repo import git, make_calc_repo
 
 
 def make_environment(iid: str, python_version: str = "3.11") -> Environment:
@@ -148,38 +69,26 @@ def make_validation(f2p: list[str], p2p: list[str]) -> Validation:
 
 def build_tasks(root: Path) -> tuple[Path, list[Task]]:
     """A real repository with three merged PRs and their Task records (real git diffs)."""
-    repo = root / "calc"
-    repo.mkdir()
-    git(repo, "init", "-q", "--initial-branch=main")
-    write(repo, BASE_FILES)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo, prs = make_calc_repo(root)
     tasks = []
-    for n, (code, tests, f2p, p2p) in enumerate(PRS, start=1):
-        base = git(repo, "rev-parse", "HEAD").strip()
-        write(repo, {**code, **tests})
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", f"PR {n} (#{n})")
-        merge = git(repo, "rev-parse", "HEAD").strip()
-        patch = git(repo, "diff", "--binary", base, merge, "--", *code)
-        test_patch = git(repo, "diff", "--binary", base, merge, "--", *tests)
-        iid = f"acme__calc-{n}"
+    for pr in prs:
+        n, iid = pr.number, pr.instance_id
         statement = f"Issue {n}: `add` is wrong for some inputs.\n\nSteps:\n1. call it\n"
         tasks.append(
             Task(
                 instance_id=iid,
                 repo="acme/calc",
-                base_commit=base,
-                patch=patch,
-                test_patch=test_patch,
+                base_commit=pr.base,
+                patch=pr.patch,
+                test_patch=pr.test_patch,
                 problem_statement=statement,
                 hints_text="Look at core.py\n" if n == 1 else "",
                 created_at=f"2023-11-1{n}T10:00:00Z",
                 version="0.1",
-                FAIL_TO_PASS=f2p,
-                PASS_TO_PASS=p2p,
+                FAIL_TO_PASS=pr.fail_to_pass,
+                PASS_TO_PASS=pr.pass_to_pass,
                 environment=make_environment(iid),
-                validation=make_validation(f2p, p2p),
+                validation=make_validation(pr.fail_to_pass, pr.pass_to_pass),
                 quality=None
                 if n == 3
                 else Quality(
@@ -189,7 +98,7 @@ def build_tasks(root: Path) -> tuple[Path, list[Task]]:
                     test_alignment_score=2,
                 ),
                 provenance=Provenance(
-                    source="git", pull_number=n, merge_commit=merge, linked_issues=[n]
+                    source="git", pull_number=n, merge_commit=pr.merge, linked_issues=[n]
                 ),
             )
         )
@@ -254,7 +163,8 @@ def test_eval_script_shape(built: tuple[Path, list[Task]]) -> None:
     # swebench stores the test command's $? right before the end marker: it must be the command.
     assert end == start + 2
     assert lines[start + 1] == (
-        "python -m pytest -p no:cacheprovider -rA tests/test_core.py tests/test_mul.py"
+        "$as_owner python -m pytest -p no:cacheprovider -rA --rootdir=/testbed "
+        "--continue-on-collection-errors tests/test_core.py tests/test_mul.py"
     )
     assert "conda" not in script and "cd /testbed" in lines
     assert "rm -f -- tests/data/blob.bin tests/test_mul.py" in lines  # new files are removed
@@ -582,3 +492,14 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([cmd, "--help"])
         assert e.value.code == 0
         assert "OUT" in capsys.readouterr().out
+
+
+def test_harness_dockerfile_links_a_workdir_that_is_not_testbed(
+    built: tuple[Path, list[Task]],
+) -> None:
+    _, tasks = built
+    plain = publish.harness_dockerfile(tasks[0])
+    assert "RUN" not in plain and plain.endswith("USER root\nWORKDIR /testbed\n")
+    env = tasks[0].environment.model_copy(update={"workdir": "/src/calc"})
+    moved = publish.harness_dockerfile(tasks[0].model_copy(update={"environment": env}))
+    assert "RUN ln -sfn /src/calc /testbed\n" in moved
