@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ import jsonlines
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ValidationError
 
 from smelter.schemas import Candidate, PullRequest, Rejection, ShardRow, Task
@@ -1142,20 +1144,30 @@ def python_versions(envs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def environment_summary(envs: pl.DataFrame, rejects: pl.DataFrame) -> pl.DataFrame:
-    """Build success overall: built vs failed at the environment stage, cache hits, image sizes."""
+def environment_summary(
+    envs: pl.DataFrame, rejects: pl.DataFrame, outcomes: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Build success overall, cache hits, image sizes.
+
+    With ``outcomes`` the built count is the funnel's (every PR past the environment stage, also
+    those validation rejected later, whose Environment the output folder does not keep); without
+    it, only the environments recorded on tasks and candidates.
+    """
     failed = rejects.filter(pl.col("stage") == "environment").height
-    built = envs.height
-    sizes = envs.get_column("image_size_bytes").drop_nulls()
-    rows = [
+    recorded = envs.height
+    built = outcomes.filter(pl.col("reached") >= 2).height if outcomes is not None else recorded
+    sizes = envs.get_column("image_size_bytes").drop_nulls().cast(pl.Float64)
+    mb = lambda v: v / 1e6 if v is not None else None  # noqa: E731
+    rows: list[tuple[str, float | None]] = [
         ("environments built", float(built)),
+        ("environments recorded (tasks, candidates)", float(recorded)),
         ("environment-stage rejections", float(failed)),
         ("build success rate", built / (built + failed) if built + failed else None),
-        ("distinct env images", float(envs.get_column("env_hash").n_unique()) if built else 0.0),
+        ("distinct env images", float(envs.get_column("env_hash").n_unique())),
         ("env cache hits", float(envs.get_column("env_cache_hit").sum())),
-        ("median image size MB", sizes.median() / 1e6 if sizes.len() else None),  # type: ignore[operator]
-        ("max image size MB", sizes.max() / 1e6 if sizes.len() else None),  # type: ignore[operator]
-        ("median build seconds", envs.get_column("build_seconds").median() if built else None),
+        ("median image size MB", mb(sizes.median())),  # type: ignore[arg-type]
+        ("max image size MB", mb(sizes.max())),  # type: ignore[arg-type]
+        ("median build seconds", envs.get_column("build_seconds").median()),  # type: ignore[misc]
     ]
     return _frame(
         [{"metric": k, "value": v} for k, v in rows], {"metric": pl.String, "value": pl.Float64}
@@ -1311,13 +1323,28 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _hist(ax: Any, values: Sequence[float], title: str, xlabel: str, color: str) -> None:
+def _hist(
+    ax: Any,
+    values: Sequence[float],
+    title: str,
+    xlabel: str,
+    color: str,
+    value_range: tuple[float, float] | None = None,
+) -> None:
     if len(values):
         lo, hi = min(values), max(values)
-        integral = all(float(v).is_integer() for v in values)
-        # Integer counts get one bar per value (up to 20) so "1 test" is not smeared over a bin.
-        bins = min(20, int(hi - lo) + 1) if integral else 20
-        ax.hist(values, bins=bins, color=color, edgecolor="white")
+        if all(float(v).is_integer() for v in values) and hi - lo <= 30:
+            # Small integer counts (tests per task): one bar per value, never a smeared bin.
+            counts = Counter(int(v) for v in values)
+            xs = list(range(int(lo), int(hi) + 1))
+            ax.bar(xs, [counts[x] for x in xs], width=0.8, color=color)
+            if len(xs) <= 12:
+                ax.set_xticks(xs)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.hist(values, bins=20, range=value_range, color=color, edgecolor="white")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
@@ -1334,6 +1361,7 @@ def plot_funnel(steps: pl.DataFrame, reasons: pl.DataFrame) -> Figure:
     counts = known.get_column("count").to_list()[::-1]
     bars = ax.barh(labels, counts, color=PALETTE[0])
     ax.bar_label(bars, padding=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("PRs remaining at each step")
     ax.set_xlabel("PRs")
     ax.margins(x=0.15)
@@ -1400,6 +1428,7 @@ def plot_quality(tasks: pl.DataFrame) -> Figure:
         )
     unscored = tasks.filter(pl.col("specification_score").is_null()).height
     ax.set_xticks(range(4))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Judge scores ({unscored} tasks unscored)")
     ax.set_xlabel("score (0 = bad, 3 = good)")
     ax.set_ylabel("tasks")
@@ -1451,14 +1480,19 @@ def plot_environments(envs: pl.DataFrame) -> Figure:
 def plot_packing(shards: pl.DataFrame, max_len: int | None) -> Figure:
     fig, axes = _figure(1, 2, (11, 3.8))
     fill = with_fill(shards, max_len).get_column("fill").drop_nulls().to_list()
-    _hist(axes[0][0], fill, f"Sequence fill (length {max_len})", "fill ratio", PALETTE[0])
+    _hist(
+        axes[0][0], fill, f"Sequence fill (length {max_len})", "fill ratio", PALETTE[0], (0.0, 1.0)
+    )
     axes[0][0].set_ylabel("sequences")
     per = shard_tokens(shards, max_len)
     ax = axes[0][1]
-    if per.height:
-        bars = ax.bar(
-            per.get_column("shard").to_list(), per.get_column("tokens").to_list(), color=PALETTE[1]
-        )
+    tokens = per.get_column("tokens").to_list()
+    if len(tokens) > 20:  # hundreds of shards: their spread, not one unreadable bar each
+        _hist(ax, tokens, "Tokens per shard", "tokens", PALETTE[1])
+        ax.set_ylabel("shards")
+        return fig
+    if tokens:
+        bars = ax.bar(per.get_column("shard").to_list(), tokens, color=PALETTE[1])
         ax.bar_label(bars)
         ax.tick_params(axis="x", labelrotation=20)
     ax.set_title("Tokens per shard")
@@ -1669,7 +1703,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
                 "funnel only."
             )
         )
-        b.append(Table(environment_summary(data.environments, data.rejects)))
+        b.append(Table(environment_summary(data.environments, data.rejects, outcomes)))
         b.append(Table(environments_by_recipe(data.environments), "built by recipe rung"))
         b.append(Table(python_versions(data.environments)))
         env_fail = rejection_reasons(data.rejects.filter(pl.col("stage") == "environment"))

@@ -460,7 +460,11 @@ def test_environments_and_packing(out_dir: Path) -> None:
     assert dict(rp.python_versions(envs).iter_rows()) == {"3.11": 4, "3.9": 2}
     summary = dict(rp.environment_summary(envs, data.rejects).iter_rows())
     assert summary["environment-stage rejections"] == 1
-    assert summary["build success rate"] == pytest.approx(6 / 7)
+    assert summary["build success rate"] == pytest.approx(6 / 7)  # recorded environments only
+    summary = dict(rp.environment_summary(envs, data.rejects, rp.outcomes_of(data)).iter_rows())
+    assert summary["environments built"] == 9
+    assert summary["environments recorded (tasks, candidates)"] == 6
+    assert summary["build success rate"] == pytest.approx(9 / 10)  # funnel: 9 built, 1 failed
     assert summary["max image size MB"] == pytest.approx(209)
 
     max_len, where = rp.sequence_length(data.shards, data.shard_stats, data.run_json)
