@@ -1,0 +1,554 @@
+"""Render tasks into samples and pack samples into Parquet training shards.
+
+Deliberate choices:
+- Shard rows hold flat, varlen-ready arrays: ``input_ids`` (int32), ``position_ids`` restarting at
+  0 for every document (or piece), ``loss_mask``, ``doc_lengths`` (so ``cu_seqlens`` is their
+  cumsum), ``doc_ids`` and ``doc_starts`` (offset of a piece in its document: every document can
+  be rebuilt exactly from the shards, split or not). Nothing is padded.
+- Materialisation is vectorised: one gather index per shard (``np.repeat`` + ``arange``) over a
+  flat token store, one Arrow ``ListArray`` per column; no per-token Python.
+- In Beam only *lengths* travel to the packer: samples are keyed into ``pack_buckets`` buckets by
+  a hash of their id, each bucket's (id, length) list is packed on one worker (sorted by id
+  first, so the plan is deterministic), and placements are joined back to the samples and
+  grouped per shard file, so shards are written in parallel and no worker ever holds more than
+  one bucket's lengths or one shard's tokens. More buckets = more parallel packing, at most one
+  partly filled tail sequence more per bucket.
+- Documents longer than ``pack_max_len`` are dropped with a ``too_long`` rejection (``drop``,
+  the default: a chat sample cut in two teaches the wrong thing) or split into pieces
+  (``split``, for pretraining-style data). Nothing is ever truncated silently.
+- Writes go through Beam's FileSystems, so OUT may be gs:// or s3://; stats.json is written
+  once, after every shard, from per-bucket and per-shard figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from smelter.schemas import Reason, Rejection, Sample, Task
+from smelter.transforms.common import REJECTS, Fatal, Rejected, StageFn, stable_hash
+from smelter.transforms.packing import PACK_MODES, PackResult, pack_arrays
+from smelter.transforms.render import FileReader, load_template, render_task
+from smelter.transforms.tokenizer import load_tokenizer
+
+RENDER_STAGE = "render"
+PACK_STAGE = "pack"
+STATS_FILE = "stats.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PackConfig:
+    """Render, tokenize and pack options (one section: ``[pack]``)."""
+
+    render_template: str = dataclasses.field(
+        default="chatml_v1",
+        metadata={"help": "versioned chat template (templates/<name>.*.txt), recorded per sample"},
+    )
+    render_tokenizer: str = dataclasses.field(
+        default="qwen2.5",
+        metadata={
+            "help": "qwen2.5 (= Qwen3 / Qwen3-Coder ids), qwen3.6, or hf:/path/to/tokenizer folder"
+        },
+    )
+    render_mirror_dir: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "where remote repositories are mirrored to read files at base_commit "
+            "(default: ~/.cache/smelter/mirrors)"
+        },
+    )
+    pack_max_len: int = dataclasses.field(
+        default=32768, metadata={"help": "tokens per packed sequence"}
+    )
+    pack_mode: str = dataclasses.field(
+        default="drop",
+        metadata={
+            "help": "documents longer than pack_max_len: drop (rejected as too_long) "
+            "or split into pack_max_len pieces"
+        },
+    )
+    pack_buckets: int = dataclasses.field(
+        default=1,
+        metadata={
+            "help": "independent packing buckets (parallelism; each may add one partly "
+            "filled sequence)"
+        },
+    )
+    shard_rows: int = dataclasses.field(
+        default=1024, metadata={"help": "packed sequences per Parquet shard file"}
+    )
+    shard_compression: str = dataclasses.field(
+        default="zstd", metadata={"help": "Parquet compression codec (zstd, snappy, none)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.pack_mode not in PACK_MODES:
+            raise ValueError(f"pack_mode must be one of {', '.join(PACK_MODES)}")
+        for name in ("pack_max_len", "pack_buckets", "shard_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    def render_part(self) -> dict[str, str]:
+        """The fields that change a Sample (the render cache key ignores the packing ones)."""
+        return {"template": self.render_template, "tokenizer": self.render_tokenizer}
+
+
+# --------------------------------------------------------------------------- token store
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenStore:
+    """Documents' tokens and loss masks, flat; document d is ``[offsets[d], offsets[d + 1])``."""
+
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    offsets: np.ndarray
+    doc_ids: Sequence[str]
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample]) -> TokenStore:
+        lengths = np.fromiter((len(s.input_ids) for s in samples), np.int64, len(samples))
+        offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.empty(int(offsets[-1]), dtype=np.int32)
+        mask = np.empty(int(offsets[-1]), dtype=np.int8)
+        for i, s in enumerate(samples):
+            tokens[offsets[i] : offsets[i + 1]] = s.input_ids
+            mask[offsets[i] : offsets[i + 1]] = s.loss_mask
+        return cls(tokens, mask, offsets, [s.instance_id for s in samples])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+# --------------------------------------------------------------------------- materialise
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values))
+
+
+def shard_table(
+    store: TokenStore,
+    item_doc: np.ndarray,
+    item_start: np.ndarray,
+    item_len: np.ndarray,
+    row_offsets: np.ndarray,
+    doc_starts: np.ndarray | None = None,
+) -> pa.Table:
+    """Rows of packed sequences. Row r holds items ``row_offsets[r]:row_offsets[r+1]``; item i is
+    ``store`` tokens ``[item_start[i], +item_len[i])`` of document ``item_doc[i]``.
+
+    ``doc_starts`` (default ``item_start``) is what is recorded as the piece's offset in its
+    original document, for stores that already hold cut pieces.
+    """
+    item_len = item_len.astype(np.int64, copy=False)
+    total = int(item_len.sum())
+    if total >= 2**31:
+        raise Fatal(f"one shard would hold {total} tokens (> 2^31): lower shard_rows")
+    first = np.cumsum(item_len) - item_len  # where each item starts in the flat output
+    src = store.offsets[item_doc] + item_start
+    gather = np.repeat(src - first, item_len) + np.arange(total, dtype=np.int64)
+    input_ids = store.tokens[gather]
+    loss_mask = store.loss_mask[gather]
+    position_ids = (np.arange(total, dtype=np.int64) - np.repeat(first, item_len)).astype(np.int32)
+    tok_offsets = np.zeros(len(item_len) + 1, dtype=np.int64)
+    np.cumsum(item_len, out=tok_offsets[1:])
+    row_tok = tok_offsets[row_offsets]  # token offsets of rows
+    ids = np.asarray(store.doc_ids, dtype=object)[item_doc].tolist() if len(item_doc) else []
+    starts = item_start if doc_starts is None else doc_starts
+    return pa.table(
+        {
+            "input_ids": _list_array(row_tok, input_ids.astype(np.int32, copy=False)),
+            "position_ids": _list_array(row_tok, position_ids),
+            "loss_mask": _list_array(row_tok, loss_mask.astype(np.int8, copy=False)),
+            "doc_lengths": _list_array(row_offsets, item_len.astype(np.int32)),
+            "doc_ids": pa.ListArray.from_arrays(
+                pa.array(row_offsets, pa.int32()), pa.array(ids, pa.string())
+            ),
+            "doc_starts": _list_array(row_offsets, np.asarray(starts, dtype=np.int64)),
+            "num_tokens": pa.array(np.diff(row_tok).astype(np.int32)),
+        }
+    )
+
+
+def write_table(table: pa.Table, path: str, compression: str = "zstd") -> None:
+    """One Parquet file through Beam's FileSystems (local, gs://, s3://), written then renamed."""
+    tmp = f"{path}.tmp"
+    with FileSystems.create(tmp) as f:
+        pq.write_table(table, f, compression=None if compression == "none" else compression)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+class ShardInfo(NamedTuple):
+    """What one written shard file holds (feeds stats.json)."""
+
+    path: str
+    sequences: int
+    tokens: int
+    loss_tokens: int
+    pieces: int
+
+
+def shard_name(bucket: int, index: int) -> str:
+    return f"part-b{bucket:04d}-{index:05d}.parquet"
+
+
+def write_shards(
+    store: TokenStore,
+    plan: PackResult,
+    out_dir: str,
+    shard_rows: int = 1024,
+    bucket: int = 0,
+    compression: str = "zstd",
+) -> list[ShardInfo]:
+    """Materialise every sequence of ``plan`` into Parquet files of ``shard_rows`` rows."""
+    infos = []
+    for index, b0 in enumerate(range(0, plan.num_bins, shard_rows)):
+        b1 = min(b0 + shard_rows, plan.num_bins)
+        lo, hi = int(plan.bin_offsets[b0]), int(plan.bin_offsets[b1])
+        sel = plan.bin_items[lo:hi]
+        table = shard_table(
+            store,
+            plan.item_doc[sel],
+            plan.item_start[sel],
+            plan.item_len[sel],
+            plan.bin_offsets[b0 : b1 + 1] - lo,
+        )
+        path = FileSystems.join(out_dir, shard_name(bucket, index))
+        write_table(table, path, compression)
+        infos.append(_info(path, table))
+    return infos
+
+
+def _info(path: str, table: pa.Table) -> ShardInfo:
+    num_tokens = table.column("num_tokens").to_numpy()
+    mask = table.column("loss_mask").combine_chunks().flatten().to_numpy()
+    pieces = len(table.column("doc_ids").combine_chunks().flatten())
+    return ShardInfo(path, table.num_rows, int(num_tokens.sum()), int(mask.sum()), pieces)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketStats:
+    """Packing figures of one bucket; summed into stats.json."""
+
+    bucket: int
+    documents: int
+    documents_packed: int
+    documents_split: int
+    documents_dropped: int
+    tokens_dropped: int
+    sequences: int
+    tokens: int
+
+    @classmethod
+    def of(cls, bucket: int, lengths: np.ndarray, plan: PackResult) -> BucketStats:
+        return cls(
+            bucket=bucket,
+            documents=len(lengths),
+            documents_packed=len(lengths) - len(plan.dropped),
+            documents_split=plan.docs_split,
+            documents_dropped=len(plan.dropped),
+            tokens_dropped=int(lengths[plan.dropped].sum()) if len(plan.dropped) else 0,
+            sequences=plan.num_bins,
+            tokens=plan.packed_tokens,
+        )
+
+
+def pack_stats(
+    buckets: Iterable[BucketStats], shards: Iterable[ShardInfo], config: PackConfig
+) -> dict[str, Any]:
+    """The stats.json document: totals, lower bound ceil(tokens / max_len), fill ratio."""
+    bs = sorted(buckets, key=lambda b: b.bucket)
+    sh = sorted(shards, key=lambda s: s.path)
+    tokens = sum(b.tokens for b in bs)
+    sequences = sum(b.sequences for b in bs)
+    lower = math.ceil(tokens / config.pack_max_len)
+    return {
+        "max_len": config.pack_max_len,
+        "mode": config.pack_mode,
+        "buckets": config.pack_buckets,
+        "tokenizer": config.render_tokenizer,
+        "template": config.render_template,
+        "documents": sum(b.documents for b in bs),
+        "documents_packed": sum(b.documents_packed for b in bs),
+        "documents_split": sum(b.documents_split for b in bs),
+        "documents_dropped": sum(b.documents_dropped for b in bs),
+        "tokens_dropped": sum(b.tokens_dropped for b in bs),
+        "sequences": sequences,
+        "tokens": tokens,
+        "loss_tokens": sum(s.loss_tokens for s in sh),
+        "lower_bound": lower,
+        "sequences_over_lower_bound": (sequences / lower - 1.0) if lower else 0.0,
+        "fill_ratio": tokens / (sequences * config.pack_max_len) if sequences else 1.0,
+        "shards": [
+            {"file": s.path.rsplit("/", 1)[-1], "sequences": s.sequences, "tokens": s.tokens}
+            for s in sh
+        ],
+    }
+
+
+def write_stats(path: str, stats: dict[str, Any]) -> None:
+    with FileSystems.create(path) as f:
+        f.write((json.dumps(stats, indent=2) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- render stage
+
+
+def open_repo(repo_url: str, mirror_dir: str = "") -> FileReader:
+    """A reader over ``repo_url``: a local repository as is, anything else through a mirror."""
+    from smelter.transforms.gitrepo import GitError, GitRepo
+
+    local = GitRepo(repo_url)
+    if "://" not in repo_url and Path(repo_url).exists() and local.is_repo():
+        return local
+    cache = mirror_dir or os.path.join(Path.home(), ".cache", "smelter", "mirrors")
+    try:
+        return GitRepo.mirror(repo_url, cache)
+    except GitError as e:
+        raise Rejected(Reason.REPO_UNAVAILABLE, str(e)) from None
+
+
+class RenderFn(StageFn):
+    """Task -> Sample: chat text in the configured template, token ids, assistant-only loss mask."""
+
+    STAGE = RENDER_STAGE
+
+    def __init__(
+        self,
+        config: PackConfig,
+        cache_root: str | None = None,
+        reader_factory: Callable[[str], FileReader] | None = None,
+    ) -> None:
+        super().__init__(config, cache_root)
+        # Only what changes a Sample keys the cache: a new pack_max_len must not re-render.
+        self._config_hash = stable_hash(self.STAGE, config.render_part())
+        self._reader_factory = reader_factory or functools.partial(
+            open_repo, mirror_dir=config.render_mirror_dir
+        )
+
+    def setup_stage(self) -> None:
+        self._tok = load_tokenizer(self._config.render_tokenizer)
+        self._template = load_template(self._config.render_template)
+        self._readers: dict[str, FileReader] = {}
+
+    def run(self, task: Task) -> Iterator[Sample]:
+        url = task.provenance.repo_url
+        if not url:
+            raise Rejected(Reason.REPO_UNAVAILABLE, "task has no provenance.repo_url")
+        if url not in self._readers:
+            self._readers[url] = self._reader_factory(url)
+        yield render_task(task, self._readers[url], self._tok, self._template)
+
+
+# --------------------------------------------------------------------------- pack transform
+
+
+def bucket_of(instance_id: str, buckets: int) -> int:
+    """Stable bucket of a document (same on every worker and run)."""
+    digest = hashlib.blake2b(instance_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+def _repo_of(instance_id: str) -> str:
+    owner, _, rest = instance_id.partition("__")
+    return f"{owner}/{rest.rsplit('-', 1)[0]}" if rest else ""
+
+
+class Placement(NamedTuple):
+    """Where one piece of a document goes: sequence ``seq`` of ``bucket``, at ``slot``."""
+
+    bucket: int
+    seq: int
+    slot: int
+    start: int
+    length: int
+
+
+class Piece(NamedTuple):
+    seq: int
+    slot: int
+    instance_id: str
+    start: int
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+
+
+STATS_TAG = "bucket_stats"
+
+
+class PackBucketFn(beam.DoFn):
+    """(bucket, [(instance_id, length)]) -> placements, too_long rejects, bucket stats."""
+
+    def __init__(self, config: PackConfig) -> None:
+        self._config = config
+
+    def process(self, element: tuple[int, Iterable[tuple[str, int]]]) -> Iterator[Any]:
+        bucket, docs = element
+        cfg = self._config
+        ordered = sorted(docs)  # GroupByKey order is arbitrary; the plan must not be
+        unique: list[tuple[str, int]] = []
+        for doc in ordered:
+            if unique and unique[-1][0] == doc[0]:
+                Metrics.counter(PACK_STAGE, f"rejected_{Reason.DUPLICATE.value}").inc()
+                yield TaggedOutput(
+                    REJECTS,
+                    Rejection(
+                        instance_id=doc[0],
+                        stage=PACK_STAGE,
+                        reason=Reason.DUPLICATE,
+                        detail="another sample has the same instance_id",
+                        repo=_repo_of(doc[0]),
+                    ),
+                )
+                continue
+            unique.append(doc)
+        lengths = np.fromiter((n for _, n in unique), np.int64, len(unique))
+        plan = pack_arrays(lengths, cfg.pack_max_len, cfg.pack_mode)  # type: ignore[arg-type]
+        for d in plan.dropped.tolist():
+            iid, n = unique[d]
+            Metrics.counter(PACK_STAGE, f"rejected_{Reason.TOO_LONG.value}").inc()
+            yield TaggedOutput(
+                REJECTS,
+                Rejection(
+                    instance_id=iid,
+                    stage=PACK_STAGE,
+                    reason=Reason.TOO_LONG,
+                    detail=f"{n} tokens > pack_max_len {cfg.pack_max_len}",
+                    repo=_repo_of(iid),
+                ),
+            )
+        seq_of = np.repeat(np.arange(plan.num_bins), np.diff(plan.bin_offsets))
+        slot_of = np.arange(len(plan.bin_items)) - plan.bin_offsets[seq_of]
+        for item, seq, slot in zip(
+            plan.bin_items.tolist(), seq_of.tolist(), slot_of.tolist(), strict=True
+        ):
+            doc = int(plan.item_doc[item])
+            yield (
+                unique[doc][0],
+                Placement(bucket, seq, slot, int(plan.item_start[item]), int(plan.item_len[item])),
+            )
+        Metrics.counter(PACK_STAGE, "sequences").inc(plan.num_bins)
+        yield TaggedOutput(STATS_TAG, BucketStats.of(bucket, lengths, plan))
+
+
+def _cut_pieces(
+    element: tuple[str, dict[str, list[Any]]], shard_rows: int
+) -> Iterator[tuple[tuple[int, int], Piece]]:
+    instance_id, joined = element
+    places: list[Placement] = joined["place"]
+    if not places:
+        return
+    sample = min(joined["sample"], key=lambda s: (len(s.input_ids), s.text))
+    ids = np.asarray(sample.input_ids, dtype=np.int32)
+    mask = np.asarray(sample.loss_mask, dtype=np.int8)
+    for p in places:
+        key = (p.bucket, p.seq // shard_rows)
+        end = p.start + p.length
+        yield (
+            key,
+            Piece(p.seq, p.slot, instance_id, p.start, ids[p.start : end], mask[p.start : end]),
+        )
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, out_dir: str, config: PackConfig) -> None:
+        self._out_dir, self._config = out_dir, config
+
+    def process(self, element: tuple[tuple[int, int], Iterable[Piece]]) -> Iterator[ShardInfo]:
+        (bucket, index), pieces = element
+        ps = sorted(pieces, key=lambda p: (p.seq, p.slot))
+        lengths = np.fromiter((len(p.input_ids) for p in ps), np.int64, len(ps))
+        offsets = np.zeros(len(ps) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        store = TokenStore(
+            np.concatenate([p.input_ids for p in ps]),
+            np.concatenate([p.loss_mask for p in ps]),
+            offsets,
+            [p.instance_id for p in ps],
+        )
+        seqs = np.fromiter((p.seq for p in ps), np.int64, len(ps))
+        row_offsets = np.flatnonzero(np.r_[True, seqs[1:] != seqs[:-1], True])
+        table = shard_table(
+            store,
+            np.arange(len(ps)),
+            np.zeros(len(ps), dtype=np.int64),
+            lengths,
+            row_offsets,
+            doc_starts=np.fromiter((p.start for p in ps), np.int64, len(ps)),
+        )
+        path = FileSystems.join(self._out_dir, shard_name(bucket, index))
+        write_table(table, path, self._config.shard_compression)
+        Metrics.counter(PACK_STAGE, "shards").inc()
+        yield _info(path, table)
+
+
+def _write_stats(
+    _: Any, out_dir: str, config: PackConfig, buckets: list[BucketStats], shards: list[ShardInfo]
+) -> str:
+    path = FileSystems.join(out_dir, STATS_FILE)
+    write_stats(path, pack_stats(buckets, shards, config))
+    return path
+
+
+class PackShards(beam.PTransform):
+    """Samples -> Parquet shards + stats.json under ``out_dir``; returns the rejects."""
+
+    def __init__(self, config: PackConfig, out_dir: str, label: str | None = None) -> None:
+        super().__init__(label)
+        self._config, self._out_dir = config, out_dir
+
+    def expand(self, samples: Any) -> Any:
+        cfg, out = self._config, self._out_dir
+        n = cfg.pack_buckets
+        keyed = samples | "KeyById" >> beam.Map(lambda s: (s.instance_id, s))
+        planned = (
+            samples
+            | "Lengths"
+            >> beam.Map(lambda s: (bucket_of(s.instance_id, n), (s.instance_id, len(s.input_ids))))
+            | "GatherLengths" >> beam.GroupByKey()
+            | "PackBuckets"
+            >> beam.ParDo(PackBucketFn(cfg)).with_outputs(REJECTS, STATS_TAG, main="placements")
+        )
+        infos = (
+            {"sample": keyed, "place": planned.placements}
+            | "JoinSamples" >> beam.CoGroupByKey()
+            | "CutPieces" >> beam.FlatMap(_cut_pieces, cfg.shard_rows)
+            | "GatherShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WriteShardFn(out, cfg))
+        )
+        _ = (
+            samples.pipeline
+            | "StatsTrigger" >> beam.Create([None])
+            | "WriteStats"
+            >> beam.Map(
+                _write_stats,
+                out,
+                cfg,
+                beam.pvalue.AsList(planned[STATS_TAG]),
+                beam.pvalue.AsList(infos),
+            )
+        )
+        return planned[REJECTS]
