@@ -52,9 +52,17 @@ from smelter.transforms.github_http import (
     stderr_countdown,
 )
 from smelter.transforms.gitrepo import GitError, GitRepo
+from smelter.transforms.mine_git import (
+    MineConfig,
+    carry_diff,
+    default_mirror_dir,
+    filter_reason,
+    in_date_range,
+    utc_iso,
+)
 from smelter.transforms.prmeta import IssueRef, classify_commit, instance_id, linked_issues
-from smelter.transforms.split import DiffParseError, split_diff
-from smelter.transforms.testpaths import PathKind
+from smelter.transforms.split import DiffParseError, SplitDiff
+from smelter.transforms.testpaths import PathRules
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +130,19 @@ class GitHubConfig:
     github_max_changed_lines: int = field(
         default=2000, metadata={"help": "reject PRs with more added+deleted lines than this"}
     )
+    github_test_dir_names: tuple[str, ...] = field(
+        default=PathRules().test_dir_names,
+        metadata={"help": "directory names holding tests (keep equal to the snapshot's)"},
+    )
+    github_test_file_globs: tuple[str, ...] = field(
+        default=PathRules().test_file_globs,
+        metadata={"help": "test file-name globs (keep equal to the snapshot's)"},
+    )
+    github_mirror_dir: str | None = field(
+        default=None,
+        metadata={"help": "folder of bare git mirrors, shared with the snapshot stage "
+                          "(default ~/.cache/smelter/mirrors)"},
+    )  # fmt: skip
     github_max_prs_per_repo: int | None = field(
         default=None, metadata={"help": "stop after this many listed PRs per repository"}
     )
@@ -138,7 +159,7 @@ class GitHubConfig:
     )
     github_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "local folder for the response cache, mirrors and resume state "
+        metadata={"help": "local folder for the response cache, per-PR outcomes and resume state "
                           "(default: ~/.cache/smelter/github)"},
     )  # fmt: skip
     github_per_page: int = field(
@@ -174,12 +195,26 @@ class GitHubConfig:
     def cache_root(self) -> Path:
         return Path(self.github_cache_dir or default_cache_dir())
 
+    @property
+    def mine_config(self) -> MineConfig:
+        """The git miner's filters with these limits: both sources reject a PR alike."""
+        return MineConfig(
+            mine_since=self.github_since,
+            mine_until=self.github_until,
+            mine_max_files=self.github_max_changed_files,
+            mine_max_changed_lines=self.github_max_changed_lines,
+            mine_require_tests_and_code=self.github_require_tests_and_code,
+            mine_test_dir_names=self.github_test_dir_names,
+            mine_test_file_globs=self.github_test_file_globs,
+        )
+
     def outcome_fingerprint(self) -> str:
         """Hash of the fields that change what a PR's outcome is (not how it is fetched)."""
         keep = (
             "github_since", "github_until", "github_require_linked_issue", "github_exclude_bots",
             "github_bot_logins", "github_require_tests_and_code", "github_max_changed_files",
-            "github_max_changed_lines", "github_fetch_pr_comments",
+            "github_max_changed_lines", "github_fetch_pr_comments", "github_test_dir_names",
+            "github_test_file_globs",
         )  # fmt: skip
         return stable_hash(OUTCOME_FORMAT, {k: getattr(self, k) for k in keep})
 
@@ -202,7 +237,7 @@ def iso_utc(value: dt.datetime | str | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = parse_when(value)
+        return utc_iso(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -215,12 +250,6 @@ def parse_when(text: str) -> dt.datetime:
     except ValueError:
         raise Fatal(f"not an ISO date or date-time: {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def in_date_range(when: dt.datetime, since: str | None, until: str | None) -> bool:
-    return (since is None or when >= parse_when(since)) and (
-        until is None or when < parse_when(until)
-    )
 
 
 def is_bot(login: str, user_type: str | None, bot_logins: Iterable[str]) -> bool:
@@ -365,7 +394,7 @@ class GitHubSource:
         root = config.cache_root
         self.outcomes = OutcomeStore(root / "outcomes")
         self.state_dir = root / "state"
-        self.mirror_dir = root / "mirrors"
+        self.mirror_dir = Path(config.github_mirror_dir or default_mirror_dir())
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> GitHubSource:
@@ -462,7 +491,7 @@ class GitHubSource:
         for pr in pulls:
             updated = _aware(pr.updated_at)
             # Sorted by update time: everything after this point is older still.
-            if watermark is not None and updated < watermark:
+            if watermark is not None and updated <= watermark:
                 break
             if since is not None and updated < since:
                 break  # merged_at <= updated_at, so none of the rest can be in range
@@ -510,9 +539,9 @@ class GitHubSource:
         cfg = self.config
         if pr.merged_at is None:
             raise Rejected(Reason.NOT_MERGED, "closed without merging")
-        merged_at = _aware(pr.merged_at)
+        merged_at = iso_utc(pr.merged_at) or ""
         if not in_date_range(merged_at, cfg.github_since, cfg.github_until):
-            raise Rejected(Reason.OUT_OF_DATE_RANGE, f"merged {iso_utc(merged_at)}")
+            raise Rejected(Reason.OUT_OF_DATE_RANGE, f"merged {merged_at}")
         login = pr.user.login if pr.user else ""
         if cfg.github_exclude_bots and is_bot(login, pr.user.type if pr.user else None,
                                               cfg.github_bot_logins):  # fmt: skip
@@ -526,8 +555,10 @@ class GitHubSource:
         if shape.style == "rebase":  # the base lies as many commits back as the PR had
             commits = list(pr.get_commits())
             shape = local_shape(git, merge_sha, pr.number, n_commits=len(commits))
-        facts = diff_facts(git, shape.base, merge_sha)
-        check_diff(facts, cfg)
+        diff, split = local_diff(git, shape.base, merge_sha, cfg)
+        why = filter_reason(split, cfg.mine_config)  # the git miner's filters, same order
+        if why is not None:
+            raise Rejected(*why)
 
         if commits is None:
             commits = list(pr.get_commits())
@@ -553,7 +584,7 @@ class GitHubSource:
             merge_commit=merge_sha,
             merge_style=shape.style,
             created_at=iso_utc(pr.created_at) or "",
-            merged_at=iso_utc(merged_at) or "",
+            merged_at=merged_at,
             author=login,
             author_association=pr.author_association,
             labels=[label.name for label in pr.labels],
@@ -562,10 +593,10 @@ class GitHubSource:
             comments=comments,
             first_commit_at=first_commit_at,
             branch=pr.base.ref if pr.base else "",
-            changed_files=facts.files,
-            lines_added=facts.added,
-            lines_deleted=facts.deleted,
-            diff=facts.diff,
+            changed_files=[f.path for f in split.files],
+            lines_added=split.lines()[0],
+            lines_deleted=split.lines()[1],
+            diff=diff,
         )
 
     def fetch_issue(self, repo: str, ref: IssueRef) -> LinkedIssue:
@@ -630,50 +661,15 @@ def local_shape(git: GitRepo, merge_sha: str, number: int, n_commits: int | None
     return Shape(base, None, "rebase")
 
 
-@dataclasses.dataclass(frozen=True)
-class DiffFacts:
-    diff: str
-    files: list[str]
-    added: int
-    deleted: int
-    has_tests: bool
-    has_code: bool
-
-
-def diff_facts(git: GitRepo, base: str, merge: str) -> DiffFacts:
-    """The PR's diff (``git diff --binary``) and what it touches, as the git miner sees it."""
+def local_diff(git: GitRepo, base: str, merge: str, cfg: GitHubConfig) -> tuple[str, SplitDiff]:
+    """The PR's diff from the mirror, exactly as the git miner takes it (``carry_diff``)."""
     try:
         raw = git.diff_binary(base, merge)
+        return carry_diff(git, base, merge, raw, cfg.mine_config.path_rules)
     except GitError as e:
         raise Rejected(Reason.DIFF_FAILED, str(e)) from None
-    try:
-        split = split_diff(raw)
     except DiffParseError as e:
         raise Rejected(Reason.DIFF_FAILED, str(e)) from None
-    added, deleted = split.lines()
-    kinds = {f.kind for f in split.files}
-    return DiffFacts(
-        diff=raw.decode("utf-8", "replace"),
-        files=[f.path for f in split.files],
-        added=added,
-        deleted=deleted,
-        has_tests=PathKind.TEST in kinds,
-        has_code=PathKind.CODE in kinds,
-    )
-
-
-def check_diff(facts: DiffFacts, cfg: GitHubConfig) -> None:
-    if cfg.github_require_tests_and_code:
-        if not facts.has_tests:
-            raise Rejected(Reason.NO_TEST_CHANGES, f"{len(facts.files)} files, none a test")
-        if not facts.has_code:
-            raise Rejected(Reason.NO_CODE_CHANGES, "only tests and non-code files changed")
-    if len(facts.files) > cfg.github_max_changed_files:
-        raise Rejected(Reason.TOO_MANY_FILES,
-                       f"{len(facts.files)} > {cfg.github_max_changed_files}")  # fmt: skip
-    lines = facts.added + facts.deleted
-    if lines > cfg.github_max_changed_lines:
-        raise Rejected(Reason.TOO_MANY_LINES, f"{lines} > {cfg.github_max_changed_lines}")
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
