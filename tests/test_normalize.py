@@ -43,7 +43,10 @@ def test_html_comments_removed_inline_and_multiline() -> None:
 
 
 def test_fenced_code_is_verbatim_even_with_noise_inside() -> None:
-    code = "```python\n<!-- not a comment here -->\n- [ ] not a checklist   \nFixes #3\n\n\n\nx = 1\n```"
+    code = (
+        "```python\n<!-- not a comment here -->\n- [ ] not a checklist   \nFixes #3\n\n\n\n"
+        "x = 1\n```"
+    )
     text = f"Broken:\n\n{code}\n\nFixes #3"
     assert normalize_statement(text) == f"Broken:\n\n{code}"
 
@@ -128,7 +131,10 @@ def test_bot_footers_and_signatures() -> None:
 
 
 def test_codecov_report_tail_cut() -> None:
-    text = "Crash in `sum()` with floats.\n\n## [Codecov](https://codecov.io) Report\n> Merging 1\n| a |"
+    text = (
+        "Crash in `sum()` with floats.\n\n## [Codecov](https://codecov.io) Report\n"
+        "> Merging 1\n| a |"
+    )
     assert normalize_statement(text) == "Crash in `sum()` with floats."
 
 
@@ -145,15 +151,15 @@ def test_template_headings_empty_sections_dropped_full_sections_kept() -> None:
     assert normalize_statement(text) == "### Expected behavior\n`f(0)` returns 0."
 
 
-def test_noise_section_dropped_until_next_heading() -> None:
+def test_noise_section_drops_its_list_and_keeps_later_prose() -> None:
     text = (
         "## Summary\nAdds retry to `fetch()` on 503.\n\n"
         "## Checklist\n- [x] Tests pass\nI ran them locally.\n\n"
         "## Notes\n`fetch()` gave up after one 503 before."
     )
     assert normalize_statement(text) == (
-        "## Summary\nAdds retry to `fetch()` on 503.\n\n## Notes\n`fetch()` gave up after one "
-        "503 before."
+        "## Summary\nAdds retry to `fetch()` on 503.\n\nI ran them locally.\n\n## Notes\n"
+        "`fetch()` gave up after one 503 before."
     )
 
 

@@ -13,8 +13,8 @@ Deliberate choices:
   badge / image-only line, a bot footer or signature, a closing-keyword line ("Fixes #12").
 - A template heading ("## Describe the bug") is dropped when its section is empty after the
   other rules ran; headings of sections that are scaffolding as a whole ("## Checklist",
-  "## Type of change") are dropped with their section. Headings that introduce content stay: the
-  rewrite and the judge use them.
+  "## Type of change") are dropped with their list items, up to the first line of prose.
+  Headings that introduce content stay: the rewrite and the judge use them.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ _BOT_LINES = [
         r"^\*?this (?:comment|message|pr|pull request) was (?:automatically )?generated\b",
         r"^_?\*?beep boop\b",
         r"^i am a bot\b",
+        r"^(?::robot:|🤖)",
+        r"\b(?:was|were|is) (?:labell?ed|generated|created|opened|updated) automatically by\b",
+        r"reviewable\.io/review_button",
         r"^dependabot will\b",
         r"^you can trigger dependabot\b",
         r"^:?\w*:? ?thanks for (?:opening|submitting) (?:this|your)\b.*\bbot\b",
@@ -251,6 +254,8 @@ def _drop_sections(lines: list[_Line]) -> list[_Line]:
             if skip_level is None and _NOISE_SECTIONS.search(title):
                 skip_level = level
                 continue
+        elif skip_level is not None and not _is_list_or_blank(ln):
+            skip_level = None  # prose after the list: the author's own words, kept
         if skip_level is None:
             kept.append(ln)
     # Empty sections: a heading followed (after blanks) by a heading of the same or a higher
@@ -259,7 +264,7 @@ def _drop_sections(lines: list[_Line]) -> list[_Line]:
     for i, ln in enumerate(kept):
         if not ln.verbatim and _heading_text(ln.text) is not None:
             level = _level(ln.text)
-            nxt = next((k for k in kept[i + 1 :] if k.verbatim or k.text.strip()), None)
+            nxt = next((k for k in kept[i + 1 :] if not _is_blank(k)), None)
             if nxt is None:
                 continue
             nxt_is_heading = not nxt.verbatim and _heading_text(nxt.text) is not None
@@ -267,6 +272,18 @@ def _drop_sections(lines: list[_Line]) -> list[_Line]:
                 continue
         result.append(ln)
     return result
+
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
+
+
+def _is_list_or_blank(ln: _Line) -> bool:
+    return not ln.verbatim and (_is_blank(ln) or bool(_LIST_ITEM.match(ln.text)))
+
+
+def _is_blank(ln: _Line) -> bool:
+    """Blank for section purposes: whitespace or a bare ``---`` separator."""
+    return not ln.verbatim and (not ln.text.strip() or bool(_SEPARATOR.match(ln.text)))
 
 
 def _level(line: str) -> int:

@@ -1,0 +1,265 @@
+"""OpenAIChatClient against a real HTTP stand-in on 127.0.0.1: retries, parsing, cache, secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from smelter.transforms.common import Fatal
+from smelter.transforms.llm import (
+    ChatRequest,
+    LLMError,
+    MalformedResponse,
+    OpenAIChatClient,
+    cache_key,
+    extract_json_object,
+    request_body,
+    retry_after_seconds,
+)
+from tests.fixtures.llm_standin import LLMStandIn, Reply
+
+SECRET = "sk-test-Zq81mVx0secret"
+SCHEMA = {
+    "type": "object",
+    "properties": {"statement": {"type": "string"}},
+    "required": ["statement"],
+    "additionalProperties": False,
+}
+
+
+def _request(text: str = "hello", schema: bool = True) -> ChatRequest:
+    return ChatRequest(
+        messages=(("system", "Answer in JSON."), ("user", f"<statement>\n{text}\n</statement>")),
+        prompt_version="clean_v1",
+        json_schema=SCHEMA if schema else None,
+    )
+
+
+class Sleeps:
+    """A sleep that records how long it was asked to wait (and waits a token amount)."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def _client(server: LLMStandIn, tmp_path: Path | None = None, **kw) -> OpenAIChatClient:
+    kw.setdefault("sleep", Sleeps())
+    kw.setdefault("timeout_seconds", 5.0)
+    return OpenAIChatClient(
+        server.base_url,
+        "standin-1",
+        requests.Session(),
+        cache_dir=str(tmp_path / "llm") if tmp_path else None,
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        'Sure! Here it is:\n```json\n{"a": 1}\n```\nAnything else?',
+        '```\n{"a": 1,}\n```',
+        'prefix {"a": 1, "b": [1, 2,],} suffix',
+        'noise {not json} then {"a": 1}',
+    ],
+)
+def test_extract_json_object_tolerant(text: str) -> None:
+    assert extract_json_object(text)["a"] == 1
+
+
+def test_extract_json_object_braces_and_commas_inside_strings() -> None:
+    doc = extract_json_object('{"s": "a } b, ] c,}", "n": 2,}')
+    assert doc == {"s": "a } b, ] c,}", "n": 2}
+
+
+@pytest.mark.parametrize("text", ["", "no json here", '{"a": ', "[1, 2]"])
+def test_extract_json_object_refuses(text: str) -> None:
+    with pytest.raises(MalformedResponse):
+        extract_json_object(text)
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_cache_key_ignores_dict_order_but_not_prompt_version() -> None:
+    body = request_body(_request(), "m", use_schema=True)
+    shuffled = json.loads(json.dumps(dict(reversed(list(body.items())))))
+    assert cache_key("m", "clean_v1", body) == cache_key("m", "clean_v1", shuffled)
+    assert cache_key("m", "clean_v1", body) != cache_key("m", "clean_v2", body)
+    assert cache_key("m", "clean_v1", body) != cache_key("other", "clean_v1", body)
+
+
+# ------------------------------------------------------------------------------------ HTTP
+
+
+def test_success_sends_schema_and_counts_usage(llm_standin: LLMStandIn) -> None:
+    client = _client(llm_standin)
+    resp = client.complete(_request("parse() fails"))
+    assert resp.data == {"statement": "The problem, restated:\n\nparse() fails"}
+    assert resp.model == "standin-1"
+    [req] = llm_standin.chat_requests()
+    assert req.body is not None
+    assert req.body["response_format"]["type"] == "json_schema"
+    assert req.body["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert req.body["model"] == "standin-1"
+    usage = client.usage.snapshot()
+    assert usage["requests"] == 1 and usage["completions"] == 1
+    assert usage["prompt_tokens"] == resp.prompt_tokens > 0
+    assert usage["completion_tokens"] == resp.completion_tokens > 0
+
+
+def test_429_honours_retry_after(llm_standin: LLMStandIn) -> None:
+    sleeps = Sleeps()
+    llm_standin.script("clean", Reply.rate_limited("7"), Reply.rate_limited("2"))
+    client = _client(llm_standin, sleep=sleeps)
+    assert client.complete(_request()).data is not None
+    assert sleeps.calls == [7.0, 2.0]
+    assert len(llm_standin.chat_requests()) == 3
+    assert client.usage.snapshot()["retries"] == 2
+
+
+def test_500_retried_with_backoff_then_gives_up(llm_standin: LLMStandIn) -> None:
+    sleeps = Sleeps()
+    llm_standin.script("clean", *[Reply.server_error()] * 3)
+    client = _client(llm_standin, sleep=sleeps, max_retries=2, backoff_seconds=1.0)
+    with pytest.raises(LLMError, match="HTTP 500 after 3 attempts"):
+        client.complete(_request())
+    assert len(llm_standin.chat_requests()) == 3
+    # exponential with jitter in [0.5, 1] x base
+    assert 0.5 <= sleeps.calls[0] <= 1.0 and 1.0 <= sleeps.calls[1] <= 2.0
+    assert client.usage.snapshot()["errors"] == 1
+
+
+def test_500_then_success(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply.server_error(502), Reply.rewrite("fine now"))
+    client = _client(llm_standin)
+    assert client.complete(_request()).data == {"statement": "fine now"}
+
+
+def test_timeout_is_retried(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply.rewrite("too late").__class__(content="{}", delay=3.0))
+    llm_standin.script("clean", Reply.rewrite("in time"))
+    client = _client(llm_standin, timeout_seconds=0.5)
+    assert client.complete(_request()).data == {"statement": "in time"}
+    assert len(llm_standin.chat_requests()) == 2
+
+
+def test_timeout_every_time_is_an_llm_error(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", *[Reply(content="{}", delay=3.0)] * 2)
+    client = _client(llm_standin, timeout_seconds=0.3, max_retries=1)
+    with pytest.raises(LLMError, match="timed out"):
+        client.complete(_request())
+
+
+def test_malformed_http_body_retried_once(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply.malformed_body(), Reply.rewrite("ok"))
+    client = _client(llm_standin)
+    assert client.complete(_request()).data == {"statement": "ok"}
+
+
+def test_malformed_content_twice_is_an_error(llm_standin: LLMStandIn, tmp_path: Path) -> None:
+    llm_standin.script("clean", Reply(content="I cannot do that."), Reply(content="Nope {"))
+    client = _client(llm_standin, tmp_path)
+    with pytest.raises(MalformedResponse, match="no JSON object"):
+        client.complete(_request())
+    # a failure is not cached: the next call asks again
+    assert client.complete(_request()).data is not None
+    assert len(llm_standin.chat_requests()) == 3
+
+
+def test_fenced_reply_with_trailing_comma_is_parsed(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply(content='```json\n{"statement": "x",}\n```'))
+    assert _client(llm_standin).complete(_request()).data == {"statement": "x"}
+
+
+def test_response_format_refused_falls_back(tmp_path: Path) -> None:
+    with LLMStandIn(accept_response_format=False) as server:
+        client = _client(server, tmp_path)
+        first = client.complete(_request("one"))
+        second = client.complete(_request("two"))
+        assert first.data and second.data
+        assert not client.schema_supported
+        bodies = [r.body for r in server.chat_requests()]
+        assert ["response_format" in (b or {}) for b in bodies] == [True, False, False]
+        # the cache key is the logical request: a new client re-reads both with no request
+        again = _client(server, tmp_path)
+        assert again.complete(_request("one")).cached
+        assert again.complete(_request("two")).cached
+        assert len(server.chat_requests()) == 3
+
+
+def test_auth_failure_is_fatal(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply(status=401, raw=b'{"error": {"message": "bad key"}}'))
+    with pytest.raises(Fatal, match="SMELTER_LLM_API_KEY"):
+        _client(llm_standin).complete(_request())
+
+
+def test_list_models_and_unreachable(llm_standin: LLMStandIn) -> None:
+    assert _client(llm_standin).list_models() == ["standin-1"]
+    dead = OpenAIChatClient("http://127.0.0.1:9/v1", "m", requests.Session(), timeout_seconds=1)
+    with pytest.raises(Fatal, match="unreachable"):
+        dead.list_models()
+
+
+def test_cache_makes_second_run_request_free(llm_standin: LLMStandIn, tmp_path: Path) -> None:
+    reqs = [_request(f"task {i}") for i in range(5)]
+    first = _client(llm_standin, tmp_path, concurrency=3).complete_many(reqs)
+    assert len(llm_standin.chat_requests()) == 5
+    second_client = _client(llm_standin, tmp_path)
+    second = second_client.complete_many(reqs)
+    assert len(llm_standin.chat_requests()) == 5  # no new request
+    assert [r.data for r in second] == [r.data for r in first]  # type: ignore[union-attr]
+    assert all(r.cached for r in second)  # type: ignore[union-attr]
+    assert second_client.usage.snapshot()["requests"] == 0
+    assert second_client.usage.snapshot()["cached"] == 5
+
+
+def test_complete_many_returns_errors_in_place(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply(status=400, raw=b'{"error": {"message": "too long"}}'))
+    out = _client(llm_standin, concurrency=1).complete_many([_request("a"), _request("b")])
+    assert isinstance(out[0], LLMError) and "too long" in str(out[0])
+    assert not isinstance(out[1], LLMError)
+
+
+def test_api_key_only_in_authorization_header(
+    llm_standin: LLMStandIn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("MY_LLM_KEY", SECRET)
+    caplog.set_level("DEBUG")
+    llm_standin.script("clean", Reply.server_error(), Reply(status=400, raw=b"{}"))
+    client = _client(llm_standin, tmp_path, api_key_env="MY_LLM_KEY", max_retries=1)
+    with pytest.raises(LLMError) as err:
+        client.complete(_request())
+    client.complete(_request("cached one"))
+    for req in llm_standin.chat_requests():
+        assert req.headers["Authorization"] == f"Bearer {SECRET}"
+        assert SECRET not in json.dumps(req.body)
+    assert SECRET not in str(err.value) and SECRET not in repr(client.__dict__)
+    assert SECRET not in caplog.text
+    for path in (tmp_path / "llm").rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text()
+    assert any((tmp_path / "llm").rglob("*.json"))
+
+
+def test_no_key_no_authorization_header(llm_standin: LLMStandIn, monkeypatch) -> None:
+    monkeypatch.delenv("SMELTER_LLM_API_KEY", raising=False)
+    _client(llm_standin).complete(_request())
+    assert "Authorization" not in llm_standin.chat_requests()[0].headers
