@@ -163,14 +163,16 @@ def repo_urls(args: argparse.Namespace) -> list[str]:
 
 
 def make_plan(args: argparse.Namespace, until: str, urls: list[str]) -> RunPlan:
-    from smelter.transforms.mine_git import RepoSpec
-
     classes = opts.load_config_classes()
     configs = opts.build_stage_configs(args, classes, opts.read_config_file(args.config))
     name = getattr(args, "repo_name", None)
     if name and len(urls) != 1:
         raise Fatal("--repo-name needs exactly one --repo")
-    specs = tuple(RepoSpec.from_url(u, name=name) for u in urls)
+    specs: tuple[Any, ...] = ()
+    if urls:
+        from smelter.transforms.mine_git import RepoSpec
+
+        specs = tuple(RepoSpec.from_url(u, name=name) for u in urls)
     github_repos = tuple(getattr(args, "github", None) or ())
     github_query = getattr(args, "github_query", None)
     if not specs and not github_repos and not github_query:

@@ -1,0 +1,131 @@
+"""The command line: --help answers; bad input is one line and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMELTER = [sys.executable, "-m", "smelter.pipeline.cli"]
+
+
+def smelter(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.run(
+        [*SMELTER, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "usage:" not in ln]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_top_level_help_lists_the_commands() -> None:
+    proc = smelter("--help")
+    assert proc.returncode == 0, proc.stderr
+    for command in ("run", "mine", "demo", "report", "publish", "images"):
+        assert command in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "mine", "demo"])
+def test_run_commands_help_shows_every_stage_group(command: str) -> None:
+    proc = smelter(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("--out", "--config", "--dry-run", "mine options", "snapshot options"):
+        assert text in proc.stdout
+    if command != "demo":
+        assert "--repo" in proc.stdout
+
+
+def test_not_a_repository_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    proc = smelter("mine", "--repo", str(tmp_path / "plain"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "not a git repository", "plain")
+    assert proc.returncode == 1
+
+
+def test_missing_repository_is_one_line(tmp_path: Path) -> None:
+    proc = smelter("mine", "--repo", str(tmp_path / "nope"))
+    assert_one_line_error(proc, "repository not found")
+
+
+def test_unknown_option_is_a_usage_error(git_repo: Path) -> None:
+    proc = smelter("mine", "--repo", str(git_repo), "--frobnicate", "3", "--dry-run")
+    assert_one_line_error(proc, "unrecognized arguments", "--frobnicate")
+
+
+def test_unreadable_config_is_one_line(tmp_path: Path, git_repo: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mine\nmax = ")
+    proc = smelter("mine", "--repo", str(git_repo), "--config", str(bad), "--dry-run")
+    assert_one_line_error(proc, "cannot read config file")
+    proc = smelter("mine", "--repo", str(git_repo), "--config", str(tmp_path / "none.toml"))
+    assert_one_line_error(proc, "config file not found")
+
+
+def test_config_file_unknown_section_and_key(tmp_path: Path, git_repo: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[minning]\nx = 1\n")
+    assert_one_line_error(
+        smelter("mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run"),
+        "unknown section [minning]",
+    )
+    cfg.write_text("[validate]\nno_such_key = 1\n")
+    assert_one_line_error(
+        smelter("mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run"),
+        "unknown key 'no_such_key'",
+    )
+
+
+def test_dry_run_resolves_defaults_file_and_flags(tmp_path: Path, git_repo: Path) -> None:
+    """Precedence is defaults < config file < flags, and --dry-run shows the result."""
+    from smelter.pipeline.options import load_config_classes
+
+    classes = load_config_classes()
+    import dataclasses
+
+    validate_fields = {f.name: f for f in dataclasses.fields(classes["validate"])}
+    int_fields = [n for n, f in validate_fields.items() if f.type in ("int", int)]
+    assert len(int_fields) >= 2, validate_fields
+    from_file, from_flag = int_fields[:2]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[validate]\n{from_file} = 7\n{from_flag} = 8\n")
+    proc = smelter(
+        "run",
+        "--repo",
+        str(git_repo),
+        "--config",
+        str(cfg),
+        "--dry-run",
+        "--" + from_flag.replace("_", "-"),
+        "9",
+    )
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["config"]["validate"][from_file] == 7
+    assert plan["config"]["validate"][from_flag] == 9
+    assert plan["repos"][0]["url"] == str(git_repo.resolve())
+
+
+def test_beam_options_pass_through(tmp_path: Path, git_repo: Path) -> None:
+    proc = smelter("mine", "--repo", str(git_repo), "--dry-run", "--direct_num_workers=1")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_nothing_to_mine(tmp_path: Path) -> None:
+    assert_one_line_error(smelter("mine", "--out", str(tmp_path)), "nothing to mine")
+
+
+def test_no_command_prints_help() -> None:
+    proc = smelter()
+    assert proc.returncode == 2
+    assert "COMMAND" in proc.stdout
