@@ -334,6 +334,15 @@ def test_beam_stage_cache_and_llm_errors_are_retried_next_run(
     assert tasks3 == tasks
 
 
+def test_llm_cache_defaults_beside_the_stage_cache(llm_standin: LLMStandIn, tmp_path: Path) -> None:
+    cfg = _config(llm_standin)
+    assert cfg.llm_cache_dir is None
+    out = tmp_path / "out"
+    out.mkdir()
+    _run(CleanFn(cfg).attach(str(tmp_path / "cache")), [make_task(statement=NOISY)], out)
+    assert len(list((tmp_path / "cache" / "llm").rglob("*.json"))) == 2  # rewrite + judge
+
+
 def test_beam_normaliser_only_says_so(tmp_path: Path) -> None:
     fn = CleanFn(CleanConfig())
     assert fn.normalizer_only and "only" in fn.describe()

@@ -79,7 +79,7 @@ class CleanConfig:
         True, "ask for JSON-schema structured output (falls back when the server refuses)"
     )
     llm_cache_dir: str | None = _f(
-        None, "directory of cached LLM replies (the CLI defaults it to OUT/.cache/llm)"
+        None, "directory of cached LLM replies; unset = <stage cache>/llm, i.e. OUT/.cache/llm"
     )
     llm_cost_per_1k_prompt_tokens: float = _f(0.0, "price of 1000 prompt tokens, for the report")
     llm_cost_per_1k_completion_tokens: float = _f(
@@ -396,6 +396,15 @@ class CleanFn(StageFn):
         if not config.normalizer_only and not config.llm_model:
             raise Fatal("--llm-model is required with --llm-base-url")
         self._prompts = None if config.normalizer_only else Prompts.load(config)
+        self._llm_cache_dir = config.llm_cache_dir
+
+    def attach(self, cache_root: str | None, progress_dir: str | None = None) -> CleanFn:
+        """As ``StageFn.attach``; LLM replies default to ``<cache_root>/llm`` beside the stage
+        cache, so a re-run of a run directory makes no request without any extra flag."""
+        super().attach(cache_root, progress_dir)
+        if cache_root and not self._config.llm_cache_dir:
+            self._llm_cache_dir = cache_root.rstrip("/") + "/llm"
+        return self
 
     @property
     def normalizer_only(self) -> bool:
@@ -423,7 +432,7 @@ class CleanFn(StageFn):
             backoff_seconds=cfg.llm_backoff_seconds,
             concurrency=cfg.llm_concurrency,
             json_schema=cfg.llm_json_schema,
-            cache_dir=cfg.llm_cache_dir,
+            cache_dir=self._llm_cache_dir,
             cost_per_1k_prompt_tokens=cfg.llm_cost_per_1k_prompt_tokens,
             cost_per_1k_completion_tokens=cfg.llm_cost_per_1k_completion_tokens,
         )
