@@ -714,7 +714,9 @@ def instance_outcomes(
         .unique()
         .with_columns(packed=pl.lit(True))
     )
-    cand_ids = candidates.select("instance_id").unique().with_columns(in_candidates=pl.lit(True))
+    cand_ids = candidates.group_by("instance_id").agg(
+        in_candidates=pl.lit(True), cand_env=pl.col("has_environment").any()
+    )
 
     df = (
         universe.join(pre, on="instance_id", how="left")
@@ -724,7 +726,7 @@ def instance_outcomes(
         .join(cand_ids, on="instance_id", how="left")
         .with_columns(
             pl.col("n_rej", "n_task").fill_null(0),
-            pl.col("packed", "in_candidates").fill_null(False),
+            pl.col("packed", "in_candidates", "cand_env").fill_null(False),
         )
         .with_columns(
             outcomes=pl.col("n_rej") + pl.col("n_task"),
@@ -744,6 +746,8 @@ def instance_outcomes(
         .then(task_reached)
         .when(pl.col("n_rej") > 0)
         .then(_reached_when_rejected(pl.col("stage")))
+        .when(pl.col("cand_env"))
+        .then(2)
         .when(pl.col("in_candidates"))
         .then(1)
         .otherwise(0),
@@ -857,6 +861,7 @@ class FunnelCheck:
     multiple: int
     orphans: int
     messages: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def balanced(self) -> bool:
@@ -872,23 +877,50 @@ class FunnelCheck:
         return f"{self.mined} mined = {self.tasks} tasks + {self.rejected} rejected{extra}"
 
 
+# The funnel step a run stopped with ``--until STAGE`` delivers its PRs to.
+UNTIL_STEP = {"mine": 0, "snapshot": 1, "environment": 2, "validate": 3}
+
+
+def run_until(run_json: dict[str, Any] | None) -> str | None:
+    """The ``--until`` stage recorded in run.json (``plan.until``), if the run stopped early."""
+    if not run_json:
+        return None
+    plan = run_json.get("plan")
+    until = plan.get("until") if isinstance(plan, dict) else run_json.get("until")
+    return normalize_stage(until) if isinstance(until, str) else None
+
+
 def funnel_check(
     outcomes: pl.DataFrame,
     rejects: pl.DataFrame,
     funnel_json: dict[str, Any] | None = None,
     present: dict[str, bool] | None = None,
+    until: str | None = None,
 ) -> FunnelCheck:
-    """Every way the funnel can fail to add up, each as one line naming example instance ids."""
+    """Every way the funnel can fail to add up, each as one line naming example instance ids.
+
+    With ``until`` (the run's ``--until`` stage), PRs that reached that stage's output and went no
+    further are expected: they become a note, not a failure.
+    """
     present = present or {}
     mined_rows = outcomes.filter(~pl.col("orphan"))
     count = lambda o: mined_rows.filter(pl.col("outcome") == o).height  # noqa: E731
     messages: list[str] = []
+    notes: list[str] = []
 
     def examples(df: pl.DataFrame) -> str:
         ids = df.get_column("instance_id").head(3).to_list()
         return ", ".join(ids) + (", …" if df.height > 3 else "")
 
     pending = mined_rows.filter(pl.col("outcome") == "pending")
+    if until in UNTIL_STEP and pending.height:
+        stopped = pending.filter(pl.col("reached") >= UNTIL_STEP[until])
+        if stopped.height:
+            notes.append(
+                f"{stopped.height} PRs went no further than '{until}': the run was stopped there "
+                "on purpose (--until)"
+            )
+        pending = pending.filter(pl.col("reached") < UNTIL_STEP[until])
     if pending.height:
         last = last_stage_with_output(present)
         why = (
@@ -922,7 +954,7 @@ def funnel_check(
                 f"{unpacked.height} tasks are neither packed nor rejected by render/tokenize/pack: "
                 f"{examples(unpacked)}"
             )
-    messages.extend(funnel_json_mismatches(funnel_json, rejects))
+    messages.extend(funnel_json_mismatches(funnel_json, rejects, mined_rows.height))
     return FunnelCheck(
         mined=mined_rows.height,
         tasks=count("task"),
@@ -931,11 +963,25 @@ def funnel_check(
         multiple=count("multiple"),
         orphans=orphans.height,
         messages=tuple(messages),
+        notes=tuple(notes),
     )
 
 
-def funnel_json_mismatches(funnel_json: dict[str, Any] | None, rejects: pl.DataFrame) -> list[str]:
-    """Where the pipeline's own funnel.json disagrees with rejects.jsonl or with itself."""
+def check_of(data: RunData, outcomes: pl.DataFrame | None = None) -> FunnelCheck:
+    """``funnel_check`` with everything it needs taken from a loaded output folder."""
+    return funnel_check(
+        outcomes if outcomes is not None else outcomes_of(data),
+        data.rejects,
+        data.funnel_json,
+        data.present,
+        run_until(data.run_json),
+    )
+
+
+def funnel_json_mismatches(
+    funnel_json: dict[str, Any] | None, rejects: pl.DataFrame, mined: int | None = None
+) -> list[str]:
+    """Where the pipeline's own funnel.json disagrees with rejects.jsonl, the PRs, or itself."""
     if not funnel_json:
         return []
     out: list[str] = []
@@ -946,6 +992,9 @@ def funnel_json_mismatches(funnel_json: dict[str, Any] | None, rejects: pl.DataF
     stages = funnel_json.get("stages")
     if not isinstance(stages, list):
         return ["funnel.json has no 'stages' list"]
+    first = stages[0] if stages and isinstance(stages[0], dict) else {}
+    if mined is not None and isinstance(first.get("in"), int) and first["in"] != mined:
+        out.append(f"funnel.json: {first['in']} PRs into '{first.get('stage')}', records: {mined}")
     for entry in stages:
         if not isinstance(entry, dict) or "stage" not in entry:
             out.append(f"funnel.json: malformed stage entry {entry!r:.80}")
@@ -1188,7 +1237,7 @@ _MAX_LEN_KEYS = (
 )
 
 
-def _find_number(doc: Any, keys: Sequence[str]) -> int | None:
+def _find_number(doc: Any, keys: Sequence[str], positive: bool = True) -> int | None:
     """First int under any of ``keys`` anywhere in a nested JSON document (breadth first)."""
     queue = [doc]
     while queue:
@@ -1196,7 +1245,7 @@ def _find_number(doc: Any, keys: Sequence[str]) -> int | None:
         if isinstance(node, dict):
             for k in keys:
                 v = node.get(k)
-                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                if isinstance(v, int) and not isinstance(v, bool) and (v > 0 or not positive):
                     return v
             queue.extend(node.values())
         elif isinstance(node, list):
@@ -1244,8 +1293,8 @@ def packing_summary(
     split = per_doc.filter(pl.col("rows") > 1).height
     dropped = rejects.filter(pl.col("stage").is_in(list(POST_TASK_STAGES))).height
     fill = with_fill(shards, max_len).get_column("fill").drop_nulls()
-    stats_dropped = _find_number(shard_stats, ("dropped", "docs_dropped", "documents_dropped"))
-    stats_split = _find_number(shard_stats, ("split", "docs_split", "documents_split"))
+    stats_dropped = _find_number(shard_stats, ("documents_dropped", "dropped"), positive=False)
+    stats_split = _find_number(shard_stats, ("documents_split", "split"), positive=False)
     rows: list[tuple[str, float | None]] = [
         ("shards", float(shards.get_column("shard").n_unique())),
         ("sequences", float(shards.height)),
@@ -1257,8 +1306,8 @@ def packing_summary(
         ("documents", float(per_doc.height)),
         ("documents split", float(split)),
         ("documents dropped (render/tokenize/pack rejects)", float(dropped)),
-        ("documents dropped (stats.json)", float(stats_dropped) if stats_dropped else None),
-        ("documents split (stats.json)", float(stats_split) if stats_split else None),
+        ("documents dropped (stats.json)", None if stats_dropped is None else float(stats_dropped)),
+        ("documents split (stats.json)", None if stats_split is None else float(stats_split)),
     ]
     return _frame(
         [{"metric": k, "value": v} for k, v in rows], {"metric": pl.String, "value": pl.Float64}
@@ -1604,7 +1653,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
     # funnel
     outcomes = outcomes_of(data)
     evidence = steps_with_evidence(data.present, data.rejects)
-    check = funnel_check(outcomes, data.rejects, data.funnel_json, data.present)
+    check = check_of(data, outcomes)
     b.append(Heading("Funnel"))
     if not outcomes.height:
         b.append(Text("No PRs in this output folder: nothing was mined.", "missing"))
@@ -1614,6 +1663,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
         else:
             b.append(Text(f"THE FUNNEL DOES NOT ADD UP: {check.summary}.", "warning"))
             b.extend(Text(f"- {m}", "warning") for m in check.messages)
+        b.extend(Text(f"- {n}", "missing") for n in check.notes)
         b.append(
             Table(
                 funnel_steps(outcomes, evidence),
@@ -1894,7 +1944,7 @@ def print_summary(data: RunData, files: ReportFiles | None = None, console: Any 
     console = console or Console()
     outcomes = outcomes_of(data)
     evidence = steps_with_evidence(data.present, data.rejects)
-    check = funnel_check(outcomes, data.rejects, data.funnel_json, data.present)
+    check = check_of(data, outcomes)
 
     t = RichTable(title=f"Funnel: {data.out_dir}")
     for col in ("step", "count", "dropped", "rejected", "pending"):
@@ -1904,6 +1954,8 @@ def print_summary(data: RunData, files: ReportFiles | None = None, console: Any 
     console.print(t)
     if outcomes.height and check.balanced:
         console.print(f"[green]funnel adds up:[/green] {check.summary}")
+        for note in check.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
     elif outcomes.height:
         console.print(
             Panel(
@@ -1952,7 +2004,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
     print_summary(data, files)
     if args.strict:
-        check = funnel_check(outcomes_of(data), data.rejects, data.funnel_json, data.present)
+        check = check_of(data, outcomes_of(data))
         return 0 if check.balanced else 1
     return 0
 

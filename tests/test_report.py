@@ -560,6 +560,10 @@ def test_funnel_json_that_disagrees_is_named() -> None:
     assert "funnel.json stage snapshot: in 12 - out 10 != 4 rejected" in msgs
     assert "funnel.json stage snapshot: empty_patch = 3, rejects.jsonl has 1" in msgs
     assert rp.funnel_json_mismatches({"repos": {}}, rej) == ["funnel.json has no 'stages' list"]
+    # A funnel.json that starts from a different number of PRs than the records hold.
+    assert rp.funnel_json_mismatches(funnel_json(), rej, mined=15) == [
+        "funnel.json: 14 PRs into 'mine', records: 15"
+    ]
 
 
 def test_unreadable_lines_are_counted_not_fatal(out_dir: Path) -> None:
@@ -601,6 +605,43 @@ def test_run_stopped_after_mining(tmp_path: Path, capsys) -> None:
     assert "No tasks (tasks.jsonl missing or empty)" in md
     assert (out / "report" / "funnel.png").is_file()
     assert not (out / "report" / "packing.png").exists()
+
+
+def test_run_stopped_on_purpose_with_until(tmp_path: Path, capsys) -> None:
+    """`--until snapshot`: PRs waiting in candidates.jsonl are expected; ones lost are not."""
+    out = tmp_path / "out"
+    out.mkdir()
+    write_jsonl(out / "pull_requests.jsonl", [pull_request(i) for i in FATES])
+    write_jsonl(out / "candidates.jsonl", [candidate(i) for i in CANDIDATE_IDS])
+    write_jsonl(out / "rejects.jsonl", [r for r in rejects() if r.stage in ("mine", "snapshot")])
+    (out / "run.json").write_text(json.dumps({"plan": {"until": "snapshot"}}))
+
+    data = rp.load_output(out)
+    assert rp.run_until(data.run_json) == "snapshot"
+    check = rp.check_of(data)
+    assert check.balanced and check.pending == 10
+    assert check.notes == (
+        "10 PRs went no further than 'snapshot': the run was stopped there on purpose (--until)",
+    )
+    assert main(["report", str(out), "--strict"]) == 0
+    assert "stopped there on purpose" in " ".join(capsys.readouterr().out.split())
+
+    # A PR that snapshot neither emitted nor rejected is still a loud mismatch.
+    write_jsonl(out / "candidates.jsonl", [candidate(i) for i in CANDIDATE_IDS[1:]])
+    check = rp.check_of(rp.load_output(out))
+    assert not check.balanced
+    assert (
+        check.messages[0].startswith("1 PRs have no outcome")
+        and CANDIDATE_IDS[0] in (check.messages[0])
+    )
+
+
+def test_stats_zero_counts_are_numbers(out_dir: Path) -> None:
+    data = rp.load_output(out_dir)
+    stats = {"max_len": MAX_LEN, "documents_dropped": 0, "documents_split": 0}
+    packing = dict(rp.packing_summary(data.shards, MAX_LEN, data.rejects, stats).rows())
+    assert packing["documents dropped (stats.json)"] == 0
+    assert packing["documents split (stats.json)"] == 0
 
 
 def test_empty_folder_names_everything_missing(tmp_path: Path, capsys) -> None:
