@@ -53,8 +53,11 @@ BASE_PACKAGES: tuple[str, ...] = (
 )
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ROOTFS_FORMAT = 1  # bump when the tarball recipe changes (invalidates every cached rootfs)
+BASE_FORMAT = 2  # bump when the base layer's build changes beyond its Dockerfile text
 ROOTFS_REPO = "smelter/rootfs"
 BASE_REPO = "smelter/base"
+LABEL_DOCKERFILE = f"{eng.LABEL}.dockerfile"  # the rendered base Dockerfile, for the records
+LABEL_FROM = f"{eng.LABEL}.from"
 REGISTRY_PROBE_URL = "https://registry-1.docker.io/v2/"
 
 Source = Literal["auto", "local", "registry"]
@@ -283,13 +286,14 @@ def build_base(
     dockerfile = render_base_dockerfile(suite, from_image, source, rootfs_note)
     uv = host_uv()
     tag = f"{BASE_REPO}:py{python_for_suite(suite)}-{suite}-" + stable_hash(
-        from_image, dockerfile, file_sha256(uv), length=12
+        BASE_FORMAT, from_image, dockerfile, file_sha256(uv), length=12
     )
     if eng.image_exists(client, tag):
         return tag, dockerfile, False
     image_labels = eng.labels(
-        eng.KIND_BASE, suite=suite, python=python_for_suite(suite), source=source
-    )
+        eng.KIND_BASE, suite=suite, python=python_for_suite(suite), source=source,
+        dockerfile=dockerfile, **{"from": from_image},
+    )  # fmt: skip
     try:
         eng.build_image(
             client, dockerfile=dockerfile, tag=tag, image_labels=image_labels,
@@ -350,7 +354,8 @@ def bootstrap(
 def list_base_images(client: docker.DockerClient) -> list[BaseImage]:
     """Base images present on the engine, newest first, read back from their labels."""
     found: list[BaseImage] = []
-    images = client.images.list(filters={"label": f"{eng.LABEL_KIND}={eng.KIND_BASE}"})
+    images = client.images.list(filters={"label": [f"{eng.LABEL_KIND}={eng.KIND_BASE}",
+                                                     LABEL_DOCKERFILE]})  # fmt: skip
     for img in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
         lab = img.labels or {}
         tags = [t for t in img.tags if t.startswith(f"{BASE_REPO}:py")]
@@ -360,7 +365,9 @@ def list_base_images(client: docker.DockerClient) -> list[BaseImage]:
             BaseImage(
                 suite=lab.get(eng.LABEL_SUITE, "?"), python_version=lab.get(eng.LABEL_PYTHON, "?"),
                 tag=tags[0], source=lab.get(eng.LABEL_SOURCE, "local"),  # type: ignore[arg-type]
-                dockerfile="",
+                dockerfile=lab.get(LABEL_DOCKERFILE, ""),
+                rootfs_tag=lab.get(LABEL_FROM) if lab.get(LABEL_FROM, "").startswith(ROOTFS_REPO)
+                else None,
             )
         )  # fmt: skip
     return found

@@ -1,0 +1,10 @@
+# smelter instance image: ${repo} at ${base_commit} (${instance_id}), installed into the env's venv.
+# Build context: `testbed/` = the source tree at ${base_commit} with a one-commit .git.
+FROM ${env_image}
+COPY --chown=1000:1000 testbed /testbed
+WORKDIR /testbed
+${source_env}
+ARG UV_DEFAULT_INDEX
+RUN ${install} \
+ && uv pip freeze > /opt/smelter/frozen.txt \
+ && git config --system --add safe.directory /testbed

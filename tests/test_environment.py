@@ -1,0 +1,287 @@
+"""Environment stage: pure rendering, and real env + instance builds on a real Docker engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import pytest
+from apache_beam.pvalue import TaggedOutput
+
+from smelter.schemas import Candidate, Reason, Rejection
+from smelter.transforms import docker_engine as eng
+from smelter.transforms import environment as envmod
+from smelter.transforms.base_images import BaseImage
+from smelter.transforms.environment import EnvConfig, EnvironmentFn
+
+CREATED = "2025-06-01T12:00:00Z"
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_cutoffs() -> None:
+    assert envmod.instance_cutoff("2024-03-05T10:11:12+01:00") == "2024-03-05T09:11:12Z"
+    assert envmod.env_cutoff("2024-03-05T10:11:12Z", 1) == "2024-03-05"
+    bucket = envmod.env_cutoff("2024-03-05T10:11:12Z", 30)
+    assert bucket <= "2024-03-05"
+    # neighbours in one bucket share the cutoff, so they share the env image
+    assert envmod.env_cutoff("2024-03-06T00:00:00Z", 30) in (bucket, "2024-03-06")
+
+
+def test_env_dockerfile_inlines_requirements_and_cutoff() -> None:
+    text = envmod.render_env_dockerfile(
+        repo="o/r", recipe="extras-test", base_image="smelter/base:x",
+        requirements=["attrs>=21", "pytest ; python_version>'3'"], cutoff="2024-01-01",
+        with_ca=True,
+    )  # fmt: skip
+    assert "FROM smelter/base:x" in text
+    assert (
+        "uv pip install --exclude-newer 2024-01-01 'attrs>=21' "
+        "'pytest ; python_version>'\"'\"'3'\"'\"''" in text
+    )
+    assert "COPY extra-ca.crt" in text and "SSL_CERT_FILE" in text
+    assert "PATH=/opt/smelter/venv/bin:$PATH" in text
+    plain = envmod.render_env_dockerfile(
+        repo="o/r", recipe="plain", base_image="b", requirements=["pytest"], cutoff=None,
+        with_ca=False,
+    )  # fmt: skip
+    assert "exclude-newer" not in plain and "extra-ca" not in plain
+
+
+def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> None:
+    text = envmod.render_instance_dockerfile(
+        repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="smelter/env:e",
+        installable=True, extras=["test"], cutoff="2024-01-01T00:00:00Z",
+        install_env={"SETUPTOOLS_SCM_PRETEND_VERSION": "0.0.0"},
+    )  # fmt: skip
+    assert "FROM smelter/env:e" in text
+    assert (
+        "RUN SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv pip install --exclude-newer "
+        "2024-01-01T00:00:00Z -e '.[test]'" in text
+    )
+    bare = envmod.render_instance_dockerfile(
+        repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=False,
+        extras=[], cutoff=None, install_env={}, source_paths=["/testbed/src", "/testbed"],
+    )  # fmt: skip
+    assert "ENV PYTHONPATH=/testbed/src:/testbed" in bare and "RUN true" in bare
+
+
+def test_check_script_exit_codes() -> None:
+    script = envmod.check_script(["pkg"], ["tests/test_a.py"], 2)
+    assert "python -c 'import pkg' || exit 91" in script
+    assert script.count("git apply") == 2
+    assert "--collect-only" in script and "tests/test_a.py || exit 93" in script
+    assert "pytest" not in envmod.check_script(["pkg"], [], 0)
+
+
+def test_failure_reason_from_build_error() -> None:
+    run_err = eng.BuildFailed(
+        "The command '/bin/sh -c uv pip install x' returned a non-zero code: 1", ""
+    )
+    assert envmod.failure_reason(run_err) is Reason.INSTALL_FAILED
+    assert envmod.failure_reason(eng.BuildFailed("COPY failed", "")) is Reason.BUILD_FAILED
+
+
+def test_recipe_memory_roundtrip(tmp_path: Path) -> None:
+    memory = envmod.RecipeMemory(tmp_path)
+    assert memory.get("o/r") is None
+    memory.put("o/r", "tox-deps")
+    assert memory.get("o/r") == "tox-deps"
+    assert envmod.RecipeMemory(tmp_path).get("o/r") == "tox-deps"
+
+
+def test_config_fields_have_help_and_distinct_names() -> None:
+    from dataclasses import fields
+
+    for f in fields(EnvConfig):
+        assert f.name.startswith("env_"), f.name
+        assert f.metadata.get("help"), f.name
+
+
+# --------------------------------------------------------------------------- real Docker
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "tinycalc"
+version = "0.1.0"
+requires-python = ">=3.9"
+dependencies = []
+classifiers = ["Programming Language :: Python :: 3.11"]
+
+[project.optional-dependencies]
+test = ["pytest>=7"]
+
+[tool.setuptools.packages.find]
+where = ["src"]
+"""
+
+TEST_FILE = """\
+from tinycalc import add
+
+
+def test_add():
+    assert add(2, 3) == 5
+"""
+
+
+def _git(path: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@x",
+           "GIT_COMMITTER_NAME": "A", "GIT_COMMITTER_EMAIL": "a@x", "GIT_CONFIG_NOSYSTEM": "1",
+           "HOME": str(path)}  # fmt: skip
+    return subprocess.run(["git", "-C", str(path), *args], env=env, check=True,
+                          capture_output=True, text=True).stdout  # fmt: skip
+
+
+def make_candidate(root: Path, repo: str, *, init_body: str, deps: str = "[]") -> Candidate:
+    """A real repo: base commit with add(); the PR adds mul() and a test for it."""
+    root.mkdir(parents=True)
+    _git(root, "init", "-q", "--initial-branch=main")
+    (root / "pyproject.toml").write_text(
+        PYPROJECT.replace("dependencies = []", f"dependencies = {deps}")
+    )
+    (root / "src" / "tinycalc").mkdir(parents=True)
+    (root / "src" / "tinycalc" / "__init__.py").write_text(init_body)
+    (root / "tests").mkdir()
+    (root / "tests" / "test_calc.py").write_text(TEST_FILE)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "base")
+    base = _git(root, "rev-parse", "HEAD").strip()
+    with (root / "src" / "tinycalc" / "__init__.py").open("a") as f:
+        f.write("\n\ndef mul(a, b):\n    return a * b\n")
+    patch = _git(root, "diff")
+    _git(root, "checkout", "-q", ".")
+    with (root / "tests" / "test_calc.py").open("a") as f:
+        f.write("\n\ndef test_mul():\n    from tinycalc import mul\n    assert mul(2, 3) == 6\n")
+    test_patch = _git(root, "diff")
+    _git(root, "checkout", "-q", ".")
+    owner_repo = repo.replace("/", "__")
+    return Candidate(
+        instance_id=f"{owner_repo}-1", repo=repo, repo_url=str(root), pull_number=1,
+        base_commit=base, merge_commit=base, created_at=CREATED, problem_statement="add mul",
+        patch=patch, test_patch=test_patch, code_files=["src/tinycalc/__init__.py"],
+        test_files=["tests/test_calc.py"],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stage(
+    docker_client: docker.DockerClient,
+    base_image: BaseImage,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    cache = tmp_path_factory.mktemp("envcache")
+    # recipes/locks/tmp go to this test's folder; the base image is the session's (already built)
+    config = EnvConfig(env_cache_dir=str(cache), env_max_rungs=2, env_bootstrap_missing=True,
+                       env_base_source="local")  # fmt: skip
+    fn = EnvironmentFn(config)
+    fn.setup()
+    yield fn
+    fn.teardown()
+
+
+def _outcomes(fn: EnvironmentFn, c: Candidate) -> list:
+    return list(fn.process(c))
+
+
+def _no_leftover_check_containers(client: docker.DockerClient, instance_id: str) -> None:
+    left = client.containers.list(
+        all=True, filters={"label": [f"{eng.LABEL_KIND}={eng.KIND_CHECK}",
+                                     f"{eng.LABEL_INSTANCE}={instance_id}"]},
+    )  # fmt: skip
+    assert left == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_env_and_instance_build_then_cache_hit(
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    c = make_candidate(tmp_path / "repo", "acme/tinycalc",
+                       init_body="def add(a, b):\n    return a + b\n")  # fmt: skip
+    (out,) = _outcomes(stage, c)
+    assert isinstance(out, Candidate), out
+    env = out.environment
+    assert env is not None
+    assert env.python_version == "3.11" and env.recipe == "extras-test"
+    assert env.base_image.startswith("smelter/base:py3.11-bookworm-")
+    assert env.env_image.startswith("smelter/env:acme-tinycalc-")
+    assert any(r.lower().startswith("pytest==") for r in env.frozen_requirements)
+    assert "-e file:///testbed" in env.frozen_requirements  # the project itself, editable
+    assert env.exclude_newer == "2025-06-01T12:00:00Z"
+    assert "--exclude-newer" in env.dockerfiles.env and env.test_user == "smelter"
+    assert env.image_size_bytes and env.image_size_bytes > 100_000_000
+    img = docker_client.images.get(env.instance_image)
+    assert img.labels[eng.LABEL_KIND] == eng.KIND_INSTANCE
+    # the image runs the repo's tests offline, as the test user
+    res = eng.run_container(
+        docker_client, env.instance_image,
+        [*env.test_command, "tests/test_calc.py"], user=env.test_user, workdir=env.workdir,
+        timeout=120,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1 passed" in res.output
+    _no_leftover_check_containers(docker_client, c.instance_id)
+
+    # A second PR of the same repo with the same dependency lines: env image is reused.
+    c2 = make_candidate(tmp_path / "repo2", "acme/tinycalc",
+                        init_body="def add(a, b):\n    return b + a\n")  # fmt: skip
+    (out2,) = _outcomes(stage, c2)
+    assert isinstance(out2, Candidate), out2
+    assert out2.environment.env_image == env.env_image
+    assert out2.environment.env_cache_hit is True
+    assert out2.environment.instance_image != env.instance_image
+    print(f"first build {env.build_seconds:.1f}s (env hit {env.env_cache_hit}); "
+          f"second {out2.environment.build_seconds:.1f}s (env hit True)")  # fmt: skip
+    # Rebuilding the very same candidate is a pure cache hit.
+    (again,) = _outcomes(stage, c)
+    assert again.environment.instance_image == env.instance_image
+    assert again.environment.env_cache_hit
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_unresolvable_dependency_is_rejected_with_log_tail(
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    c = make_candidate(tmp_path / "broken", "acme/broken",
+                       init_body="def add(a, b):\n    return a + b\n",
+                       deps='["smelter-no-such-package-zzz>=1"]')  # fmt: skip
+    (out,) = _outcomes(stage, c)
+    assert isinstance(out, TaggedOutput), out
+    rejection: Rejection = out.value
+    assert rejection.stage == "environment"
+    assert rejection.reason is Reason.INSTALL_FAILED
+    assert "smelter-no-such-package-zzz" in rejection.detail
+    assert "extras-test: install_failed" in rejection.detail
+    _no_leftover_check_containers(docker_client, c.instance_id)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_package_that_does_not_import_is_rejected(
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    c = make_candidate(tmp_path / "noimport", "acme/noimport",
+                       init_body="import no_such_module_anywhere\n")  # fmt: skip
+    (out,) = _outcomes(stage, c)
+    assert isinstance(out, TaggedOutput), out
+    assert out.value.reason is Reason.IMPORT_FAILED
+    assert "no_such_module_anywhere" in out.value.detail
+    _no_leftover_check_containers(docker_client, c.instance_id)
+    # its instance images were removed (not kept by option)
+    assert not docker_client.images.list(
+        filters={"label": [f"{eng.LABEL_INSTANCE}={c.instance_id}"]}
+    )
+
+
+def test_config_replace_keeps_frozen() -> None:
+    cfg = replace(EnvConfig(), env_max_rungs=1)
+    assert cfg.env_max_rungs == 1
