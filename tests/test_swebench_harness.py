@@ -1,0 +1,254 @@
+"""SWE-bench's own evaluation harness on tasks smelter exported, end to end, with real Docker.
+
+A real repository with three PRs; an instance image per PR laid out like the environment
+stage's (source at /testbed with a one-commit .git holding the original sha, owned by uid 1000,
+a venv with pytest on PATH, no conda); the validate stage turns each PR into a Task; the
+export goes to swebench's harness, which finds the images locally (no registry here):
+
+- flat dataset (tasks.jsonl, ``image`` = our instance image) through ``run_evaluation.main``,
+  the function behind ``swebench eval``: gold patches resolve every task; an irrelevant patch
+  and empty patches resolve none;
+- task repository (``image`` = swebench's derived name, built from the task's Dockerfile by
+  ``build_harness_images``) through ``run_instances``: gold patches resolve every task.
+  (``run_evaluation.main`` with ``task_repo`` first rebuilds images with ``docker buildx``,
+  which this engine lacks, so that one step is done by our builder instead.)
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import jsonlines
+import pytest
+
+from smelter.pipeline import publish
+from smelter.schemas import Candidate, Dockerfiles, Environment, Task
+from smelter.transforms import docker_engine as eng
+from smelter.transforms.base_images import BaseImage
+from smelter.transforms.common import stable_hash
+from smelter.transforms.gitrepo import GitRepo
+from smelter.transforms.validate import ValidateConfig, Validator
+from tests._calc_repo import CalcPR, make_calc_repo
+
+pytestmark = pytest.mark.docker
+
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+# The environment stage's layers (dockerfiles/env.Dockerfile, instance.Dockerfile) cut down to
+# what the calc repo needs: a venv with pytest on PATH through the image ENV (no conda), and the
+# source at /testbed, owned by uid 1000. No install step: the package is importable from the
+# tree (pytest ``pythonpath``), so only the env layer reaches the index, once per machine.
+ENV_DOCKERFILE = """FROM {base}
+COPY ca.crt /usr/local/share/smelter-extra-ca.crt
+ENV VIRTUAL_ENV=/opt/smelter/venv PATH=/opt/smelter/venv/bin:$PATH
+RUN uv venv --python /usr/bin/python3 $VIRTUAL_ENV \\
+ && SSL_CERT_FILE=/usr/local/share/smelter-extra-ca.crt uv pip install 'pytest>=8,<9'
+"""
+INSTANCE_DOCKERFILE = """FROM {env}
+COPY --chown=1000:1000 testbed /testbed
+WORKDIR /testbed
+RUN git config --system --add safe.directory /testbed
+"""
+
+IRRELEVANT_PATCH = """diff --git a/NOTES.md b/NOTES.md
+new file mode 100644
+index 0000000..3b18e51
+--- /dev/null
++++ b/NOTES.md
+@@ -0,0 +1 @@
++hello world
+"""
+
+
+@pytest.fixture(scope="module")
+def env_image(docker_client: docker.DockerClient, base_image: BaseImage) -> str:
+    """The env layer (kept across sessions: it is the only step that downloads)."""
+    dockerfile = ENV_DOCKERFILE.format(base=base_image.tag)
+    tag = f"smelter-test/pytest-env:{stable_hash(dockerfile)}"
+    if not eng.image_exists(docker_client, tag):
+        eng.build_image(
+            docker_client,
+            dockerfile=dockerfile,
+            tag=tag,
+            image_labels=eng.labels(eng.KIND_ENV, repo="smelter-test"),
+            context_files={"ca.crt": HOST_CA.read_bytes()},
+        )
+    return tag
+
+
+@pytest.fixture(scope="module")
+def harness_tasks(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
+    env_image: str,
+) -> Iterator[list[Task]]:
+    """Validated Tasks of the three calc PRs, their instance images kept for the harness."""
+    root = tmp_path_factory.mktemp("harness")
+    repo, prs = make_calc_repo(root)
+    images: list[str] = []
+    tasks: list[Task] = []
+    validator = Validator(
+        docker_client,
+        ValidateConfig(
+            validate_reruns_before=1,
+            validate_reruns_after=2,
+            validate_keep_instance_images=True,
+        ),
+    )
+    try:
+        for pr in prs:
+            image = build_instance(docker_client, env_image, repo, pr, root)
+            images.append(image)
+            task = validator.validate(candidate_for(pr, image, env_image))
+            assert sorted(task.FAIL_TO_PASS) == sorted(pr.fail_to_pass)
+            # validation runs only the test modules the test patch touches
+            touched = [t for t in pr.pass_to_pass if t.split("::")[0] in pr.test_paths]
+            assert sorted(task.PASS_TO_PASS) == sorted(touched)
+            tasks.append(task)
+        yield tasks
+    finally:
+        for image in images:
+            eng.remove_image(docker_client, image)
+
+
+def build_instance(
+    client: docker.DockerClient, env_image: str, repo: Path, pr: CalcPR, root: Path
+) -> str:
+    tree = GitRepo(repo).export_snapshot(pr.base, root / "trees" / pr.instance_id)
+    dockerfile = INSTANCE_DOCKERFILE.format(env=env_image)
+    tag = f"smelter-test/harness-instance:{stable_hash(dockerfile, pr.instance_id, pr.base)}"
+    eng.build_image(
+        client,
+        dockerfile=dockerfile,
+        tag=tag,
+        image_labels=eng.labels(eng.KIND_INSTANCE, repo="smelter-test"),
+        context_dirs={"testbed": tree},
+    )
+    return tag
+
+
+def candidate_for(pr: CalcPR, image: str, env_image: str) -> Candidate:
+    env = Environment(
+        python_version="3.11",
+        base_image="smelter/base:bookworm",
+        env_image=env_image,
+        instance_image=image,
+        env_hash=stable_hash(ENV_DOCKERFILE),
+        recipe="plain",
+        test_command=["python", "-m", "pytest", "--tb=short"],
+        dockerfiles=Dockerfiles(base="", env=ENV_DOCKERFILE, instance=INSTANCE_DOCKERFILE),
+    )
+    return Candidate(
+        instance_id=pr.instance_id,
+        repo="acme/calc",
+        repo_url="calc",
+        pull_number=pr.number,
+        base_commit=pr.base,
+        merge_commit=pr.merge,
+        created_at="2024-01-01T00:00:00Z",
+        problem_statement=f"calc PR {pr.number}: add() is wrong for negative numbers",
+        patch=pr.patch,
+        test_patch=pr.test_patch,
+        code_files=pr.code_paths,
+        test_files=pr.test_paths,
+        environment=env,
+    )
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The harness writes logs/ relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _file_limit() -> int:
+    """What run_evaluation.main sets RLIMIT_NOFILE to: the current hard limit, never lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+
+
+def _evaluate(dataset: Path, predictions: str, run_id: str, report_dir: Path) -> dict:
+    from swebench.harness.run_evaluation import main as run_evaluation
+
+    report = run_evaluation(
+        dataset_name=str(dataset),
+        split="test",
+        instance_ids=None,
+        predictions_path=predictions,
+        max_workers=1,
+        open_file_limit=_file_limit(),
+        run_id=run_id,
+        timeout=600,
+        rewrite_reports=False,
+        modal=False,
+        report_dir=str(report_dir),
+    )
+    return json.loads(Path(report).read_text())
+
+
+def _predictions(path: Path, tasks: list[Task], patch: str, model: str) -> Path:
+    with jsonlines.open(path, "w") as w:
+        w.write_all(
+            {"instance_id": t.instance_id, "model_patch": patch, "model_name_or_path": model}
+            for t in tasks
+        )
+    return path
+
+
+def test_harness_resolves_gold_and_nothing_else_on_the_flat_dataset(
+    harness_tasks: list[Task], in_tmp: Path
+) -> None:
+    paths = publish.export_tasks(harness_tasks, in_tmp / "export")
+    ids = sorted(t.instance_id for t in harness_tasks)
+
+    gold = _evaluate(paths.jsonl, "gold", "smelter-gold", in_tmp / "reports")
+    assert gold["resolved_ids"] == ids, gold
+    assert gold["error_ids"] == [] and gold["unresolved_ids"] == []
+
+    noop = _predictions(in_tmp / "noop.jsonl", harness_tasks, IRRELEVANT_PATCH, "noop")
+    report = _evaluate(paths.jsonl, str(noop), "smelter-noop", in_tmp / "reports")
+    assert report["completed_ids"] == ids, report  # the tests ran ...
+    assert report["resolved_ids"] == [] and report["unresolved_ids"] == ids  # ... and failed
+
+    empty = _predictions(in_tmp / "empty.jsonl", harness_tasks, "", "empty")
+    report = _evaluate(paths.jsonl, str(empty), "smelter-empty", in_tmp / "reports")
+    assert report["resolved_ids"] == [] and report["empty_patch_ids"] == ids, report
+
+
+def test_harness_resolves_gold_from_the_task_repository(
+    harness_tasks: list[Task], in_tmp: Path, docker_client: docker.DockerClient
+) -> None:
+    from swebench.harness.reporting import make_run_report
+    from swebench.harness.run_evaluation import run_instances
+    from swebench.task.checks import check_task_repo
+    from swebench.task.repo import load_task_repo
+
+    paths = publish.export_tasks(harness_tasks, in_tmp / "export")
+    assert check_task_repo(paths.task_repo) == []
+    built = publish.build_harness_images(paths.task_repo, docker_client)
+    try:
+        instances = load_task_repo(paths.task_repo)
+        assert {i["image"] for i in instances} == set(built.values())
+        predictions = {
+            i["instance_id"]: {
+                "instance_id": i["instance_id"],
+                "model_patch": i["patch"],
+                "model_name_or_path": "gold",
+            }
+            for i in instances
+        }
+        run_instances(
+            predictions, instances, 1, "smelter-repo-gold", 600, task_repo=str(paths.task_repo)
+        )
+        report_path = make_run_report(
+            predictions, instances, "smelter-repo-gold", docker_client, str(in_tmp / "reports")
+        )
+        report = json.loads(Path(report_path).read_text())
+        assert report["resolved_ids"] == sorted(built), report
+    finally:
+        for image in built.values():
+            eng.remove_image(docker_client, image)
