@@ -17,6 +17,7 @@ from smelter.transforms.clean import (
     CleanFn,
     Prompts,
     added_lines,
+    check_endpoint,
     clean_report,
     clean_task,
     counters_of,
@@ -350,6 +351,16 @@ def test_beam_normaliser_only_says_so(tmp_path: Path) -> None:
     assert len(tasks) == 5 and [r.reason for r in rejects] == [Reason.STATEMENT_TOO_SHORT]
     assert counters["normalizer_only"] == 6 and "requests" not in counters
     assert clean_report(counters, CleanConfig()).summary().startswith("clean: normaliser only")
+
+
+def test_check_endpoint(llm_standin: LLMStandIn) -> None:
+    assert "only" in check_endpoint(CleanConfig())
+    line = check_endpoint(_config(llm_standin))
+    assert "standin-1" in line and "lists" not in line
+    assert "lists standin-1, not other" in check_endpoint(_config(llm_standin, llm_model="other"))
+    assert llm_standin.chat_requests() == []
+    with pytest.raises(Fatal, match="unreachable"):
+        check_endpoint(CleanConfig(llm_base_url="http://127.0.0.1:9/v1", llm_model="m"))
 
 
 def test_base_url_without_model_is_fatal() -> None:

@@ -363,6 +363,30 @@ def describe_clean(config: CleanConfig) -> str:
     )
 
 
+def check_endpoint(config: CleanConfig, session: requests.Session | None = None) -> str:
+    """Pre-flight for the CLI, before Beam starts: ``Fatal`` (one line) when the endpoint cannot
+    be reached or refuses the key; otherwise the ``describe_clean`` line, with a note when the
+    server does not list the model (llama.cpp lists its file name, so this is not an error).
+    Costs one ``GET /models``, never a completion."""
+    if config.normalizer_only:
+        return describe_clean(config)
+    client = OpenAIChatClient(
+        config.llm_base_url or "",
+        config.llm_model,
+        session or requests.Session(),
+        api_key_env=config.llm_api_key_env,
+        timeout_seconds=min(config.llm_timeout_seconds, 30.0),
+    )
+    try:
+        served = client.list_models()
+    finally:
+        client.close()
+    line = describe_clean(config)
+    if served and config.llm_model not in served:
+        line += f" (the endpoint lists {', '.join(served[:3])}, not {config.llm_model})"
+    return line
+
+
 # ------------------------------------------------------------------------------------ Beam
 
 # Counters in namespace "clean" (besides StageFn's ok / rejected_* / cache_hits):

@@ -385,6 +385,13 @@ class OpenAIChatClient:
             r = self._session.get(self._models_url, headers=self._headers(), timeout=self._timeout)
         except requests.RequestException as e:
             raise Fatal(f"LLM endpoint unreachable at {self._models_url}: {_short(e)}") from None
+        if r.status_code == 404:
+            return []  # some proxies serve completions only: not knowing the list is fine
+        if r.status_code in (401, 403):
+            raise Fatal(
+                f"LLM endpoint refused the credentials (HTTP {r.status_code}); "
+                f"check the key in ${self._api_key_env}"
+            )
         if r.status_code != 200:
             raise Fatal(f"LLM endpoint {self._models_url} answered HTTP {r.status_code}")
         try:
