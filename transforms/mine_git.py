@@ -242,9 +242,16 @@ def carry_diff(repo: GitRepo, base: str, merge: str, diff: bytes,
                         for p in (f.path, f.old_path) if p})  # fmt: skip
         binary = repo.diff_binary(base, merge, paths=paths, force_binary=True)
         diff = replace_sections(diff, [binary])
+        counts = {f.path: (f.added, f.removed) for f in split.files}
         split = split_diff(diff, rules)
         if split.undecodable:
             raise Rejected(Reason.UNDECODABLE_DIFF, ", ".join(split.undecodable))
+        # A binary patch has no lines; keep the text counts so size filters still see them.
+        split = SplitDiff(tuple(
+            dataclasses.replace(f, added=counts[f.path][0], removed=counts[f.path][1])
+            if f.path in counts and f.path in paths else f
+            for f in split.files
+        ))  # fmt: skip
     return diff.decode("utf-8"), split
 
 
