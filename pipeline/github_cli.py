@@ -69,17 +69,19 @@ class _ReposFileAction(argparse.Action):
         setattr(namespace, self.dest, current + [n for n in names if n])
 
 
+def normalize_repo_name(name: str) -> str:
+    """``owner/name`` from ``owner/name``, ``owner/name.git`` or a github.com URL; Fatal else."""
+    name = name.strip().removesuffix("/").removesuffix(".git")
+    name = re.sub(r"^(https?://)?(www\.)?github\.com/", "", name)
+    if not _REPO_NAME.match(name):
+        raise Fatal(f"not a GitHub repository name (OWNER/REPO): {name!r}")
+    return name
+
+
 def github_repo_names(args: argparse.Namespace) -> tuple[str, ...]:
     """``--github`` / ``--github-repos-file`` names, validated, in order, without repeats."""
-    names = list(getattr(args, "github", None) or [])
-    out: list[str] = []
-    for name in (n.strip().removesuffix(".git") for n in names if n and n.strip()):
-        name = name.removeprefix("https://github.com/")
-        if not _REPO_NAME.match(name):
-            raise Fatal(f"not a GitHub repository name (OWNER/REPO): {name!r}")
-        if name not in out:
-            out.append(name)
-    return tuple(out)
+    names = [normalize_repo_name(n) for n in getattr(args, "github", None) or [] if n.strip()]
+    return tuple(dict.fromkeys(names))
 
 
 def github_config_from_args(
@@ -95,7 +97,8 @@ def github_config_from_args(
 def github_pull_requests(p: Any, plan: Any, config: GitHubConfig) -> tuple[Any, Any]:
     """Graph entry: (PCollection[PullRequest], PCollection[Rejection]) for the plan's GitHub
     repositories and search query, merged with those of ``config``."""
-    repos = tuple(dict.fromkeys((*config.github_repos, *plan.github_repos)))
+    names = (*config.github_repos, *plan.github_repos)
+    repos = tuple(dict.fromkeys(normalize_repo_name(n) for n in names))
     query = plan.github_query or config.github_search_query
     config = dataclasses.replace(config, github_repos=repos, github_search_query=query)
     return p | "MineGitHub" >> MineGitHub(config, plan.cache_dir, plan.progress_dir)

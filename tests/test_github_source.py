@@ -368,3 +368,41 @@ def test_cli_mine_github_end_to_end(
             assert TOKEN.encode() not in path.read_bytes(), path
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err
+
+
+# --------------------------------------------------------------------------- CLI flags
+
+
+def test_cli_source_flags(tmp_path: Path) -> None:
+    import argparse
+
+    from smelter.pipeline.github_cli import add_github_arguments, github_config_from_args
+
+    repos_file = tmp_path / "repos.txt"
+    repos_file.write_text("# mine these\npsf/requests\nhttps://github.com/pallets/click.git\n")
+    parser = argparse.ArgumentParser()
+    add_github_arguments(parser)
+    args = parser.parse_args([
+        "--github", "acme/widgets", "--github-repos-file", str(repos_file),
+        "--github-query", "language:python", "--since-last-run",
+    ])  # fmt: skip
+    config = github_config_from_args(args)
+    assert config.github_repos == ("acme/widgets", "psf/requests", "pallets/click")
+    assert config.github_search_query == "language:python"
+    assert getattr(args, "github.github_since_last_run") is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--github", "not-a-repo"], "not a GitHub repository name"),
+        (["--github", "a/b", "--github-since", "yesterday"], "not an ISO date"),
+        (["--github", "a/b", "--github-per-page", "500"], "github_per_page must be 1..100"),
+    ],
+)
+def test_cli_bad_github_input_is_one_line(argv: list[str], message: str, tmp_path, capsys):
+    from smelter.pipeline.cli import main
+
+    assert main(["mine", *argv, "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

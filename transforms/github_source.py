@@ -191,6 +191,23 @@ class GitHubConfig:
         default=30, metadata={"help": "timeout of one HTTP request"}
     )
 
+    def __post_init__(self) -> None:
+        # Bad values fail here, once, as a one-line config error, not per record in a worker.
+        for name in ("github_since", "github_until"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    utc_iso(value)
+                except ValueError:
+                    raise ValueError(f"{name}: not an ISO date or date-time: {value!r}") from None
+        if not 1 <= self.github_per_page <= 100:
+            raise ValueError(f"github_per_page must be 1..100, got {self.github_per_page}")
+        for repo in self.github_repos:
+            if repo.count("/") != 1 or not all(repo.split("/")):
+                raise ValueError(f"github_repos: not OWNER/NAME: {repo!r}")
+        if not self.github_base_url.startswith(("http://", "https://")):
+            raise ValueError(f"github_base_url must be an http(s) URL: {self.github_base_url!r}")
+
     @property
     def cache_root(self) -> Path:
         return Path(self.github_cache_dir or default_cache_dir())
