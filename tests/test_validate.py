@@ -20,48 +20,15 @@ from smelter.transforms.validate import (
     render_test_script,
     touched_test_modules,
 )
-from tests.fixtures.validate import InstanceFactory, candidate_for, git
+from tests.fixtures.validate import (
+    BASE_CODE,
+    BASE_TESTS,
+    FIXED_CODE,
+    InstanceFactory,
+    candidate_for,
+    make_repo,
+)
 
-BASE_CODE = """\
-def add(a, b):
-    if b < 0:
-        return a - b  # the bug: negative numbers are subtracted
-    return a + b
-
-
-def mul(a, b):
-    return a * b
-"""
-FIXED_CODE = """\
-def add(a, b):
-    return a + b
-
-
-def mul(a, b):
-    return a * b
-
-
-def sub(a, b):
-    return a - b
-"""
-BASE_TESTS = """\
-import os
-
-from calc import add, mul
-
-
-def test_add_positive():
-    assert add(1, 2) == 3
-
-
-def test_mul():
-    assert mul(2, 3) == 6
-
-
-class TestOwner:
-    def test_not_root(self):
-        assert os.getuid() != 0
-"""
 NEW_TESTS = (
     BASE_TESTS
     + """
@@ -92,29 +59,6 @@ CONFIG = ValidateConfig(
     validate_parallel_runs=2,
     validate_keep_instance_images=True,  # the fixture removes them
 )
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-
-
-def make_repo(tmp_path: Path, pr: dict[str, str]) -> tuple[Path, str]:
-    """A git repo with a base commit (buggy calc + tests) and one PR commit on top."""
-    repo = tmp_path / "calc"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    write(repo, {"calc/__init__.py": BASE_CODE, "tests/test_calc.py": BASE_TESTS})
-    write(repo, {"pyproject.toml": '[project]\nname = "calc"\nversion = "0"\n'})
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
-    base = git(repo, "rev-parse", "HEAD").strip()
-    write(repo, pr)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "the PR")
-    git(repo, "checkout", "-q", base)  # the image holds the base commit
-    return repo, base
 
 
 def validate(

@@ -14,9 +14,11 @@ Deliberate choices:
 - The wall clock is enforced from outside (``wait(timeout)`` then ``kill``): a hung test cannot
   ignore it.
 - Every container is labelled with the owning process (host + pid). It is removed in
-  ``finally``; on SIGTERM/SIGINT a handler removes this process's live containers before the
-  usual exit (threads blocked in ``wait`` then return at once); after a SIGKILL nothing in the
-  process runs, so ``prune_containers`` removes containers whose owner is dead.
+  ``finally``; on SIGTERM/SIGINT a handler removes this process's live containers and refuses
+  new ones before the usual exit (threads blocked in ``wait`` then return at once). Python runs
+  handlers only in the main thread, so callers must not block it indefinitely (validate.py
+  polls its futures). After a SIGKILL nothing in the process runs, so ``prune_containers``
+  removes containers whose owner is dead.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class SandboxResult:
 _live: dict[str, Any] = {}
 _live_lock = threading.Lock()
 _handlers_installed = False
+_closing = threading.Event()  # set by a signal: no new container may start after it
 _previous: dict[int, Any] = {}
 
 
@@ -100,7 +103,12 @@ def remove_live_containers() -> int:
     return len(containers)
 
 
+class SandboxClosed(RuntimeError):
+    """The process is shutting down (a signal arrived); no new test container starts."""
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _closing.set()
     removed = remove_live_containers()
     if removed:
         log.warning("signal %d: removed %d test container(s)", signum, removed)
@@ -255,7 +263,8 @@ class Sandbox:
                 working_dir=workdir,
                 log_config=LogConfig(
                     type=LogConfig.types.JSON,
-                    config={"max-size": str(log_cap), "max-file": "1"},
+                    # Two files: after a rotation the previous one still holds a full tail.
+                    config={"max-size": str(log_cap), "max-file": "2"},
                 ),
                 labels={
                     **eng.labels(eng.KIND_TEST),
@@ -267,6 +276,8 @@ class Sandbox:
         with _live_lock:
             _live[container.id] = container
         try:
+            if _closing.is_set():
+                raise SandboxClosed("shutting down; not starting a test container")
             return self._run(container, files or {}, fetch)
         finally:
             with _live_lock:
@@ -283,6 +294,8 @@ class Sandbox:
             container.put_archive("/", eng.tar_files(files, mode=0o755))
         started = self._clock()
         container.start()
+        if _closing.is_set():  # the signal came while we were starting: the handler missed it
+            raise SandboxClosed("shutting down; test container stopped")
         timed_out, exit_code = False, None
         try:
             status = container.wait(timeout=lim.timeout_seconds)

@@ -25,10 +25,10 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -53,6 +53,9 @@ from smelter.transforms.sandbox import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 STAGE = "validate"
 SCRIPT_VERSION = "test_script_v1"
@@ -240,6 +243,24 @@ def patch_problem(runs: Iterable[TestRun]) -> Rejected | None:
     return None
 
 
+def run_all(fn: Callable[[T], R], jobs: Sequence[T], parallel: int) -> list[R]:
+    """``[fn(j) for j in jobs]`` on a thread pool, results in job order.
+
+    The calling thread polls instead of blocking: Python runs signal handlers only in the main
+    thread between bytecodes, and a SIGTERM must reach the sandbox's cleanup handler at once.
+    On any exception (a signal's SystemExit included) queued jobs are cancelled, so no new
+    container starts.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="validate")
+    try:
+        futures = [pool.submit(fn, job) for job in jobs]
+        while not wait(futures, timeout=0.25).done.issuperset(futures):
+            pass
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def smelter_version() -> str:
     try:
         return importlib.metadata.version("swe-smelter")
@@ -300,9 +321,7 @@ class Validator:
             )
             return to_test_run(side, attempt, result, files, cfg.validate_log_bytes)
 
-        with ThreadPoolExecutor(max_workers=max(1, cfg.validate_parallel_runs)) as pool:
-            runs = list(pool.map(one, jobs))
-        return runs, script
+        return run_all(one, jobs, cfg.validate_parallel_runs), script
 
     def validate(self, candidate: Candidate, config_hash: str = "") -> Task:
         """The Task, or ``Rejected`` with the precise reason."""
