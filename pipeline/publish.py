@@ -781,17 +781,32 @@ def build_harness_images(task_repo: str | Path, client: Any) -> dict[str, str]:
     """Build each task's Dockerfile under the ``image`` its task.yaml names; id -> image.
 
     swebench's own builder shells out to ``docker buildx``, which engines without the plugin
-    lack; the Dockerfile is only ``FROM <instance image>``, so the SDK's builder suffices and
-    needs no network. ``client`` is a ``docker.DockerClient``.
+    lack; the Dockerfile is ``FROM <instance image>`` (and at most a symlink), so the SDK's
+    builder suffices and needs no network. ``client`` is a ``docker.DockerClient``. A task whose
+    instance image is missing (validation removes them unless told to keep them) is a one-line
+    Fatal naming every such task, after the others are built.
     """
+    import docker.errors
+
     built: dict[str, str] = {}
+    failed: list[str] = []
     for d in sorted((Path(task_repo) / "tasks").iterdir()):
         meta_path = d / "task.yaml"
         if not meta_path.is_file():
             continue
         meta = yaml.safe_load(meta_path.read_text())
-        client.images.build(path=str(d), tag=meta["image"], rm=True, network_mode="host")
+        try:
+            client.images.build(path=str(d), tag=meta["image"], rm=True, network_mode="host")
+        except (docker.errors.BuildError, docker.errors.APIError):
+            failed.append(f"{meta['instance_id']} (needs {meta.get('instance_image')})")
+            continue
         built[meta["instance_id"]] = meta["image"]
+    if failed:
+        raise Fatal(
+            f"{len(failed)} harness image(s) not built, their instance images are missing: "
+            + ", ".join(failed)
+            + "; re-run with --validate-keep-instance-images"
+        )
     return built
 
 
@@ -810,9 +825,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
             "swebench's pytest log parser cannot read back",
             file=sys.stderr,
         )
-    print(
-        f"exported {paths.count} tasks: {paths.jsonl}, {paths.parquet}, {paths.task_repo}/",
-    )
+    print(f"exported {paths.count} tasks: {paths.jsonl}, {paths.parquet}, {paths.task_repo}/")
+    if args.harness_images:
+        from smelter.transforms.docker_engine import connect
+
+        built = build_harness_images(paths.task_repo, connect())
+        print(f"built {len(built)} harness image(s) named as in task_repo/tasks/*/task.yaml")
     return 0
 
 
@@ -854,6 +872,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split",
         default=DEFAULT_TASKS_SPLIT,
         help=f"split of the tasks (default: {DEFAULT_TASKS_SPLIT}, swebench's default)",
+    )
+    p.add_argument(
+        "--harness-images",
+        action="store_true",
+        help="also tag each instance image under the name swebench's harness derives "
+        "(so `swebench eval` with --task-repo finds it locally); needs the Docker engine",
     )
     p.set_defaults(func=_cmd_export)
 

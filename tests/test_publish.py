@@ -503,3 +503,26 @@ def test_harness_dockerfile_links_a_workdir_that_is_not_testbed(
     env = tasks[0].environment.model_copy(update={"workdir": "/src/calc"})
     moved = publish.harness_dockerfile(tasks[0].model_copy(update={"environment": env}))
     assert "RUN ln -sfn /src/calc /testbed\n" in moved
+
+
+def test_push_failure_is_one_line_and_never_shows_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub that refuses connections (a closed port on 127.0.0.1): one line, no token."""
+    import socket
+
+    from smelter.transforms.common import Fatal
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: other\n---\n")
+    secret = "hf_SECRETSECRETSECRET123"
+    with pytest.raises(Fatal) as e:
+        publish.push_folder(folder, "acme/calc", secret, endpoint=f"http://127.0.0.1:{port}")
+    message = str(e.value)
+    assert message.startswith("push to acme/calc failed: ") and "\n" not in message
+    assert secret not in message

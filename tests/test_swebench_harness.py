@@ -252,3 +252,22 @@ def test_harness_resolves_gold_from_the_task_repository(
     finally:
         for image in built.values():
             eng.remove_image(docker_client, image)
+
+
+def test_missing_instance_image_is_one_fatal_line(
+    harness_tasks: list[Task], tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    from smelter.transforms.common import Fatal
+
+    gone = harness_tasks[0].environment.model_copy(
+        update={"instance_image": "smelter-test/never-built:0"}
+    )
+    task = harness_tasks[0].model_copy(update={"environment": gone})
+    paths = publish.export_tasks([task], tmp_path / "export")
+    with pytest.raises(Fatal) as e:
+        publish.build_harness_images(paths.task_repo, docker_client)
+    assert str(e.value) == (
+        "1 harness image(s) not built, their instance images are missing: "
+        f"{task.instance_id} (needs smelter-test/never-built:0); "
+        "re-run with --validate-keep-instance-images"
+    )
