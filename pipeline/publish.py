@@ -580,8 +580,9 @@ def dataset_card(
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     parts = [f"---\n{front}---\n", f"# {repo_id}\n"]
     parts.append(
-        f"{stats['tasks']} verifiable coding tasks from {stats['repos']} "
-        "repositories, mined from merged pull requests by "
+        f"{stats['tasks']} verifiable coding task{'s' if stats['tasks'] != 1 else ''} from "
+        f"{stats['repos']} {'repository' if stats['repos'] == 1 else 'repositories'}, mined "
+        "from merged pull requests by "
         "[smelter](https://pypi.org/project/swe-smelter/), and packed training shards made "
         "from them.\n"
     )
