@@ -185,3 +185,11 @@ def test_plain_pygithub_clients_are_untouched(github_standin_factory) -> None:
     plain = github.Github(base_url=standin.base_url, seconds_between_requests=0)
     assert plain.get_repo("acme/widgets").full_name == "acme/widgets"
     assert standin.log[-1].status == 200
+
+
+def test_rate_resource_buckets() -> None:
+    from smelter.transforms.github_http import rate_resource
+
+    assert rate_resource("https://api.github.com/search/repositories?q=x") == "search"
+    assert rate_resource("https://ghe.example/api/v3/search/issues?q=x") == "search"
+    assert rate_resource("https://api.github.com/repos/a/b/pulls") == "core"

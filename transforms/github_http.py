@@ -240,6 +240,12 @@ def backoff_delay(attempt: int, policy: RetryPolicy) -> float:
     return min(policy.backoff_max_seconds, policy.backoff_seconds * 2 ** (attempt - 1))
 
 
+def rate_resource(url: str) -> str:
+    """GitHub's rate-limit bucket of a request: search has its own (30/min), the rest "core"."""
+    path = url.split("://", 1)[-1].split("/", 1)[-1]
+    return "search" if path.startswith(("search/", "api/v3/search/")) else "core"
+
+
 # --------------------------------------------------------------------------- transport
 
 
@@ -264,9 +270,9 @@ class GitHubTransport:
         self._clock, self._sleep = clock, sleep
         self._countdown = countdown or stderr_countdown()
         self._session = session or requests.Session()
-        # Known from the last response: no request goes out while the quota is spent.
-        self._remaining: int | None = None
-        self._reset_at: float = 0.0
+        # Per rate-limit resource ("core", "search"…): when its spent quota resets. No request
+        # goes out to a resource whose quota is known to be spent.
+        self._spent: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -289,7 +295,7 @@ class GitHubTransport:
             self._sleep(min(1.0, left))
         self._countdown(0, why)
 
-    def _quota_spent(self, reset_at: float) -> None:
+    def _quota_spent(self, resource: str, reset_at: float) -> None:
         """Primary quota exhausted: take another token, or wait for the reset."""
         now = self._clock()
         if self.tokens is not None and len(self.tokens) > 1:
@@ -297,20 +303,25 @@ class GitHubTransport:
             if usable_at is None:
                 self.stats.token_switches += 1
                 log.info("GitHub quota spent; switching to token #%d", self.tokens.current + 1)
-                self._remaining, self._reset_at = None, 0.0
+                self._spent.clear()  # the new token has its own quotas
                 return
             reset_at = usable_at
         self.stats.quota_waits += 1
         stamp = time.strftime("%H:%M:%S", time.gmtime(reset_at))
-        self.wait(max(1.0, reset_at - now + 1.0), f"GitHub API quota spent, resets {stamp} UTC")
-        self._remaining, self._reset_at = None, 0.0
+        self.wait(max(1.0, reset_at - now + 1.0),
+                  f"GitHub API quota spent ({resource}), resets {stamp} UTC")  # fmt: skip
+        self._spent.pop(resource, None)
 
-    def _note_rate(self, headers: dict[str, str]) -> None:
+    def _note_rate(self, headers: dict[str, str], resource: str) -> None:
         remaining, reset = headers.get("x-ratelimit-remaining"), headers.get("x-ratelimit-reset")
         if remaining is None or reset is None:
             return
+        resource = headers.get("x-ratelimit-resource", resource)
         with contextlib.suppress(ValueError):  # a malformed header is ignored, not fatal
-            self._remaining, self._reset_at = int(float(remaining)), float(reset)
+            if int(float(remaining)) <= 0:
+                self._spent[resource] = float(reset)
+            else:
+                self._spent.pop(resource, None)
 
     # -- sending -------------------------------------------------------------------------------
     def send(
@@ -336,10 +347,11 @@ class GitHubTransport:
             if modified := cached.headers.get("last-modified"):
                 headers["If-Modified-Since"] = modified
 
+        resource = rate_resource(url)
         failures = 0
         while True:
-            if self._remaining == 0 and self._reset_at > self._clock():
-                self._quota_spent(self._reset_at)
+            if self._spent.get(resource, 0.0) > self._clock():
+                self._quota_spent(resource, self._spent[resource])
             if self.tokens is not None:
                 self.tokens.authentication(headers)  # the current token, after any switch
             try:
@@ -361,7 +373,7 @@ class GitHubTransport:
                 continue
             status = resp.status_code
             rheaders = {k.lower(): v for k, v in resp.headers.items()}
-            self._note_rate(rheaders)
+            self._note_rate(rheaders, resource)
 
             if status == 304 and cached is not None:
                 self.stats.not_modified += 1
@@ -378,7 +390,8 @@ class GitHubTransport:
                     self.wait(retry_after, "GitHub secondary rate limit")
                     continue
                 if rheaders.get("x-ratelimit-remaining") == "0":
-                    self._quota_spent(self._reset_at or self._clock() + 60)
+                    reset = self._spent.get(resource) or self._clock() + 60
+                    self._quota_spent(resource, reset)
                     continue
                 if status == 429 or "secondary rate limit" in text.lower():
                     self.stats.secondary_waits += 1
