@@ -506,7 +506,7 @@ class GitHubSource:
         seen: set[int] = set()
         pulls = repo.get_pulls(state="closed", sort="updated", direction="desc")
         for pr in pulls:
-            updated = _aware(pr.updated_at)
+            updated = _aware(pr.updated_at or pr.created_at)
             # Sorted by update time: everything after this point is older still.
             if watermark is not None and updated <= watermark:
                 break
@@ -580,7 +580,8 @@ class GitHubSource:
         if commits is None:
             commits = list(pr.get_commits())
         messages = [c.commit.message for c in commits]
-        dates = [_aware(c.commit.author.date) for c in commits if c.commit.author]
+        dates = [_aware(c.commit.author.date) for c in commits
+                 if c.commit.author and c.commit.author.date]  # fmt: skip
         first_commit_at = iso_utc(min(dates)) if dates else None
         refs = issue_refs(repo, pr.title, pr.body or "", messages)
         if cfg.github_require_linked_issue and not refs:
