@@ -161,3 +161,24 @@ def test_export_snapshot_holds_only_that_commit(upstream: Repo, tmp_path: Path) 
     assert proc.returncode != 0
     with pytest.raises(GitError):
         repo.export_snapshot(base, dest)  # not empty
+
+
+def test_mirror_survives_a_killed_fetch(upstream: Repo, tmp_path: Path) -> None:
+    """A process killed mid-fetch leaves git lock files; the next mirror() must still work."""
+    cache = tmp_path / "cache"
+    m = GitRepo.mirror(upstream.path, cache)
+    (m.path / "packed-refs.lock").write_text("")
+    (m.path / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    (m.path / "refs" / "heads" / "main.lock").write_text("")
+    new = upstream.commit("after the kill (#3)", {"pkg/c.py": "z = 1\n"})
+    assert GitRepo.mirror(upstream.path, cache).rev_parse("main") == new
+
+
+def test_existing_mirror_without_fetch(upstream: Repo, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert GitRepo.existing_mirror(upstream.path, cache) is None
+    m = GitRepo.mirror(upstream.path, cache)
+    new = upstream.commit("later (#4)", {"pkg/d.py": "q = 1\n"})
+    existing = GitRepo.existing_mirror(upstream.path, cache)
+    assert existing is not None and existing.path == m.path
+    assert not existing.has_commit(new) and existing.has_commit(upstream.git("rev-parse", "HEAD~1"))

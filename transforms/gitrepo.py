@@ -168,14 +168,15 @@ class GitRepo:
 
         Safe against concurrent workers on one machine (an exclusive flock per mirror).
         """
-        source = str(url_or_path)
-        if "://" not in source and ":" not in source.split("/")[0] and Path(source).exists():
-            source = str(Path(source).resolve())
+        source = _normalise_source(url_or_path)
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         dest = cache / _mirror_name(source)
         with _flock(cache / (dest.name + ".lock")):
             if (dest / "HEAD").exists():
+                # Every writer of a mirror holds this flock, so a git lock file found now was
+                # left by a killed process; without removing it every later fetch would fail.
+                _remove_stale_git_locks(dest)
                 _run(["-C", str(dest), "fetch", "--prune", "--force", "--quiet", "origin"])
                 # The remote's default branch may have moved; keep HEAD pointing at it.
                 _run(["-C", str(dest), "remote", "set-head", "origin", "--auto"], check=False)
@@ -187,6 +188,18 @@ class GitRepo:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return cls(dest)
+
+    @classmethod
+    def existing_mirror(
+        cls, url_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
+    ) -> GitRepo | None:
+        """The mirror of ``url_or_path`` if one exists already, without fetching (read-only use)."""
+        dest = Path(cache_dir) / _mirror_name(_normalise_source(url_or_path))
+        return cls(dest) if (dest / "HEAD").exists() else None
+
+    def has_commit(self, rev: str) -> bool:
+        proc = _run(["-C", str(self.path), "cat-file", "-e", f"{rev}^{{commit}}"], check=False)
+        return proc.returncode == 0
 
     # -- reading -------------------------------------------------------------------------------
     def is_repo(self) -> bool:
@@ -367,6 +380,24 @@ class GitRepo:
             elif p.exists():
                 p.unlink()
         return dest_path
+
+
+def _normalise_source(url_or_path: str | os.PathLike[str]) -> str:
+    source = str(url_or_path)
+    if "://" not in source and ":" not in source.split("/")[0] and Path(source).exists():
+        source = str(Path(source).resolve())
+    return source
+
+
+def _remove_stale_git_locks(git_dir: Path) -> None:
+    for name in ("packed-refs.lock", "shallow.lock", "config.lock", "HEAD.lock", "index.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (git_dir / name).unlink()
+    refs = git_dir / "refs"
+    if refs.is_dir():
+        for lock in refs.rglob("*.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
 
 
 _ATTR_FILE: Path | None = None

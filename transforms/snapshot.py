@@ -130,22 +130,28 @@ class SnapshotFn(StageFn):
     def setup_stage(self) -> None:
         self._repos: dict[str, GitRepo] = {}
 
-    def repo_for(self, url: str) -> GitRepo:
-        """The mirror of ``url``, cloned or fetched once per worker."""
+    def repo_for(self, url: str, needs: str = "") -> GitRepo:
+        """The mirror of ``url``: used as is when it holds ``needs``, else fetched (once)."""
         repos = getattr(self, "_repos", None)
         if repos is None:
             repos = self._repos = {}
+        mirror_dir = self._config.snapshot_mirror_dir or default_mirror_dir()
         if url not in repos:
+            # The miner has just fetched this mirror; fetching again per worker is wasted work.
+            existing = GitRepo.existing_mirror(url, mirror_dir)
+            if existing is not None and (not needs or existing.has_commit(needs)):
+                repos[url] = existing
+                return existing
+        if url not in repos or (needs and not repos[url].has_commit(needs)):
             try:
-                repos[url] = GitRepo.mirror(url, self._config.snapshot_mirror_dir
-                                            or default_mirror_dir())  # fmt: skip
+                repos[url] = GitRepo.mirror(url, mirror_dir)
             except GitError as e:
                 raise Rejected(Reason.REPO_UNAVAILABLE, f"{url}: {e}") from e
         return repos[url]
 
     def run(self, record: PullRequest) -> list[Candidate]:
         cfg: SnapshotConfig = self._config
-        repo = self.repo_for(record.repo_url)
+        repo = self.repo_for(record.repo_url, record.merge_commit)
         try:
             repo.rev_parse(record.base_commit)
             repo.rev_parse(record.merge_commit)
