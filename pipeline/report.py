@@ -27,7 +27,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ValidationError
 
-from smelter.schemas import Candidate, PullRequest, Rejection, ShardRow, Task
+from smelter.schemas import Candidate, Environment, PullRequest, Rejection, ShardRow, Task
 from smelter.transforms.common import Fatal
 
 M = TypeVar("M", bound=BaseModel)
@@ -318,77 +318,76 @@ def pull_request_frame(prs: Iterable[PullRequest]) -> pl.DataFrame:
     return _frame(rows, PR_SCHEMA)
 
 
+def candidate_row(c: Candidate) -> dict[str, Any]:
+    code, test = diff_stats(c.patch), diff_stats(c.test_patch)
+    return {
+        "instance_id": c.instance_id,
+        "repo": c.repo,
+        "pull_number": c.pull_number,
+        "has_environment": c.environment is not None,
+        "patch_files": code.files,
+        "patch_lines": code.lines,
+        "test_patch_files": test.files,
+        "test_patch_lines": test.lines,
+        "statement_chars": len(c.problem_statement),
+    }
+
+
 def candidate_frame(candidates: Iterable[Candidate]) -> pl.DataFrame:
-    rows = []
-    for c in candidates:
-        code, test = diff_stats(c.patch), diff_stats(c.test_patch)
-        rows.append(
-            {
-                "instance_id": c.instance_id,
-                "repo": c.repo,
-                "pull_number": c.pull_number,
-                "has_environment": c.environment is not None,
-                "patch_files": code.files,
-                "patch_lines": code.lines,
-                "test_patch_files": test.files,
-                "test_patch_lines": test.lines,
-                "statement_chars": len(c.problem_statement),
-            }
-        )
-    return _frame(rows, CANDIDATE_SCHEMA)
+    return _frame([candidate_row(c) for c in candidates], CANDIDATE_SCHEMA)
+
+
+def task_row(t: Task) -> dict[str, Any]:
+    """A task's row: sizes, tests, judge scores and how far cleaning moved the statement."""
+    code, test = diff_stats(t.patch), diff_stats(t.test_patch)
+    q = t.quality
+    raw = q.raw_problem_statement if q else t.problem_statement
+    ratio, sim = statement_change(raw, t.problem_statement)
+    return {
+        "instance_id": t.instance_id,
+        "repo": t.repo,
+        "f2p": len(t.FAIL_TO_PASS),
+        "p2p": len(t.PASS_TO_PASS),
+        "patch_files": code.files,
+        "patch_hunks": code.hunks,
+        "patch_lines": code.lines,
+        "test_patch_files": test.files,
+        "test_patch_hunks": test.hunks,
+        "test_patch_lines": test.lines,
+        "flaky": len(t.validation.flaky),
+        "runs": len(t.validation.runs),
+        "validation_seconds": t.validation.seconds,
+        "python_version": t.environment.python_version,
+        "recipe": t.environment.recipe,
+        "cleaned": q is not None,
+        "statement_used": q.used if q else None,
+        "specification_score": q.specification_score if q else None,
+        "test_alignment_score": q.test_alignment_score if q else None,
+        "leak_overlap": q.leak_overlap if q else None,
+        "model": q.model if q else None,
+        "prompt_version": q.prompt_version if q else None,
+        "raw_chars": len(raw),
+        "statement_chars": len(t.problem_statement),
+        "length_ratio": ratio,
+        "edit_similarity": sim,
+        "raw_statement": raw,
+        "problem_statement": t.problem_statement,
+        "patch": t.patch,
+        "test_patch": t.test_patch,
+        "fail_to_pass": list(t.FAIL_TO_PASS),
+        "pass_to_pass": list(t.PASS_TO_PASS),
+        "flaky_tests": list(t.validation.flaky),
+    }
 
 
 def task_frame(tasks: Iterable[Task]) -> pl.DataFrame:
-    """One row per task: sizes, tests, judge scores and how far cleaning moved the statement."""
-    rows = []
-    for t in tasks:
-        code, test = diff_stats(t.patch), diff_stats(t.test_patch)
-        q = t.quality
-        raw = q.raw_problem_statement if q else t.problem_statement
-        ratio, sim = statement_change(raw, t.problem_statement)
-        rows.append(
-            {
-                "instance_id": t.instance_id,
-                "repo": t.repo,
-                "f2p": len(t.FAIL_TO_PASS),
-                "p2p": len(t.PASS_TO_PASS),
-                "patch_files": code.files,
-                "patch_hunks": code.hunks,
-                "patch_lines": code.lines,
-                "test_patch_files": test.files,
-                "test_patch_hunks": test.hunks,
-                "test_patch_lines": test.lines,
-                "flaky": len(t.validation.flaky),
-                "runs": len(t.validation.runs),
-                "validation_seconds": t.validation.seconds,
-                "python_version": t.environment.python_version,
-                "recipe": t.environment.recipe,
-                "cleaned": q is not None,
-                "statement_used": q.used if q else None,
-                "specification_score": q.specification_score if q else None,
-                "test_alignment_score": q.test_alignment_score if q else None,
-                "leak_overlap": q.leak_overlap if q else None,
-                "model": q.model if q else None,
-                "prompt_version": q.prompt_version if q else None,
-                "raw_chars": len(raw),
-                "statement_chars": len(t.problem_statement),
-                "length_ratio": ratio,
-                "edit_similarity": sim,
-                "raw_statement": raw,
-                "problem_statement": t.problem_statement,
-                "patch": t.patch,
-                "test_patch": t.test_patch,
-                "fail_to_pass": list(t.FAIL_TO_PASS),
-                "pass_to_pass": list(t.PASS_TO_PASS),
-                "flaky_tests": list(t.validation.flaky),
-            }
-        )
-    return _frame(rows, TASK_SCHEMA)
+    """One row per task (see ``task_row``)."""
+    return _frame([task_row(t) for t in tasks], TASK_SCHEMA)
 
 
-def test_run_frame(tasks: Iterable[Task]) -> pl.DataFrame:
+def run_rows(t: Task) -> list[dict[str, Any]]:
     """One row per validation run (side, attempt): where test time goes, and timeouts."""
-    rows = [
+    return [
         {
             "instance_id": t.instance_id,
             "repo": t.repo,
@@ -400,10 +399,12 @@ def test_run_frame(tasks: Iterable[Task]) -> pl.DataFrame:
             "tests": len(r.statuses),
             "passed": sum(1 for s in r.statuses.values() if s == "passed"),
         }
-        for t in tasks
         for r in t.validation.runs
     ]
-    return _frame(rows, RUN_SCHEMA)
+
+
+def test_run_frame(tasks: Iterable[Task]) -> pl.DataFrame:
+    return _frame([row for t in tasks for row in run_rows(t)], RUN_SCHEMA)
 
 
 test_run_frame.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
@@ -411,28 +412,28 @@ test_run_frame.__test__ = False  # type: ignore[attr-defined]  # not a pytest te
 
 def environment_frame(candidates: Iterable[Candidate], tasks: Iterable[Task]) -> pl.DataFrame:
     """Every recorded environment, one per instance; a task's copy wins over its candidate's."""
-    envs: dict[str, tuple[str, Any]] = {}
+    envs: dict[str, tuple[str, Environment]] = {}
     for c in candidates:
         if c.environment is not None:
             envs[c.instance_id] = (c.repo, c.environment)
     for t in tasks:
         envs[t.instance_id] = (t.repo, t.environment)
-    rows = [
-        {
-            "instance_id": iid,
-            "repo": repo,
-            "python_version": e.python_version,
-            "recipe": e.recipe,
-            "base_image": e.base_image,
-            "env_image": e.env_image,
-            "env_hash": e.env_hash,
-            "env_cache_hit": e.env_cache_hit,
-            "image_size_bytes": e.image_size_bytes,
-            "build_seconds": e.build_seconds,
-        }
-        for iid, (repo, e) in sorted(envs.items())
-    ]
-    return _frame(rows, ENV_SCHEMA)
+    return _frame([env_row(iid, repo, e) for iid, (repo, e) in sorted(envs.items())], ENV_SCHEMA)
+
+
+def env_row(instance_id: str, repo: str, e: Environment) -> dict[str, Any]:
+    return {
+        "instance_id": instance_id,
+        "repo": repo,
+        "python_version": e.python_version,
+        "recipe": e.recipe,
+        "base_image": e.base_image,
+        "env_image": e.env_image,
+        "env_hash": e.env_hash,
+        "env_cache_hit": e.env_cache_hit,
+        "image_size_bytes": e.image_size_bytes,
+        "build_seconds": e.build_seconds,
+    }
 
 
 def reject_frame(rejects: Iterable[Rejection]) -> pl.DataFrame:
@@ -503,8 +504,16 @@ def read_shards(paths: Sequence[Path]) -> tuple[pl.DataFrame, list[str]]:
 
 def read_records(path: Path, model: type[M]) -> tuple[list[M], list[str]]:
     """Records of one JSONL file; a line that is not JSON or not a valid record is a problem."""
-    records: list[M] = []
     problems: list[str] = []
+    return list(iter_records(path, model, problems)), problems
+
+
+def iter_records(path: Path, model: type[M], problems: list[str]) -> Iterator[M]:
+    """Stream the valid records of a JSONL file, appending one line per bad line to ``problems``.
+
+    Streaming keeps one record in memory at a time: a report over 100k tasks holds their rows,
+    not their pydantic objects (whose validation runs alone weigh several times the file).
+    """
     with jsonlines.open(path) as reader:
         line = 0
         while True:
@@ -517,12 +526,13 @@ def read_records(path: Path, model: type[M]) -> tuple[list[M], list[str]]:
                 problems.append(f"{path.name} line {e.lineno}: not JSON")
                 continue
             try:
-                records.append(model.model_validate(obj))
+                record = model.model_validate(obj)
             except ValidationError as e:
                 first = e.errors()[0]
                 where = ".".join(str(x) for x in first["loc"])
                 problems.append(f"{path.name} record {line}: {where}: {first['msg']}")
-    return records, problems
+                continue
+            yield record
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -560,7 +570,7 @@ class RunData:
 
     def task(self, instance_id: str) -> Task:
         """The full Task record, for opening one task in a notebook."""
-        for t in read_records(self.out_dir / PARTS["tasks"], Task)[0]:
+        for t in iter_records(self.out_dir / PARTS["tasks"], Task, []):
             if t.instance_id == instance_id:
                 return t
         raise KeyError(instance_id)
@@ -572,19 +582,27 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
     problems: list[str] = []
     present = {name: False for name in PARTS}
 
-    def records(name: str, model: type[M]) -> list[M]:
+    def records(name: str, model: type[M]) -> Iterator[M]:
         path = out / PARTS[name]
-        if not path.is_file():
-            return []
-        present[name] = True
-        recs, probs = read_records(path, model)
-        problems.extend(probs)
-        return recs
+        if path.is_file():
+            present[name] = True
+            yield from iter_records(path, model, problems)
 
-    prs = records("pull_requests", PullRequest)
-    candidates = records("candidates", Candidate)
-    tasks = records("tasks", Task)
-    rejects = records("rejects", Rejection)
+    # One pass per file, keeping rows rather than records (see iter_records).
+    prs = pull_request_frame(records("pull_requests", PullRequest))
+    cand_rows: list[dict[str, Any]] = []
+    envs: dict[str, dict[str, Any]] = {}
+    for c in records("candidates", Candidate):
+        cand_rows.append(candidate_row(c))
+        if c.environment is not None:
+            envs[c.instance_id] = env_row(c.instance_id, c.repo, c.environment)
+    task_rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for t in records("tasks", Task):
+        task_rows.append(task_row(t))
+        runs.extend(run_rows(t))
+        envs[t.instance_id] = env_row(t.instance_id, t.repo, t.environment)
+    rejects = reject_frame(records("rejects", Rejection))
 
     docs: dict[str, dict[str, Any] | None] = {}
     for name in ("funnel", "run", "shard_stats"):
@@ -599,12 +617,12 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
 
     return RunData(
         out_dir=out,
-        pull_requests=pull_request_frame(prs),
-        candidates=candidate_frame(candidates),
-        tasks=task_frame(tasks),
-        runs=test_run_frame(tasks),
-        environments=environment_frame(candidates, tasks),
-        rejects=reject_frame(rejects),
+        pull_requests=prs,
+        candidates=_frame(cand_rows, CANDIDATE_SCHEMA),
+        tasks=_frame(task_rows, TASK_SCHEMA),
+        runs=_frame(runs, RUN_SCHEMA),
+        environments=_frame([envs[k] for k in sorted(envs)], ENV_SCHEMA),
+        rejects=rejects,
         shards=shards,
         funnel_json=docs["funnel"],
         run_json=docs["run"],

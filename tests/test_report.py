@@ -171,7 +171,7 @@ RAW = "<!-- template -->\nThe widget overflows when x is large.\n- [x] I read th
 def task(iid: str) -> Task:
     n = number_of(iid)
     f2p = [f"tests/test_mod{n}.py::test_case_{k}" for k in range(n % 3 + 1)]
-    p2p = [f"tests/test_old.py::test_{k}" for k in range(n)]
+    p2p = [f"tests/test_old.py::test_{k}" for k in range(n % 12)]  # bounded: the benchmark
     flaky = ["tests/test_net.py::test_timing"] if iid == "acme__widgets-8" else []
     runs = []
     for side, count in (("before", 2), ("after", 3)):
@@ -184,7 +184,7 @@ def task(iid: str) -> Task:
                     side=side,
                     attempt=attempt,
                     exit_code=0 if ok else 1,
-                    duration_seconds=1.0 + n / 10 + attempt,
+                    duration_seconds=1.0 + n % 50 / 10 + attempt,
                     statuses=statuses,
                 )
             )
