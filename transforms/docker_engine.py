@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -46,6 +47,8 @@ LABEL_REPO = "dev.smelter.repo"
 LABEL_INSTANCE = "dev.smelter.instance"
 LABEL_ENV_HASH = "dev.smelter.env-hash"
 LABEL_RECIPE = "dev.smelter.recipe"
+LABEL_OWNER_HOST = "dev.smelter.owner-host"  # same names as transforms.sandbox uses
+LABEL_OWNER_PID = "dev.smelter.owner-pid"
 
 KIND_ROOTFS = "rootfs"
 KIND_BASE = "base"
@@ -67,6 +70,27 @@ def labels(kind: str, **extra: str) -> dict[str, str]:
     for key, value in extra.items():
         out[f"{LABEL}.{key.replace('_', '-')}"] = str(value)
     return out
+
+
+def owner_labels() -> dict[str, str]:
+    """Which process made a container, so ``prune`` can spare the ones still in use."""
+    return {LABEL_OWNER_HOST: socket.gethostname(), LABEL_OWNER_PID: str(os.getpid())}
+
+
+def owner_alive(container_labels: Mapping[str, str], host: str | None = None) -> bool:
+    """True when the owning process is alive, or lives on another machine (we cannot tell)."""
+    owner_host = container_labels.get(LABEL_OWNER_HOST)
+    if owner_host is None:
+        return False  # made before owners were recorded: a leftover
+    if owner_host != (host or socket.gethostname()):
+        return True
+    try:
+        os.kill(int(container_labels.get(LABEL_OWNER_PID, "")), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- retry
@@ -269,7 +293,7 @@ def run_container(
             environment=dict(environment or {}),
             user=user or "",
             working_dir=workdir,
-            labels={**labels(kind), **(extra_labels or {})},
+            labels={**labels(kind), **owner_labels(), **(extra_labels or {})},
         )
     )
     try:
@@ -297,7 +321,11 @@ def run_container(
 
 def read_image_file(client: docker.DockerClient, image: str, path: str) -> bytes | None:
     """A file's bytes from an image, without starting a container (create, copy out, remove)."""
-    container = retry(lambda: client.containers.create(image, ["true"], labels=labels(KIND_CHECK)))
+    container = retry(
+        lambda: client.containers.create(
+            image, ["true"], labels={**labels(KIND_CHECK), **owner_labels()}
+        )
+    )
     try:
         try:
             chunks, _ = container.get_archive(path)
@@ -334,18 +362,25 @@ def prune(
     *,
     images: bool = False,
     all_images: bool = False,
+    all_owners: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Remove leftover smelter containers; with ``images`` also instance images, with
-    ``all_images`` every smelter image (env and base too). Only labelled objects are touched.
+    ``all_images`` every smelter image (env and base too). Only labelled objects are touched,
+    and containers of a live owner process (see ``owner_labels``) only with ``all_owners``.
     """
     removed = {"containers": 0, "images": 0}
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+    host = socket.gethostname()
+    # Low-level listing: the SDK's list() inspects each container and races with removals.
+    for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+        if not all_owners and owner_alive(c.get("Labels") or {}, host):
+            continue  # a live smelter process (another run, another test) still uses it
         try:
-            c.remove(force=True)
+            client.api.remove_container(c["Id"], force=True)
             removed["containers"] += 1
-        except docker.errors.NotFound:
-            pass
+        except docker.errors.APIError as e:  # gone, or someone else is removing it right now
+            if not isinstance(e, docker.errors.NotFound) and e.status_code != 409:
+                raise
     kinds: Iterable[str] = ()
     if all_images:
         kinds = (KIND_INSTANCE, KIND_ENV, KIND_BASE, KIND_ROOTFS)

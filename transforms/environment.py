@@ -448,11 +448,11 @@ class Builder:
         """(cache hit, build log). A per-tag lock: two workers never build one env twice."""
         if eng.image_exists(self.client, tag):
             return True, ""
-        with bi.file_lock(self.cache_dir / "locks" / f"{tag.replace('/', '_')}.lock"):
+        with bi.file_lock(_locks_dir() / f"{tag.replace('/', '_').replace(':', '_')}.lock"):
             if eng.image_exists(self.client, tag):
                 return True, ""
             files = {"extra-ca.crt": self.ca_bundle} if self.ca_bundle else {}
-            with build_slot(self.cache_dir, self.config.env_build_parallelism):
+            with build_slot(_locks_dir(), self.config.env_build_parallelism):
                 _, text = eng.build_image(
                     self.client, dockerfile=dockerfile, tag=tag, context_files=files,
                     image_labels=eng.labels(eng.KIND_ENV, repo=repo, recipe=rung,
@@ -466,7 +466,7 @@ class Builder:
     ) -> str:
         if eng.image_exists(self.client, tag):
             return ""
-        with build_slot(self.cache_dir, self.config.env_build_parallelism):
+        with build_slot(_locks_dir(), self.config.env_build_parallelism):
             _, text = eng.build_image(
                 self.client, dockerfile=dockerfile, tag=tag, context_dirs={"testbed": tree},
                 image_labels=eng.labels(eng.KIND_INSTANCE, repo=c.repo, instance=c.instance_id,
@@ -509,6 +509,11 @@ class _Check:
     reason: Reason | None
     output: str
     user: str | None
+
+
+def _locks_dir() -> Path:
+    """Build locks are per machine (one engine), whatever cache folder a run was given."""
+    return bi.default_cache_dir() / "locks"
 
 
 def _source_paths(paths: Iterable[str]) -> list[str]:

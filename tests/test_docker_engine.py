@@ -1,0 +1,126 @@
+"""The engine adapter: retry classification, labels, tar contexts; real containers and prune."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from smelter.transforms import docker_engine as eng
+from smelter.transforms.base_images import BaseImage
+from smelter.transforms.common import Retryable
+
+
+def test_labels_always_mark_smelter_and_kind() -> None:
+    assert eng.labels(eng.KIND_ENV, repo="o/r", env_hash="h") == {
+        "dev.smelter": "1", "dev.smelter.kind": "env", "dev.smelter.repo": "o/r",
+        "dev.smelter.env-hash": "h",
+    }  # fmt: skip
+
+
+def test_retry_retries_transient_errors_then_gives_up() -> None:
+    calls, sleeps = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise requests.exceptions.ConnectionError("reset")
+        return "ok"
+
+    assert eng.retry(flaky, sleep=sleeps.append) == "ok"
+    assert sleeps == [0.5, 1.0]
+
+    def down() -> None:
+        raise requests.exceptions.ConnectionError("refused")
+
+    with pytest.raises(Retryable, match="kept failing"):
+        eng.retry(down, attempts=3, sleep=lambda _s: None)
+
+
+def test_retry_does_not_retry_client_errors() -> None:
+    calls = []
+
+    def missing() -> None:
+        calls.append(1)
+        raise docker.errors.ImageNotFound("No such image: x")
+
+    with pytest.raises(docker.errors.ImageNotFound):
+        eng.retry(missing, sleep=lambda _s: None)
+    assert len(calls) == 1
+
+
+def test_tar_files_is_deterministic() -> None:
+    a = eng.tar_files({"b.txt": "2", "a/x.txt": b"1"})
+    assert a == eng.tar_files({"a/x.txt": b"1", "b.txt": "2"})
+
+
+def test_owner_alive() -> None:
+    assert eng.owner_alive({}) is False  # no owner recorded: a leftover
+    me = eng.owner_labels()
+    assert eng.owner_alive(me) is True
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert eng.owner_alive({**me, eng.LABEL_OWNER_PID: dead}) is False
+    assert eng.owner_alive({**me, eng.LABEL_OWNER_HOST: "elsewhere"}) is True
+
+
+@pytest.mark.docker
+def test_ensure_engine_reports_a_running_engine(docker_client: docker.DockerClient) -> None:
+    assert "answers" in eng.ensure_engine(start=False)
+
+
+@pytest.mark.docker
+def test_run_container_copies_files_in_and_always_removes(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    marker = {"dev.smelter.test-marker": "run-container"}
+    res = eng.run_container(
+        docker_client, base_image.tag, ["sh", "-c", "cat /in/x.txt; exit 3"],
+        files={"/in/x.txt": "hello"}, extra_labels=marker,
+    )  # fmt: skip
+    assert (res.exit_code, res.output.strip(), res.timed_out) == (3, "hello", False)
+    slow = eng.run_container(docker_client, base_image.tag, ["sleep", "60"], timeout=2,
+                             extra_labels=marker)  # fmt: skip
+    assert slow.timed_out and slow.exit_code is None and slow.seconds < 30
+    left = docker_client.api.containers(
+        all=True, filters={"label": "dev.smelter.test-marker=run-container"}
+    )
+    assert left == []
+
+
+@pytest.mark.docker
+def test_network_none_has_no_network(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    script = "python -c \"import socket; socket.create_connection(('pypi.org', 443), 3)\""
+    res = eng.run_container(docker_client, base_image.tag, ["sh", "-c", script], timeout=60)
+    assert res.exit_code != 0
+
+
+@pytest.mark.docker
+def test_prune_removes_dead_owners_leftovers_and_spares_live_ones(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    tag = {"dev.smelter.test-marker": "prune"}
+    live = docker_client.containers.create(
+        base_image.tag, ["true"], labels={**eng.labels(eng.KIND_CHECK), **eng.owner_labels(), **tag}
+    )
+    dead = docker_client.containers.create(
+        base_image.tag, ["true"],
+        labels={**eng.labels(eng.KIND_CHECK), **eng.owner_labels(), **tag,
+                eng.LABEL_OWNER_PID: "999999999"},
+    )  # fmt: skip
+    try:
+        eng.prune(docker_client, say=print)
+        ids = {c["Id"] for c in docker_client.api.containers(
+            all=True, filters={"label": "dev.smelter.test-marker=prune"})}  # fmt: skip
+        assert live.id in ids and dead.id not in ids
+    finally:
+        for c in (live, dead):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
