@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import os
 import platform
 import subprocess
@@ -239,12 +240,15 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
         "--runner=DirectRunner",
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={workers or os.cpu_count() or 1}",
+        # Worker processes log every gRPC channel at INFO; -v brings them back.
+        "--default_sdk_harness_log_level="
+        + ("INFO" if logging.getLogger().level <= logging.INFO else "WARNING"),
     ]
     options = opts.beam_options(beam_flags, default_flags)
     console = Console(stderr=True)
     stages = [s for s in STAGES if plan.includes(s)]
     start = time.time()
-    with ProgressWatcher(plan.progress_dir, stages, console):
+    with ProgressWatcher(plan.progress_dir, stages, console, show=plan.progress):
         p = beam.Pipeline(options=options)
         graph.build(p, plan)
         result = p.run()

@@ -42,7 +42,8 @@ class RunPlan:
 
     @property
     def progress_dir(self) -> str | None:
-        return f"{self.out_dir.rstrip('/')}/.progress" if self.progress else None
+        """Tick files for the progress display; local output folders only."""
+        return None if "://" in self.out_dir else f"{self.out_dir.rstrip('/')}/.progress"
 
 
 class WriteJsonl(beam.PTransform):

@@ -97,8 +97,11 @@ def funnel_table(funnel: dict[str, Any]) -> Table:
 class ProgressWatcher:
     """Draws per-stage progress from the tick files StageFns append to (see common.StageFn)."""
 
-    def __init__(self, progress_dir: str | None, stages: Iterable[str], console: Console) -> None:
+    def __init__(
+        self, progress_dir: str | None, stages: Iterable[str], console: Console, show: bool = True
+    ) -> None:
         self._dir = Path(progress_dir) if progress_dir else None
+        self._show = show
         self._stages = list(stages)
         self._console = console
         self._stop = threading.Event()
@@ -134,7 +137,7 @@ class ProgressWatcher:
             self._dir.mkdir(parents=True, exist_ok=True)
             for old in self._dir.glob("*.ticks"):
                 old.unlink()
-        if self._dir and self._console.is_terminal:
+        if self._dir and self._show and self._console.is_terminal:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
         return self
