@@ -1183,8 +1183,14 @@ def filter_rejects(
 
 
 def example_tasks(tasks: pl.DataFrame, n: int = 3) -> pl.DataFrame:
-    """A handful of tasks to read: the statements cleaning changed most first, then by id."""
-    return tasks.sort(["edit_similarity", "instance_id"], nulls_last=True).head(n)
+    """A handful of tasks to read: per repository the one cleaning changed most, in turn."""
+    return (
+        tasks.sort(["edit_similarity", "instance_id"], nulls_last=True)
+        .with_columns(_turn=pl.int_range(pl.len()).over("repo"))
+        .sort(["_turn", "edit_similarity", "instance_id"], nulls_last=True)
+        .drop("_turn")
+        .head(n)
+    )
 
 
 # --------------------------------------------------------------------------- environments
@@ -1598,6 +1604,7 @@ class Image:
 class Code:
     text: str
     summary: str = ""  # non-empty: collapsible in HTML
+    lang: str = ""
 
 
 Block = Heading | Text | Table | Image | Code
@@ -1810,7 +1817,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
             )
             b.append(Code(_clip(row["raw_statement"], 40), "statement before cleaning"))
             b.append(Code(_clip(row["problem_statement"], 40), "statement after cleaning"))
-            b.append(Code(_clip(row["patch"]), "patch"))
+            b.append(Code(_clip(row["patch"]), "patch", "diff"))
             b.append(Code("\n".join(row["fail_to_pass"][:20]), "FAIL_TO_PASS tests"))
 
     # run
@@ -1849,7 +1856,7 @@ def render_markdown(blocks: Sequence[Block], base: Path) -> str:
             fence = "~~~~" if "```" in block.text else "```"
             if block.summary:
                 out.append(f"**{block.summary}**\n")
-            out.append(f"{fence}\n{block.text}\n{fence}\n")
+            out.append(f"{fence}{block.lang}\n{block.text}\n{fence}\n")
     return "\n".join(out) + "\n"
 
 

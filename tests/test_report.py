@@ -443,6 +443,7 @@ def test_task_quality_matches_records(out_dir: Path) -> None:
 
     ex = rp.example_tasks(tasks, 2)
     assert ex.height == 2 and ex.get_column("statement_used").to_list() == ["rewritten"] * 2
+    assert sorted(ex.get_column("repo")) == ["acme/gadgets", "acme/widgets"]  # one per repo first
     assert rp.filter_tasks(tasks, repo="acme/gadgets").height == 2
     assert rp.filter_tasks(tasks, min_specification_score=3).height == 2
     assert rp.filter_rejects(data.rejects, stage="validate", reason="all_flaky").height == 1
