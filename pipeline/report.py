@@ -632,9 +632,12 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
     )
 
 
-def missing_parts(present: dict[str, bool]) -> list[str]:
+def missing_parts(present: dict[str, bool], shard_stats: dict[str, Any] | None = None) -> list[str]:
     """One line per absent part of the output folder and what the report lacks because of it."""
-    return [f"{PARTS[name]} — {PART_EFFECT[name]}" for name, ok in present.items() if not ok]
+    effect = dict(PART_EFFECT)
+    if shard_stats is not None and shard_stats.get("sequences") == 0:
+        effect["shards"] = "the pack stage wrote no sequence (stats.json: 0 sequences)"
+    return [f"{PARTS[name]} — {effect[name]}" for name, ok in present.items() if not ok]
 
 
 def last_stage_with_output(present: dict[str, bool]) -> str | None:
@@ -1662,7 +1665,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
     """The report as blocks; pure given the data and the already rendered images."""
     b: list[Block] = [Heading(f"smelter report: {data.out_dir.name or data.out_dir}", 1)]
     b.append(Text(f"Output folder: `{data.out_dir}`"))
-    missing = missing_parts(data.present)
+    missing = missing_parts(data.present, data.shard_stats)
     if missing:
         b.append(Heading("Missing"))
         b.append(
@@ -2006,7 +2009,7 @@ def print_summary(data: RunData, files: ReportFiles | None = None, console: Any 
         for row in s.iter_rows():
             q.add_row(*(_cell(v) for v in row))
         console.print(q)
-    for m in missing_parts(data.present):
+    for m in missing_parts(data.present, data.shard_stats):
         console.print(f"[yellow]missing:[/yellow] {m}")
     for p in data.problems[:10]:
         console.print(f"[red]unreadable:[/red] {p}")
@@ -2018,15 +2021,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     if not out.is_dir():
         raise Fatal(f"{out} is not a directory (expected a `smelter run --out` folder)")
-    data = load_output(out)
-    report_dir = Path(args.report_dir) if args.report_dir else None
-    files = write_report(
-        data,
-        report_dir=report_dir,
-        md_path=Path(args.md) if args.md else None,
-        html_path=Path(args.html) if args.html else None,
-        examples=args.examples,
-    )
+    from rich.console import Console
+
+    # A spinner on stderr (terminals only): a large run takes tens of seconds to read.
+    with Console(stderr=True).status(f"reading {out}") as status:
+        data = load_output(out)
+        status.update("rendering plots and reports")
+        report_dir = Path(args.report_dir) if args.report_dir else None
+        files = write_report(
+            data,
+            report_dir=report_dir,
+            md_path=Path(args.md) if args.md else None,
+            html_path=Path(args.html) if args.html else None,
+            examples=args.examples,
+        )
     print_summary(data, files)
     if args.strict:
         check = check_of(data, outcomes_of(data))
