@@ -285,3 +285,28 @@ def test_package_that_does_not_import_is_rejected(
 def test_config_replace_keeps_frozen() -> None:
     cfg = replace(EnvConfig(), env_max_rungs=1)
     assert cfg.env_max_rungs == 1
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_env_cutoff_falls_back_to_the_pr_day_when_the_bucket_is_too_old(
+    base_image: BaseImage, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    # A ten-year bucket puts the env cutoff in 2019, before pytest 8.3.5 (March 2025) existed.
+    config = EnvConfig(env_cache_dir=str(tmp_path / "cache"), env_base_source="local",
+                       env_exclude_newer_bucket_days=3650, env_max_rungs=1)  # fmt: skip
+    fn = EnvironmentFn(config)
+    fn.setup()
+    try:
+        c = make_candidate(tmp_path / "repo", "acme/newdeps",
+                           init_body="def add(a, b):\n    return a + b\n",
+                           deps='["pytest>=8.3.5"]')  # fmt: skip
+        c = c.model_copy(update={"created_at": "2025-03-05T08:00:00Z"})
+        (out,) = list(fn.process(c))
+    finally:
+        fn.teardown()
+    assert isinstance(out, Candidate), out
+    env = out.environment
+    assert "--exclude-newer 2025-03-05 " in env.dockerfiles.env
+    assert any(r.startswith("pytest==8.3.") for r in env.frozen_requirements)
+    eng.remove_image(docker_client, env.instance_image)

@@ -369,37 +369,17 @@ class Builder:
         names = rc.import_names(paths, project.name) if project.installable else []
         collect = [f for f in rc.collectable_test_files(c.test_files)]
         attempts: list[_Attempt] = []
+        inst_cut = instance_cutoff(c.created_at) if self.config.env_exclude_newer else None
+        env_cuts: list[str | None] = [None]
+        if self.config.env_exclude_newer:
+            bucket = env_cutoff(c.created_at, self.config.env_exclude_newer_bucket_days)
+            env_cuts = list(dict.fromkeys([bucket, env_cutoff(c.created_at, 1)]))
         for rung in rungs:
-            env_cut = (
-                env_cutoff(c.created_at, self.config.env_exclude_newer_bucket_days)
-                if self.config.env_exclude_newer else None
-            )  # fmt: skip
-            inst_cut = instance_cutoff(c.created_at) if self.config.env_exclude_newer else None
-            env_df = render_env_dockerfile(
-                repo=c.repo, recipe=rung.name, base_image=base.tag,
-                requirements=rung.requirements, cutoff=env_cut, with_ca=self.ca_bundle is not None,
-            )  # fmt: skip
-            ca_hash = hashlib.sha256(self.ca_bundle or b"").hexdigest()
-            env_hash = stable_hash(rc.RECIPE_VERSION, env_df, ca_hash, length=16)
-            env_tag = f"{ENV_REPO}:{slug(c.repo)}-{env_hash}"
-            src_paths = [] if project.installable else _source_paths(paths)
-            inst_df = render_instance_dockerfile(
-                repo=c.repo, instance_id=c.instance_id, base_commit=c.base_commit,
-                env_image=env_tag, installable=project.installable, extras=rung.extras,
-                cutoff=inst_cut, install_env=rc.scm_environment(
-                    project, self.config.env_scm_pretend_version),
-                source_paths=src_paths,
-            )  # fmt: skip
-            inst_tag = (
-                f"{INSTANCE_REPO}:{slug(c.instance_id)}-"
-                f"{stable_hash(env_tag, c.base_commit, inst_df, length=16)}"
-            )
-            try:
-                env_hit, env_log = self._ensure_env(env_tag, env_df, c.repo, rung.name, env_hash)
-                inst_log = self._ensure_instance(inst_tag, inst_df, tree, c, rung.name, env_hash)
-            except eng.BuildFailed as e:
-                attempts.append(_Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}"))
+            built = self._build_rung(c, project, paths, base, rung, env_cuts, inst_cut, tree)
+            if isinstance(built, _Attempt):
+                attempts.append(built)
                 continue
+            (env_df, env_hash, env_tag, inst_df, inst_tag), env_hit, env_log, inst_log = built
             check = self._check(inst_tag, c, names, collect)
             if check is not None and check.reason is not None:
                 attempts.append(_Attempt(rung.name, check.reason, check.output))
@@ -438,6 +418,56 @@ class Builder:
         raise Rejected(
             best.reason, f"{tail(best.log, 1400)}\n-- {best.rung} log above; tried {tried}"
         )
+
+    def _build_rung(
+        self, c: Candidate, project: rc.Project, paths: list[str], base: bi.BaseImage,
+        rung: rc.Rung, env_cuts: Sequence[str | None], inst_cut: str | None, tree: Path,
+    ) -> tuple[tuple[str, str, str, str, str], bool, str, str] | _Attempt:  # fmt: skip
+        """Env + instance images of one rung: (plan, env cache hit, logs), or the failure.
+
+        The bucketed env cutoff may predate a release the PR's dependency lines need; then the
+        env layer resolves again as of the PR's own day before the rung counts as failed.
+        """
+        for i, env_cut in enumerate(env_cuts):
+            plan = self._plan(c, project, paths, base, rung, env_cut, inst_cut)
+            env_df, env_hash, env_tag, inst_df, inst_tag = plan
+            try:
+                env_hit, env_log = self._ensure_env(env_tag, env_df, c.repo, rung.name, env_hash)
+            except eng.BuildFailed as e:
+                if i + 1 < len(env_cuts) and "No solution found" in e.log:
+                    continue
+                return _Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}")
+            try:
+                inst_log = self._ensure_instance(inst_tag, inst_df, tree, c, rung.name, env_hash)
+            except eng.BuildFailed as e:
+                return _Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}")
+            return plan, env_hit, env_log, inst_log
+        raise AssertionError("env_cuts is never empty")
+
+    def _plan(
+        self, c: Candidate, project: rc.Project, paths: list[str], base: bi.BaseImage,
+        rung: rc.Rung, env_cut: str | None, inst_cut: str | None,
+    ) -> tuple[str, str, str, str, str]:  # fmt: skip
+        """(env Dockerfile, env hash, env tag, instance Dockerfile, instance tag) of one rung."""
+        env_df = render_env_dockerfile(
+            repo=c.repo, recipe=rung.name, base_image=base.tag,
+            requirements=rung.requirements, cutoff=env_cut, with_ca=self.ca_bundle is not None,
+        )  # fmt: skip
+        ca_hash = hashlib.sha256(self.ca_bundle or b"").hexdigest()
+        env_hash = stable_hash(rc.RECIPE_VERSION, env_df, ca_hash, length=16)
+        env_tag = f"{ENV_REPO}:{slug(c.repo)}-{env_hash}"
+        inst_df = render_instance_dockerfile(
+            repo=c.repo, instance_id=c.instance_id, base_commit=c.base_commit,
+            env_image=env_tag, installable=project.installable, extras=rung.extras,
+            cutoff=inst_cut,
+            install_env=rc.scm_environment(project, self.config.env_scm_pretend_version),
+            source_paths=[] if project.installable else _source_paths(paths),
+        )  # fmt: skip
+        inst_tag = (
+            f"{INSTANCE_REPO}:{slug(c.instance_id)}-"
+            f"{stable_hash(env_tag, c.base_commit, inst_df, length=16)}"
+        )
+        return env_df, env_hash, env_tag, inst_df, inst_tag
 
     def _buildargs(self) -> dict[str, str]:
         return {"UV_DEFAULT_INDEX": self.index_url} if self.index_url else {}
