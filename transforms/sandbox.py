@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import signal
 import socket
 import tarfile
@@ -47,8 +46,8 @@ from smelter.transforms import docker_engine as eng
 
 log = logging.getLogger(__name__)
 
-LABEL_OWNER_HOST = f"{eng.LABEL}.owner-host"
-LABEL_OWNER_PID = f"{eng.LABEL}.owner-pid"
+LABEL_OWNER_HOST = eng.LABEL_OWNER_HOST
+LABEL_OWNER_PID = eng.LABEL_OWNER_PID
 INBOX = "/smelter"  # where put_archive drops files; outside /tmp, which is a tmpfs at run time
 MAX_FETCH_BYTES = 64 * 1024 * 1024
 NEEDED_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
@@ -88,8 +87,7 @@ _closing = threading.Event()  # set by a signal: no new container may start afte
 _previous: dict[int, Any] = {}
 
 
-def owner_labels() -> dict[str, str]:
-    return {LABEL_OWNER_HOST: socket.gethostname(), LABEL_OWNER_PID: str(os.getpid())}
+owner_labels = eng.owner_labels
 
 
 def remove_live_containers() -> int:
@@ -142,22 +140,6 @@ def install_cleanup_handlers() -> bool:
 # --------------------------------------------------------------------------- prune
 
 
-def _owner_dead(labels: Mapping[str, str], host: str) -> bool:
-    if labels.get(LABEL_OWNER_HOST) != host:
-        return False  # another machine's process: we cannot tell, so we never touch it
-    try:
-        pid = int(labels.get(LABEL_OWNER_PID, ""))
-    except ValueError:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by someone else
-    return False
-
-
 def prune_containers(client: docker.DockerClient, *, all_owners: bool = False) -> int:
     """Remove test containers whose owning process is gone (or all of them with ``all_owners``).
 
@@ -165,11 +147,15 @@ def prune_containers(client: docker.DockerClient, *, all_owners: bool = False) -
     """
     host, removed = socket.gethostname(), 0
     flt = {"label": [f"{eng.LABEL}=1", f"{eng.LABEL_KIND}={eng.KIND_TEST}"]}
-    for c in client.containers.list(all=True, filters=flt):
-        if all_owners or _owner_dead(c.labels, host):
-            with contextlib.suppress(docker.errors.NotFound):
-                c.remove(force=True)
+    # Low-level listing: the SDK's list() inspects each container and races with removals.
+    for c in client.api.containers(all=True, filters=flt):
+        if all_owners or not eng.owner_alive(c.get("Labels") or {}, host):
+            try:
+                client.api.remove_container(c["Id"], force=True)
                 removed += 1
+            except docker.errors.APIError as e:  # gone, or being removed by someone else
+                if not isinstance(e, docker.errors.NotFound) and e.status_code != 409:
+                    raise
     return removed
 
 
@@ -282,9 +268,13 @@ class Sandbox:
         finally:
             with _live_lock:
                 _live.pop(container.id, None)
-            with contextlib.suppress(docker.errors.NotFound):
-                # Also on KeyboardInterrupt/SystemExit: a container must not outlive its run.
+            # Also on KeyboardInterrupt/SystemExit: a container must not outlive its run.
+            # NotFound/409: a signal handler or a prune removed it (or is removing it) already.
+            try:
                 container.remove(force=True)
+            except docker.errors.APIError as e:
+                if not isinstance(e, docker.errors.NotFound) and e.status_code != 409:
+                    raise
 
     def _run(
         self, container: Any, files: Mapping[str, bytes | str], fetch: Sequence[str]

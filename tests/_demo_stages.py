@@ -1,0 +1,49 @@
+"""The stages before validation, run directly (no Beam) on the demo repository: mine, snapshot,
+environment. Shared by the demo validation test and the validation benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smelter.pipeline.demo_source import DemoRepo
+from smelter.schemas import Candidate, PullRequest
+from smelter.transforms.common import Rejected
+from smelter.transforms.environment import EnvConfig, EnvironmentFn
+from smelter.transforms.gitrepo import GitRepo
+from smelter.transforms.mine_git import GitSource, MineConfig, RepoSpec
+from smelter.transforms.snapshot import SnapshotConfig, SnapshotFn
+
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def demo_candidates(demo: DemoRepo, work: Path) -> dict[int, Candidate]:
+    """PR number -> Candidate for every demo PR that survives mine and snapshot."""
+    source = GitSource(GitRepo(demo.path), RepoSpec(str(demo.path), demo.name), MineConfig())
+    snap = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(work / "mirrors")))
+    snap.setup()
+    out: dict[int, Candidate] = {}
+    for pr in source:
+        if not isinstance(pr, PullRequest):
+            continue
+        try:
+            (cand,) = snap.run(pr)
+        except Rejected:
+            continue
+        out[pr.number] = cand
+    return out
+
+
+def with_environments(
+    candidates: dict[int, Candidate], config: EnvConfig | None = None
+) -> dict[int, Candidate]:
+    """Builds each candidate's images with the environment stage; raises on a rejection."""
+    fn = EnvironmentFn(config or EnvConfig(env_base_source="local", env_extra_ca_bundle=HOST_CA))
+    fn.setup()
+    try:
+        out = {}
+        for number, cand in sorted(candidates.items()):
+            (built,) = list(fn.run(cand))
+            out[number] = built
+        return out
+    finally:
+        fn.teardown()
