@@ -51,7 +51,7 @@ import yaml
 from pydantic import BaseModel
 
 from smelter.schemas import Environment, Provenance, Quality, Task
-from smelter.transforms.common import Fatal
+from smelter.transforms.common import Fatal, stable_hash
 
 # ----------------------------------------------------------------------------------- constants
 
@@ -663,7 +663,11 @@ def dataset_card(
         "```\n"
     )
     if run_info:
-        keep = {k: run_info[k] for k in ("versions", "config_hash", "started_at") if k in run_info}
+        wanted = ("started_at", "wall_seconds", "stage_seconds", "versions")
+        keep = {k: run_info[k] for k in wanted if k in run_info}
+        config = (run_info.get("plan") or {}).get("config")
+        if config:
+            keep["config_hash"] = stable_hash(config)  # the full config is in run.json
         if keep:
             parts.append(
                 "\n### Run\n\n```json\n" + json.dumps(keep, indent=2, sort_keys=True) + "\n```\n"

@@ -373,6 +373,16 @@ def write_run_output(out: Path, tasks: list[Task]) -> None:
     (out / "shards" / "stats.json").write_text(
         json.dumps({"sequences": 2, "tokens": 7, "fill_ratio": 0.875, "documents_split": 0})
     )
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "started_at": "2026-01-01T00:00:00Z",
+                "wall_seconds": 12.5,
+                "versions": {"swe-smelter": "0.1.0"},
+                "plan": {"config": {"validate": {"validate_reruns_after": 3}}},
+            }
+        )
+    )
     (out / "funnel.json").write_text(
         json.dumps(
             {
@@ -405,6 +415,7 @@ def test_hub_folder_loads_offline_and_card_round_trips(
     card = folder.card.read_text()
     assert "| tasks | 3 |" in card and "| acme/calc | 3 |" in card
     assert "| fill_ratio | 0.875 |" in card and "| validate | 4 | 3 | passes_before 1 |" in card
+    assert '"swe-smelter": "0.1.0"' in card and '"config_hash": "' in card
 
     loaded = datasets.load_dataset(str(folder.path), "tasks", cache_dir=str(offline))
     rows = sorted(loaded["test"], key=lambda r: r["instance_id"])
