@@ -151,7 +151,7 @@ def test_500_then_success(llm_standin: LLMStandIn) -> None:
 
 
 def test_timeout_is_retried(llm_standin: LLMStandIn) -> None:
-    llm_standin.script("clean", Reply.rewrite("too late").__class__(content="{}", delay=3.0))
+    llm_standin.script("clean", Reply(content="{}", delay=3.0))
     llm_standin.script("clean", Reply.rewrite("in time"))
     client = _client(llm_standin, timeout_seconds=0.5)
     assert client.complete(_request()).data == {"statement": "in time"}
