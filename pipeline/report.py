@@ -773,7 +773,7 @@ def instance_outcomes(
         .then(1)
         .otherwise(0),
     )
-    return df.select(list(OUTCOME_SCHEMA)).cast(OUTCOME_SCHEMA)  # type: ignore[arg-type]
+    return df.select(list(OUTCOME_SCHEMA)).cast(OUTCOME_SCHEMA)
 
 
 def outcomes_of(data: RunData) -> pl.DataFrame:
@@ -1042,6 +1042,11 @@ def funnel_json_mismatches(
 # --------------------------------------------------------------------------- task quality
 
 
+def _num(value: Any) -> float | None:
+    """A polars scalar result (median, max, …) as a float; None for an empty or null column."""
+    return None if value is None else float(value)
+
+
 def describe(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
     """n / min / median / mean / p90 / max of numeric columns, one row per column."""
     rows = []
@@ -1234,6 +1239,7 @@ def environment_summary(
     built = outcomes.filter(pl.col("reached") >= 2).height if outcomes is not None else recorded
     sizes = envs.get_column("image_size_bytes").drop_nulls().cast(pl.Float64)
     mb = lambda v: v / 1e6 if v is not None else None  # noqa: E731
+    bs = envs.get_column("build_seconds")
     rows: list[tuple[str, float | None]] = [
         ("environments built", float(built)),
         ("environments recorded (tasks, candidates)", float(recorded)),
@@ -1241,9 +1247,9 @@ def environment_summary(
         ("build success rate", built / (built + failed) if built + failed else None),
         ("distinct env images", float(envs.get_column("env_hash").n_unique())),
         ("env cache hits", float(envs.get_column("env_cache_hit").sum())),
-        ("median image size MB", mb(sizes.median())),  # type: ignore[arg-type]
-        ("max image size MB", mb(sizes.max())),  # type: ignore[arg-type]
-        ("median build seconds", envs.get_column("build_seconds").median()),  # type: ignore[misc]
+        ("median image size MB", mb(_num(sizes.median()))),
+        ("max image size MB", mb(_num(sizes.max()))),
+        ("median build seconds", _num(bs.median())),
     ]
     return _frame(
         [{"metric": k, "value": v} for k, v in rows], {"metric": pl.String, "value": pl.Float64}
@@ -1290,7 +1296,7 @@ def sequence_length(
             return n, where
     seq = shards.get_column("seq_len").drop_nulls()
     if seq.len():
-        return int(seq.max()), "longest sequence in the shards"  # type: ignore[arg-type]
+        return int(_num(seq.max()) or 0), "longest sequence in the shards"
     return None, "unknown"
 
 
@@ -1328,8 +1334,8 @@ def packing_summary(
         ("tokens", float(tokens)),
         ("sequence length", float(max_len) if max_len else None),
         ("lower bound ceil(tokens/length)", float(-(-tokens // max_len)) if max_len else None),
-        ("mean fill", fill.mean() if fill.len() else None),  # type: ignore[arg-type]
-        ("p10 fill", fill.quantile(0.1, "nearest") if fill.len() else None),
+        ("mean fill", _num(fill.mean())),
+        ("p10 fill", _num(fill.quantile(0.1, "nearest"))),
         ("documents", float(per_doc.height)),
         ("documents split", float(split)),
         ("documents dropped (render/tokenize/pack rejects)", float(dropped)),
