@@ -236,14 +236,19 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
 
     out = Path(plan.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    verbose = logging.getLogger().level <= logging.INFO and logging.getLogger().level != 0
     default_flags = [
         "--runner=DirectRunner",
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={workers or os.cpu_count() or 1}",
-        # Worker processes log every gRPC channel at INFO; -v brings them back.
-        "--default_sdk_harness_log_level="
-        + ("INFO" if logging.getLogger().level <= logging.INFO else "WARNING"),
+        # Worker processes log every gRPC channel at INFO and harmless setup notes at WARNING;
+        # -v brings them back.
+        "--default_sdk_harness_log_level=" + ("INFO" if verbose else "ERROR"),
     ]
+    if not verbose:
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+            logging.ERROR
+        )
     options = opts.beam_options(beam_flags, default_flags)
     console = Console(stderr=True)
     stages = [s for s in STAGES if plan.includes(s)]
@@ -295,6 +300,7 @@ def _report(funnel: dict[str, Any], plan: RunPlan) -> int:
 
 
 def _run_plan(args: argparse.Namespace, plan: RunPlan) -> int:
+    opts.beam_options(args.beam_flags)  # unknown flags fail here, --dry-run included
     if args.dry_run:
         import json
 
