@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -252,6 +253,13 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
     options = opts.beam_options(beam_flags, default_flags)
     console = Console(stderr=True)
     stages = [s for s in STAGES if plan.includes(s)]
+    clean_cfg = plan.configs.get("clean") if plan.includes("clean") else None
+    if clean_cfg is not None:
+        from smelter.transforms.clean import check_endpoint
+
+        # One GET /models before Beam starts: a wrong URL or key is one line here, not a
+        # traceback from a worker process later.
+        console.print(f"clean: {check_endpoint(clean_cfg)}")
     start = time.time()
     with ProgressWatcher(plan.progress_dir, stages, console, show=plan.progress):
         p = beam.Pipeline(options=options)
@@ -261,6 +269,13 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
     wall = time.time() - start
     funnel = compute_funnel(out, plan.until)
     write_json(out / "funnel.json", funnel)
+    extra: dict[str, Any] = {}
+    if clean_cfg is not None:
+        from smelter.transforms.clean import clean_report, counters_of
+
+        report = clean_report(counters_of(result, "clean"), clean_cfg)
+        console.print(report.summary())
+        extra["clean"] = report.to_dict()
     write_json(
         out / "run.json",
         {
@@ -269,12 +284,15 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
             "wall_seconds": round(wall, 2),
             "stage_seconds": _stage_seconds(result),
-            "argv": [
-                a for a in sys.argv[1:] if "token" not in a.lower() and "key" not in a.lower()
-            ],
+            "argv": [a for a in sys.argv[1:] if not _secret_like(a)],
+            **extra,
         },
     )
     return funnel
+
+
+def _secret_like(arg: str) -> bool:
+    return any(word in arg.lower() for word in ("token", "key", "secret", "password"))
 
 
 def _secret_like(arg: str) -> bool:
@@ -320,7 +338,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    demo = create_demo_repo(out / "demo-repo")
+    repo_dir = out / "demo-repo"
+    if repo_dir.exists() and any(repo_dir.iterdir()):
+        # The demo is deterministic: a folder from an earlier run holds the same repository,
+        # and recreating it lets the stage caches make this re-run free.
+        shutil.rmtree(repo_dir)
+    demo = create_demo_repo(repo_dir)
     Console(stderr=True).print(f"demo repository: {demo.path} ({demo.name})")
     args.repo_name = demo.name
     plan = make_plan(args, args.until, [str(demo.path)])
