@@ -869,7 +869,12 @@ def create_demo_repo(path: Path) -> DemoRepo:
             with pytest.raises(CalcError):
                 load_values(bad)
     """)
-    merges[20] = b.squash("Load values from binary files (#20)", {
+    merges[20] = b.squash(
+        "Load values from binary files (#20)\n\n"
+        "The data logger exports little-endian binary files (magic b'CALC', a uint32 count,\n"
+        "then that many doubles) and calc has no way to read them. Add\n"
+        "calc.io.load_values(path) returning the floats, raising CalcError when the magic\n"
+        "number is wrong.", {
         "src/calc/io.py": io_py, "tests/test_io.py": test_io,
         "tests/data/values.bin": _values_bin(),
     }, author="bob")  # fmt: skip

@@ -112,12 +112,15 @@ class StageFn(beam.DoFn):
     """
 
     STAGE: ClassVar[str] = ""
+    # Bump when a code change alters what the stage outputs for the same input: it is part of
+    # the cache key, so old cached outcomes stop matching instead of being served stale.
+    VERSION: ClassVar[str] = "1"
 
     def __init__(self, config: Any, cache_root: str | None = None) -> None:
         self._config = config
         self._cache_root = cache_root
         self._progress_dir: str | None = None
-        self._config_hash = stable_hash(self.STAGE, config)
+        self._config_hash = stable_hash(self.STAGE, self.VERSION, config)
 
     def attach(self, cache_root: str | None, progress_dir: str | None = None) -> StageFn:
         """Set where outcomes are cached and progress is ticked; called by the graph builder."""
