@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ValidationError
 
-from smelter.schemas import Candidate, Environment, PullRequest, Rejection, ShardRow, Task
+from smelter.schemas import Candidate, Environment, PullRequest, Rejection, Task
 from smelter.transforms.common import Fatal
 
 M = TypeVar("M", bound=BaseModel)
@@ -448,26 +448,6 @@ def reject_frame(rejects: Iterable[Rejection]) -> pl.DataFrame:
         for r in rejects
     ]
     return _frame(rows, REJECT_SCHEMA)
-
-
-def shard_frame(rows: Iterable[tuple[str, int, ShardRow | dict[str, Any]]]) -> pl.DataFrame:
-    """One row per packed sequence: (shard file, row index, ShardRow or its columns)."""
-    out = []
-    for shard, i, r in rows:
-        d = r.model_dump() if isinstance(r, ShardRow) else r
-        ids = list(d.get("input_ids") or [])
-        out.append(
-            {
-                "shard": shard,
-                "row": i,
-                "num_tokens": int(d.get("num_tokens") or sum(d.get("doc_lengths") or [])),
-                "seq_len": len(ids) if ids else d.get("seq_len"),
-                "docs": len(d.get("doc_ids") or []),
-                "doc_ids": [str(x) for x in d.get("doc_ids") or []],
-                "doc_lengths": [int(x) for x in d.get("doc_lengths") or []],
-            }
-        )
-    return _frame(out, SHARD_SCHEMA)
 
 
 def read_shards(paths: Sequence[Path]) -> tuple[pl.DataFrame, list[str]]:

@@ -398,6 +398,18 @@ def test_funnel_adds_up_and_matches_records(out_dir: Path) -> None:
     assert per_repo_reasons.filter(pl.col("repo") == "acme/gadgets").height == 2
 
 
+def test_frames_from_records_equal_frames_from_the_folder(out_dir: Path) -> None:
+    """In-memory records (a pipeline or notebook holding them) give the same frames as the files."""
+    data = rp.load_output(out_dir)
+    tasks = [task(i) for i in TASK_IDS]
+    candidates = [candidate(i) for i in CANDIDATE_IDS]
+    assert rp.task_frame(tasks).equals(data.tasks)
+    assert rp.test_run_frame(tasks).equals(data.runs)
+    assert rp.candidate_frame(candidates).equals(data.candidates)
+    assert rp.environment_frame(candidates, tasks).equals(data.environments)
+    assert rp.reject_frame(rejects()).equals(data.rejects)
+
+
 def test_task_quality_matches_records(out_dir: Path) -> None:
     data = rp.load_output(out_dir)
     records = {t.instance_id: t for t in map(task, TASK_IDS)}
