@@ -191,3 +191,26 @@ def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> Pip
     if unknown:
         raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
     return PipelineOptions([*default_flags, *extra])
+
+
+def reference_markdown(classes: dict[str, type] | None = None) -> str:
+    """The configuration reference (README): one table per stage, generated from the fields."""
+    classes = classes if classes is not None else load_config_classes()
+    parts = []
+    for section, cls in classes.items():
+        rows = ["| flag | TOML key | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("cli") is False:
+                continue
+            default: Any = f.default
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            shown = "—" if default in (None, "", ()) else f"`{default!r}`"
+            help_text = str(f.metadata.get("help", "")).replace("|", "\\|")
+            rows.append(f"| `{flag_name(f.name)}` | `{f.name}` | {shown} | {help_text} |")
+        parts.append(f"### [{section}]\n\n" + "\n".join(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
