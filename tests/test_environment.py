@@ -14,6 +14,7 @@ from apache_beam.pvalue import TaggedOutput
 from smelter.schemas import Candidate, Reason, Rejection
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import environment as envmod
+from smelter.transforms import recipe as rc
 from smelter.transforms.base_images import BaseImage
 from smelter.transforms.environment import EnvConfig, EnvironmentFn
 
@@ -59,15 +60,26 @@ def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> 
         install_env={"SETUPTOOLS_SCM_PRETEND_VERSION": "0.0.0"},
     )  # fmt: skip
     assert "FROM smelter/env:e" in text
+    # without build isolation first (build requirements are in the env layer), isolated second
     assert (
-        "RUN SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv pip install --exclude-newer "
-        "2024-01-01T00:00:00Z -e '.[test]'" in text
+        "RUN (SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv pip install --no-build-isolation "
+        "--exclude-newer 2024-01-01T00:00:00Z -e '.[test]' || SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0"
+        " uv pip install --exclude-newer 2024-01-01T00:00:00Z -e '.[test]')" in text
     )
     bare = envmod.render_instance_dockerfile(
         repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=False,
         extras=[], cutoff=None, install_env={}, source_paths=["/testbed/src", "/testbed"],
     )  # fmt: skip
     assert "ENV PYTHONPATH=/testbed/src:/testbed" in bare and "RUN true" in bare
+
+
+def test_env_requirements_add_build_requirements_once() -> None:
+    project = rc.project_metadata({"pyproject.toml": PYPROJECT})
+    assert project.build_requires == ("setuptools>=61",)
+    rung = rc.install_ladder({"pyproject.toml": PYPROJECT})[0]
+    assert envmod.env_requirements(rung, project) == ["pytest>=7", "setuptools>=61"]
+    legacy = rc.project_metadata({"setup.py": "from setuptools import setup\nsetup()\n"})
+    assert legacy.build_requires == ("setuptools>=40.8.0", "wheel")
 
 
 def test_check_script_exit_codes() -> None:

@@ -171,6 +171,7 @@ class Project:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     classifier_versions: tuple[str, ...] = ()
     uses_scm_version: bool = False
+    build_requires: tuple[str, ...] = ()  # PEP 517 build requirements (setuptools if legacy)
 
 
 def project_metadata(files: Mapping[str, str]) -> Project:
@@ -228,7 +229,13 @@ def project_metadata(files: Mapping[str, str]) -> Project:
     installable = bool(
         files.get("setup.py") or ("build-system" in data or proj) or cfg.has_section("metadata")
     )
+    build = data.get("build-system", {}) if isinstance(data.get("build-system"), dict) else {}
+    if "requires" in build:
+        build_requires = _valid_requirements(str(x) for x in build.get("requires") or [])
+    else:  # PEP 517's fallback for projects without a build-system table
+        build_requires = ["setuptools>=40.8.0", "wheel"] if installable else []
     return Project(
+        build_requires=tuple(build_requires),
         name=str(name) if name else None, installable=installable,
         requires_python=str(requires_python) if requires_python else None,
         dependencies=tuple(_valid_requirements(deps)), dependencies_dynamic=dynamic,
