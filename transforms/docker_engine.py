@@ -197,9 +197,9 @@ def ensure_engine(
         say("dockerd not found: installing Debian's docker.io (apt-get)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker.io"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise Fatal(f"`{' '.join(cmd)}` failed: {_short(Exception(proc.stderr))}")
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise Fatal(f"`{' '.join(cmd)}` failed: {_short(Exception(done.stderr))}")
     # No bridge and no iptables: works in containers/VMs without NET_ADMIN; builds then use the
     # host network and test containers network "none", which is what we want anyway.
     cmd = ["dockerd", "--bridge=none", "--iptables=false"]

@@ -210,16 +210,18 @@ def project_metadata(files: Mapping[str, str]) -> Project:
     if cfg.has_section("options.extras_require"):
         for key, value in cfg.items("options.extras_require"):
             extras.setdefault(key, tuple(_ini_list(value)))
-    if isinstance(setup_kw.get("extras_require"), dict):
-        for key, value in setup_kw["extras_require"].items():  # type: ignore[union-attr]
+    setup_extras = setup_kw.get("extras_require")
+    if isinstance(setup_extras, dict):
+        for key, value in setup_extras.items():
             if isinstance(value, list | tuple):
                 extras.setdefault(str(key), tuple(str(v) for v in value))
     groups = _dependency_groups(data)
 
     classifiers = list(proj.get("classifiers") or [])
     classifiers += _ini_list(cfg.get("metadata", "classifiers", fallback=""))
-    if isinstance(setup_kw.get("classifiers"), list | tuple):
-        classifiers += [str(c) for c in setup_kw["classifiers"]]  # type: ignore[union-attr]
+    setup_classifiers = setup_kw.get("classifiers")
+    if isinstance(setup_classifiers, list | tuple):
+        classifiers += [str(c) for c in setup_classifiers]
     versions = sorted(
         {m.group(1) for c in classifiers if (m := re.search(r"Python :: (3\.\d+)\s*$", c))},
         key=_vkey,
@@ -296,8 +298,8 @@ def python_hints(files: Mapping[str, str]) -> list[str]:
     for path, text in files.items():
         if path.startswith(".github/workflows/"):
             found.update(_workflow_versions(text))
-    if (pv := files.get(".python-version")) and (m := re.match(r"\s*(3\.\d+)", pv)):
-        found.add(m.group(1))
+    if (pv := files.get(".python-version")) and (pinned := re.match(r"\s*(3\.\d+)", pv)):
+        found.add(pinned.group(1))
     return sorted((v for v in found if re.fullmatch(r"3\.\d+", v)), key=_vkey)
 
 
