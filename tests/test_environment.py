@@ -322,3 +322,29 @@ def test_env_cutoff_falls_back_to_the_pr_day_when_the_bucket_is_too_old(
     assert "--exclude-newer 2025-03-05 " in env.dockerfiles.env
     assert any(r.startswith("pytest==8.3.") for r in env.frozen_requirements)
     eng.remove_image(docker_client, env.instance_image)
+
+
+def test_stage_pickles_without_clients() -> None:
+    import pickle
+
+    fn = EnvironmentFn(EnvConfig(env_max_rungs=2))
+    clone = pickle.loads(pickle.dumps(fn))
+    assert clone.STAGE == "environment" and not hasattr(clone, "_builder")
+
+
+@pytest.mark.docker
+def test_no_available_python_is_rejected_before_any_build(
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    c = make_candidate(tmp_path / "old", "acme/old", init_body="def add(a, b):\n    return a + b\n")
+    # rewrite requires-python at the base commit: only Python 2.7 / 3.6 allowed
+    root = Path(c.repo_url)
+    text = (root / "pyproject.toml").read_text().replace('">=3.9"', '">=2.7,<3.7"')
+    (root / "pyproject.toml").write_text(text)
+    _git(root, "commit", "-q", "-am", "old pythons only")
+    c = c.model_copy(update={"base_commit": _git(root, "rev-parse", "HEAD").strip()})
+    (out,) = list(stage.process(c))
+    assert isinstance(out, TaggedOutput)
+    assert out.value.reason is Reason.NO_PYTHON_VERSION
+    assert "'>=2.7,<3.7'" in out.value.detail and "3.11" in out.value.detail
+    assert docker_client.images.list(filters={"label": f"{eng.LABEL_REPO}=acme/old"}) == []
