@@ -228,3 +228,44 @@ def test_fix_that_does_not_fix_rejects_fails_after(
         "calc/__init__.py": not_fixed, "tests/test_calc.py": NEW_TESTS
     })  # fmt: skip
     assert r.reason is Reason.FAILS_AFTER and "test_add_negative" in r.detail
+
+
+@pytest.mark.docker
+def test_validate_fn_in_a_beam_pipeline_emits_tasks_and_rejects(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from smelter.transforms.common import Stage
+    from smelter.transforms.validate import ValidateFn
+
+    good_repo, good_base = make_repo(
+        tmp_path / "good", {"calc/__init__.py": FIXED_CODE, "tests/test_calc.py": NEW_TESTS}
+    )
+    good = candidate_for(
+        good_repo, base=good_base, image=instance_image(good_repo), head="main",
+        test_paths=["tests"], code_paths=["calc"], instance_id="acme__calc-1",
+    )  # fmt: skip
+    bad_tests = BASE_TESTS + "\n\ndef test_more():\n    assert add(2, 2) == 4\n"
+    bad_repo, bad_base = make_repo(
+        tmp_path / "bad", {"calc/__init__.py": FIXED_CODE, "tests/test_calc.py": bad_tests}
+    )
+    bad = candidate_for(
+        bad_repo, base=bad_base, image=instance_image(bad_repo), head="main",
+        test_paths=["tests"], code_paths=["calc"], instance_id="acme__calc-2",
+    )  # fmt: skip
+    fn = ValidateFn(CONFIG, cache_root=str(tmp_path / "cache"))
+    with TestPipeline() as p:
+        tasks, rejects = p | beam.Create([good, bad]) | Stage(fn)
+        assert_that(
+            tasks | beam.Map(lambda t: (t.instance_id, len(t.FAIL_TO_PASS))),
+            equal_to([("acme__calc-1", 2)]),
+            label="tasks",
+        )
+        assert_that(
+            rejects | beam.Map(lambda r: (r.instance_id, r.stage, r.reason.value)),
+            equal_to([("acme__calc-2", "validate", "passes_before")]),
+            label="rejects",
+        )

@@ -23,6 +23,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Candidate]:
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # image builds on a busy machine; validation itself is ~1 min
 def test_demo_prs_validate_to_their_expected_fates(
     built: dict[int, Candidate], docker_client: docker.DockerClient
 ) -> None:

@@ -373,6 +373,7 @@ class Validator:
                     if candidate.source == "github"
                     else ""
                 ),
+                repo_url=candidate.repo_url,
                 merge_commit=candidate.merge_commit,
                 linked_issues=[i.number for i in candidate.linked_issues],
                 smelter_version=smelter_version(),

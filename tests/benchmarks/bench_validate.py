@@ -49,6 +49,24 @@ def prepare_tree(repo: Path, cand: Candidate, dest: Path, after: bool) -> None:
         subprocess.run(["git", "-C", str(dest), "apply", "-"], input=patch.encode(), check=True)
 
 
+def bare_python(work: Path, cand: Candidate) -> str:
+    """A host venv holding only what the container's venv holds (same pytest version), so
+    "bare" measures pytest, not the plugins of whatever venv runs this script."""
+    assert cand.environment is not None
+    wanted = ("pytest", "pluggy", "iniconfig", "packaging")
+    pins = [r for r in cand.environment.frozen_requirements if r.lower().startswith(wanted)]
+    venv = work / "bare-venv"
+    if not venv.exists():
+        uv = str(Path(sys.executable).with_name("uv"))
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+        subprocess.run(
+            [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+             *(pins or ["pytest"])],
+            check=True,
+        )  # fmt: skip
+    return str(venv / "bin" / "python")
+
+
 def bare_runs(repo: Path, cand: Candidate, work: Path, before: int, after: int) -> list[float]:
     """Seconds of each bare host pytest run, same files and flags as in the container."""
     assert cand.environment is not None
@@ -60,7 +78,7 @@ def bare_runs(repo: Path, cand: Candidate, work: Path, before: int, after: int) 
         report = tree.parent / f"{tree.name}.xml"
         argv = pytest_argv(cand.environment.test_command, files, str(tree))
         argv = [a if a != f"--junit-xml={REPORT_PATH}" else f"--junit-xml={report}" for a in argv]
-        argv = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+        argv = [bare_python(work, cand), *argv[1:]] if argv[0] == "python" else argv
         for attempt in range(count):
             env = {
                 **os.environ,
