@@ -22,6 +22,8 @@ Deliberate choices:
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -230,6 +232,21 @@ def shard_name(bucket: int, index: int) -> str:
     return f"part-b{bucket:04d}-{index:05d}.parquet"
 
 
+def shard_tables(store: TokenStore, plan: PackResult, shard_rows: int = 1024) -> Iterator[pa.Table]:
+    """The Arrow table of each shard of ``shard_rows`` sequences of ``plan``, in order."""
+    for b0 in range(0, plan.num_bins, shard_rows):
+        b1 = min(b0 + shard_rows, plan.num_bins)
+        lo, hi = int(plan.bin_offsets[b0]), int(plan.bin_offsets[b1])
+        sel = plan.bin_items[lo:hi]
+        yield shard_table(
+            store,
+            plan.item_doc[sel],
+            plan.item_start[sel],
+            plan.item_len[sel],
+            plan.bin_offsets[b0 : b1 + 1] - lo,
+        )
+
+
 def write_shards(
     store: TokenStore,
     plan: PackResult,
@@ -237,23 +254,28 @@ def write_shards(
     shard_rows: int = 1024,
     bucket: int = 0,
     compression: str = "zstd",
+    writers: int = 2,
 ) -> list[ShardInfo]:
-    """Materialise every sequence of ``plan`` into Parquet files of ``shard_rows`` rows."""
-    infos = []
-    for index, b0 in enumerate(range(0, plan.num_bins, shard_rows)):
-        b1 = min(b0 + shard_rows, plan.num_bins)
-        lo, hi = int(plan.bin_offsets[b0]), int(plan.bin_offsets[b1])
-        sel = plan.bin_items[lo:hi]
-        table = shard_table(
-            store,
-            plan.item_doc[sel],
-            plan.item_start[sel],
-            plan.item_len[sel],
-            plan.bin_offsets[b0 : b1 + 1] - lo,
-        )
-        path = FileSystems.join(out_dir, shard_name(bucket, index))
+    """Materialise every sequence of ``plan`` into Parquet files of ``shard_rows`` rows.
+
+    Up to ``writers`` files are encoded and written by threads while the next table is built
+    (Arrow releases the GIL while it encodes and compresses); at most ``writers`` built tables
+    wait in memory at any time.
+    """
+    infos: list[ShardInfo] = []
+
+    def write(path: str, table: pa.Table) -> ShardInfo:
         write_table(table, path, compression)
-        infos.append(_info(path, table))
+        return _info(path, table)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, writers)) as pool:
+        pending: collections.deque[concurrent.futures.Future[ShardInfo]] = collections.deque()
+        for index, table in enumerate(shard_tables(store, plan, shard_rows)):
+            if len(pending) >= max(1, writers):
+                infos.append(pending.popleft().result())
+            path = FileSystems.join(out_dir, shard_name(bucket, index))
+            pending.append(pool.submit(write, path, table))
+        infos.extend(f.result() for f in pending)
     return infos
 
 
@@ -463,9 +485,8 @@ class PackBucketFn(beam.DoFn):
         for item, seq, slot in zip(
             plan.bin_items.tolist(), seq_of.tolist(), slot_of.tolist(), strict=True
         ):
-            doc = int(plan.item_doc[item])
             yield (
-                unique[doc][0],
+                unique[int(plan.item_doc[item])][0],
                 Placement(bucket, seq, slot, int(plan.item_start[item]), int(plan.item_len[item])),
             )
         Metrics.counter(PACK_STAGE, "sequences").inc(plan.num_bins)
