@@ -384,7 +384,7 @@ class RenderFn(StageFn):
     ) -> None:
         super().__init__(config, cache_root)
         # Only what changes a Sample keys the cache: a new pack_max_len must not re-render.
-        self._config_hash = stable_hash(self.STAGE, config.render_part())
+        self._config_hash = stable_hash(self.STAGE, self.VERSION, config.render_part())
         self._reader_factory = reader_factory or functools.partial(
             open_repo, mirror_dir=config.render_mirror_dir
         )
