@@ -116,7 +116,7 @@ def test_prune_removes_dead_owners_leftovers_and_spares_live_ones(
                 eng.LABEL_OWNER_PID: "999999999"},
     )  # fmt: skip
     try:
-        eng.prune(docker_client, say=print)
+        eng.prune(docker_client, match=tag, say=print)  # scoped: other tests' containers live
         ids = {c["Id"] for c in docker_client.api.containers(
             all=True, filters={"label": "dev.smelter.test-marker=prune"})}  # fmt: skip
         assert live.id in ids and dead.id not in ids
@@ -124,3 +124,26 @@ def test_prune_removes_dead_owners_leftovers_and_spares_live_ones(
         for c in (live, dead):
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
+
+
+@pytest.mark.docker
+def test_prune_images_removes_unused_instance_images_only(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    marker = {"dev.smelter.test-marker": "prune-images"}
+    tag = "smelter/instance:prune-test"
+    eng.build_image(
+        docker_client, dockerfile=f"FROM {base_image.tag}\nRUN echo x > /x\n", tag=tag,
+        image_labels={**eng.labels(eng.KIND_INSTANCE), **marker},
+    )  # fmt: skip
+    user = docker_client.containers.create(
+        tag, ["true"], labels={**eng.labels(eng.KIND_CHECK), **eng.owner_labels(), **marker}
+    )
+    try:
+        eng.prune(docker_client, images=True, match=marker, say=print)
+        assert eng.image_exists(docker_client, tag)  # a live owner's container still uses it
+    finally:
+        user.remove(force=True)
+    result = eng.prune(docker_client, images=True, match=marker, say=print)
+    assert result["images"] == 1 and not eng.image_exists(docker_client, tag)
+    assert eng.image_exists(docker_client, base_image.tag)  # never a base without --all

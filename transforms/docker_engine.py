@@ -363,16 +363,19 @@ def prune(
     images: bool = False,
     all_images: bool = False,
     all_owners: bool = False,
+    match: Mapping[str, str] | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Remove leftover smelter containers; with ``images`` also instance images, with
     ``all_images`` every smelter image (env and base too). Only labelled objects are touched,
     and containers of a live owner process (see ``owner_labels``) only with ``all_owners``.
+    ``match`` narrows everything to objects carrying these extra labels (e.g. one repo).
     """
+    extra = [f"{k}={v}" for k, v in (match or {}).items()]
     removed = {"containers": 0, "images": 0}
     host = socket.gethostname()
     # Low-level listing: the SDK's list() inspects each container and races with removals.
-    for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+    for c in client.api.containers(all=True, filters={"label": [f"{LABEL}=1", *extra]}):
         if not all_owners and owner_alive(c.get("Labels") or {}, host):
             continue  # a live smelter process (another run, another test) still uses it
         try:
@@ -387,9 +390,11 @@ def prune(
     elif images:
         kinds = (KIND_INSTANCE,)
     for kind in kinds:  # children first, so parents are free to go
-        for img in client.images.list(filters={"label": f"{LABEL_KIND}={kind}"}):
+        for img in client.images.list(filters={"label": [f"{LABEL_KIND}={kind}", *extra]}):
+            # Never forced: an image a container (e.g. a running validation) still uses stays.
             try:
-                client.images.remove(img.id, force=True)
+                for ref in img.tags or [img.id]:
+                    client.images.remove(ref)
                 removed["images"] += 1
             except docker.errors.APIError as e:
                 say(f"kept image {img.short_id}: {_short(e)}")
