@@ -82,7 +82,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     err = _err()
     removed = eng.prune(
         client, images=not args.keep_instances, all_images=args.all,
-        all_owners=args.all_owners,
+        all_owners=args.all_owners, match={eng.LABEL_REPO: args.repo} if args.repo else None,
         say=lambda m: err.print(f"  {m}"),
     )  # fmt: skip
     what = "all smelter images" if args.all else (
@@ -134,6 +134,7 @@ def register(sub: Any) -> None:
     prune.add_argument("--keep-instances", action="store_true", help="remove containers only")
     prune.add_argument("--all-owners", action="store_true",
                        help="also containers of smelter processes still running")  # fmt: skip
+    prune.add_argument("--repo", default=None, help="only objects of this owner/name repository")
     prune.set_defaults(func=cmd_prune)
     images.set_defaults(func=lambda _a: images.print_help() or 2)
 
