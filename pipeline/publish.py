@@ -108,6 +108,7 @@ class PatchedFile:
     path: str
     new: bool = False
     deleted: bool = False
+    binary: bool = False  # git carried it as a binary hunk (a binary file, or not UTF-8 text)
 
 
 _DIFF_HEADER = re.compile(r'^diff --git "?a/(.+?)"? "?b/(.+?)"?$')
@@ -127,6 +128,8 @@ def patched_files(patch: str) -> list[PatchedFile]:
             current["new"] = True
         elif current is not None and line.startswith("deleted file mode"):
             current["deleted"] = True
+        elif current is not None and line.startswith(("GIT binary patch", "Binary files ")):
+            current["binary"] = True
     if current:
         files.append(PatchedFile(**current))
     return files
@@ -229,12 +232,32 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
     return "\n".join(lines) + "\n"
 
 
+HARNESS_GITATTRIBUTES = "harness.gitattributes"
+HARNESS_GITATTRIBUTES_PATH = "/etc/smelter-harness.gitattributes"
+
+
+def harness_gitattributes(task: Task) -> str:
+    """``-diff`` for every file the patches carry as binary hunks ("" when there is none).
+
+    swebench's harness logs ``git diff`` after applying a patch and decodes it as strict UTF-8,
+    so a repository with a Latin-1 source file crashes the run before any test. Marked
+    ``-diff``, git prints "Binary files differ" for those files instead; nothing else changes
+    (``git apply`` ignores the attribute).
+    """
+    paths = sorted(
+        {f.path for p in (task.patch, task.test_patch) for f in patched_files(p) if f.binary}
+    )
+    return "".join(f"/{p} -diff\n" for p in paths)
+
+
 def harness_dockerfile(task: Task) -> str:
     """The task repo's Dockerfile: our instance image under swebench's name, nothing rebuilt.
 
     swebench's harness applies patches in /testbed as root. Our images keep the source there
     (``Environment.workdir``); one that does not gets a symlink, the only RUN line ever
-    emitted, so the usual Dockerfile builds without network.
+    emitted, so the usual Dockerfile builds without network. Tasks with binary hunks get
+    ``harness_gitattributes`` as git's global attributes file (COPY from the task directory,
+    which is the build context, and git's environment-variable config: still no RUN).
     """
     env = task.environment
     lines = [
@@ -246,6 +269,12 @@ def harness_dockerfile(task: Task) -> str:
     ]
     if env.workdir.rstrip("/") != WORKDIR:
         lines.append(f"RUN ln -sfn {shlex.quote(env.workdir)} {WORKDIR}")
+    if harness_gitattributes(task):
+        lines += [
+            f"COPY {HARNESS_GITATTRIBUTES} {HARNESS_GITATTRIBUTES_PATH}",
+            "ENV GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.attributesFile "
+            f"GIT_CONFIG_VALUE_0={HARNESS_GITATTRIBUTES_PATH}",
+        ]
     lines.append(f"WORKDIR {WORKDIR}")
     return "\n".join(lines) + "\n"
 
@@ -433,6 +462,8 @@ def write_task_repo(
         ):
             with open(d / name, "w", newline="") as f:
                 f.write(text)
+        if attributes := harness_gitattributes(task):
+            (d / HARNESS_GITATTRIBUTES).write_text(attributes)
         if task.hints_text:
             with open(d / "hints.md", "w", newline="") as f:
                 f.write(task.hints_text)

@@ -537,3 +537,19 @@ def test_push_failure_is_one_line_and_never_shows_the_token(
     message = str(e.value)
     assert message.startswith("push to acme/calc failed: ") and "\n" not in message
     assert secret not in message
+
+
+def test_binary_hunks_get_gitattributes_in_the_harness_image(
+    built: tuple[Path, list[Task]], tmp_path: Path
+) -> None:
+    """swebench logs `git diff` as strict UTF-8: files git carries as binary are marked -diff."""
+    _, tasks = built
+    assert publish.harness_gitattributes(tasks[0]) == ""
+    assert publish.harness_gitattributes(tasks[1]) == "/tests/data/blob.bin -diff\n"
+    paths = publish.export_tasks(tasks, tmp_path / "export")
+    d = paths.task_repo / "tasks" / tasks[1].instance_id
+    assert (d / "harness.gitattributes").read_text() == "/tests/data/blob.bin -diff\n"
+    dockerfile = (d / "Dockerfile").read_text()
+    assert "COPY harness.gitattributes /etc/smelter-harness.gitattributes\n" in dockerfile
+    assert "GIT_CONFIG_VALUE_0=/etc/smelter-harness.gitattributes" in dockerfile
+    assert not (paths.task_repo / "tasks" / tasks[0].instance_id / "harness.gitattributes").exists()

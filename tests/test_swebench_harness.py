@@ -11,7 +11,8 @@ export goes to swebench's harness, which finds the images locally (no registry h
 - task repository (``image`` = swebench's derived name, built from the task's Dockerfile by
   ``build_harness_images``) through ``run_instances``: gold patches resolve every task;
 - the demo repository through the real pipeline (``smelter run --until validate``: mine,
-  snapshot, environment stage images, validation), then the same flat-dataset evaluation.
+  snapshot, environment stage images, validation), then the task-repository evaluation with
+  gold and irrelevant patches.
   (``run_evaluation.main`` with ``task_repo`` first rebuilds images with ``docker buildx``,
   which this engine lacks, so that one step is done by our builder instead.)
 """
@@ -234,35 +235,52 @@ def test_harness_resolves_gold_and_nothing_else_on_the_flat_dataset(
     assert report["resolved_ids"] == [] and report["empty_patch_ids"] == ids, report
 
 
+def _evaluate_task_repo(
+    task_repo: Path,
+    patches: dict[str, str],
+    run_id: str,
+    report_dir: Path,
+    client: docker.DockerClient,
+) -> dict:
+    """swebench's run_instances + make_run_report on a task repo whose images are built."""
+    from swebench.harness.reporting import make_run_report
+    from swebench.harness.run_evaluation import run_instances
+    from swebench.task.repo import load_task_repo
+
+    instances = load_task_repo(task_repo)
+    predictions = {
+        i["instance_id"]: {
+            "instance_id": i["instance_id"],
+            "model_patch": patches[i["instance_id"]],
+            "model_name_or_path": run_id,
+        }
+        for i in instances
+    }
+    run_instances(predictions, instances, 1, run_id, 600, task_repo=str(task_repo))
+    for attempt in range(3):  # see _evaluate: the final listing races with image removals
+        try:
+            path = make_run_report(predictions, instances, run_id, client, str(report_dir))
+            return json.loads(Path(path).read_text())
+        except docker.errors.NotFound:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_harness_resolves_gold_from_the_task_repository(
     harness_tasks: list[Task], in_tmp: Path, docker_client: docker.DockerClient
 ) -> None:
-    from swebench.harness.reporting import make_run_report
-    from swebench.harness.run_evaluation import run_instances
     from swebench.task.checks import check_task_repo
-    from swebench.task.repo import load_task_repo
 
     paths = publish.export_tasks(harness_tasks, in_tmp / "export")
     assert check_task_repo(paths.task_repo) == []
     built = publish.build_harness_images(paths.task_repo, docker_client)
     try:
-        instances = load_task_repo(paths.task_repo)
-        assert {i["image"] for i in instances} == set(built.values())
-        predictions = {
-            i["instance_id"]: {
-                "instance_id": i["instance_id"],
-                "model_patch": i["patch"],
-                "model_name_or_path": "gold",
-            }
-            for i in instances
-        }
-        run_instances(
-            predictions, instances, 1, "smelter-repo-gold", 600, task_repo=str(paths.task_repo)
+        assert sorted(built) == sorted(t.instance_id for t in harness_tasks)
+        gold = {t.instance_id: t.patch for t in harness_tasks}
+        report = _evaluate_task_repo(
+            paths.task_repo, gold, "smelter-repo-gold", in_tmp / "reports", docker_client
         )
-        report_path = make_run_report(
-            predictions, instances, "smelter-repo-gold", docker_client, str(in_tmp / "reports")
-        )
-        report = json.loads(Path(report_path).read_text())
         assert report["resolved_ids"] == sorted(built), report
     finally:
         for image in built.values():
@@ -318,7 +336,7 @@ def demo_tasks(
 
 @pytest.mark.slow
 def test_harness_resolves_every_demo_task_with_gold_and_none_without(
-    demo_tasks: list[Task], in_tmp: Path
+    demo_tasks: list[Task], in_tmp: Path, docker_client: docker.DockerClient
 ) -> None:
     from smelter.pipeline.demo_source import DEMO_PRS
 
@@ -326,11 +344,22 @@ def test_harness_resolves_every_demo_task_with_gold_and_none_without(
     # the funnel itself is test_pipeline_e2e's business; here every task that came out counts
     valid = {f"{HARNESS_DEMO_NAME.replace('/', '__')}-{p.number}" for p in DEMO_PRS if p.valid}
     assert ids and set(ids) <= valid
+    # The demo has a Latin-1 source file (PR 21): only the task repository's image carries the
+    # gitattributes that keep swebench's strict-UTF-8 `git diff` logging from crashing on it.
     paths = publish.export_tasks(demo_tasks, in_tmp / "export")
+    built = publish.build_harness_images(paths.task_repo, docker_client)
+    try:
+        gold = {t.instance_id: t.patch for t in demo_tasks}
+        report = _evaluate_task_repo(
+            paths.task_repo, gold, "demo-gold", in_tmp / "reports", docker_client
+        )
+        assert report["resolved_ids"] == ids, report
 
-    gold = _evaluate(paths.jsonl, "gold", "demo-gold", in_tmp / "reports")
-    assert gold["resolved_ids"] == ids, gold
-
-    noop = _predictions(in_tmp / "noop.jsonl", demo_tasks, IRRELEVANT_PATCH, "noop")
-    report = _evaluate(paths.jsonl, str(noop), "demo-noop", in_tmp / "reports")
-    assert report["completed_ids"] == ids and report["resolved_ids"] == [], report
+        noop = dict.fromkeys(ids, IRRELEVANT_PATCH)
+        report = _evaluate_task_repo(
+            paths.task_repo, noop, "demo-noop", in_tmp / "reports", docker_client
+        )
+        assert report["completed_ids"] == ids and report["resolved_ids"] == [], report
+    finally:
+        for image in built.values():
+            eng.remove_image(docker_client, image)
