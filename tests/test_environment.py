@@ -256,6 +256,8 @@ def test_env_and_instance_build_then_cache_hit(
     (again,) = _outcomes(stage, c)
     assert again.environment.instance_image == env.instance_image
     assert again.environment.env_cache_hit
+    for image in (env.instance_image, out2.environment.instance_image):
+        eng.remove_image(docker_client, image)  # as validation does after its runs
 
 
 @pytest.mark.docker
