@@ -51,7 +51,7 @@ from smelter.schemas import Candidate, Dockerfiles, Environment, Reason
 from smelter.transforms import base_images as bi
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import recipe as rc
-from smelter.transforms.common import Fatal, Rejected, StageFn, stable_hash, tail
+from smelter.transforms.common import Fatal, Rejected, Retryable, StageFn, stable_hash, tail
 from smelter.transforms.gitrepo import GitError, GitRepo
 
 log = logging.getLogger(__name__)
@@ -660,6 +660,6 @@ class EnvironmentFn(StageFn):
     def run(self, record: Candidate) -> Iterable[Candidate]:
         try:
             env = self._builder.build(record)
-        except docker.errors.APIError as e:
+        except (docker.errors.APIError, Retryable) as e:  # the engine failed, not the record
             raise Rejected(Reason.ENGINE_ERROR, str(e)) from None
         yield record.model_copy(update={"environment": env})
