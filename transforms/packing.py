@@ -94,7 +94,9 @@ class PackResult:
         return [docs[offsets[b] : offsets[b + 1]] for b in range(self.num_bins)]
 
 
-def pack(lengths: Sequence[int] | np.ndarray, max_len: int, mode: PackMode = "split") -> list[list[int]]:
+def pack(
+    lengths: Sequence[int] | np.ndarray, max_len: int, mode: PackMode = "split"
+) -> list[list[int]]:
     """Bins of document indices, by Best-Fit Decreasing; see ``pack_arrays``."""
     return pack_arrays(lengths, max_len, mode).bins()
 
@@ -106,7 +108,12 @@ def split_items(
     n = len(lengths)
     long = lengths > max_len
     if not long.any():
-        return np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64), lengths, np.zeros(0, np.int64)
+        return (
+            np.arange(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            lengths,
+            np.zeros(0, np.int64),
+        )
     if mode == "drop":
         keep = np.flatnonzero(~long)
         return keep, np.zeros(len(keep), dtype=np.int64), lengths[keep], np.flatnonzero(long)
