@@ -28,7 +28,7 @@ from smelter.transforms.render import (
     tokenize_segments,
     touched_files,
 )
-from smelter.transforms.shards import PackConfig, RenderFn
+from smelter.transforms.shards import PackConfig, RenderFn, open_repo
 from smelter.transforms.tokenizer import load_tokenizer
 from tests._gitutil import Repo
 
@@ -224,3 +224,19 @@ def test_render_stage_in_a_beam_pipeline(calc: tuple[Repo, str, str], tmp_path: 
             equal_to([("acme__calc-8", "render", Reason.REPO_UNAVAILABLE)]),
             label="rejects",
         )
+
+
+def test_open_repo_mirrors_a_url_once_and_rejects_a_bad_one(
+    calc: tuple[Repo, str, str], tmp_path: Path
+) -> None:
+    repo, base, _ = calc
+    url = f"file://{repo.path}"
+    first = open_repo(url, str(tmp_path / "mirrors"))
+    assert first.read_file(base, "calc/core.py") == b"def add(a, b):\n    return a - b\n"
+    again = open_repo(url, str(tmp_path / "mirrors"))
+    assert isinstance(first, GitRepo) and isinstance(again, GitRepo)
+    assert again.path == first.path != repo.path
+    assert open_repo(str(repo.path)).path == repo.path  # type: ignore[attr-defined]
+    with pytest.raises(Rejected) as err:
+        open_repo(f"file://{tmp_path / 'nowhere'}", str(tmp_path / "mirrors"))
+    assert err.value.reason is Reason.REPO_UNAVAILABLE

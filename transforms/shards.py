@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,7 +70,7 @@ class PackConfig:
         default="",
         metadata={
             "help": "where remote repositories are mirrored to read files at base_commit "
-            "(default: ~/.cache/smelter/mirrors)"
+            "(default: the miner's, $SMELTER_MIRROR_DIR or ~/.cache/smelter/mirrors)"
         },
     )
     pack_max_len: int = dataclasses.field(
@@ -358,17 +357,22 @@ def write_stats(path: str, stats: dict[str, Any]) -> None:
 
 
 def open_repo(repo_url: str, mirror_dir: str = "") -> FileReader:
-    """A reader over ``repo_url``: a local repository as is, anything else through a mirror."""
+    """A reader over ``repo_url``: a local repository as is, else the miner's mirror (reused
+    without a fetch when it exists: mining fetched it already), else a fresh mirror."""
     from smelter.transforms.gitrepo import GitError, GitRepo
+    from smelter.transforms.mine_git import default_mirror_dir
 
     local = GitRepo(repo_url)
     if "://" not in repo_url and Path(repo_url).exists() and local.is_repo():
         return local
-    cache = mirror_dir or os.path.join(Path.home(), ".cache", "smelter", "mirrors")
+    cache = mirror_dir or default_mirror_dir()
+    existing = GitRepo.existing_mirror(repo_url, cache)
+    if existing is not None:
+        return existing
     try:
         return GitRepo.mirror(repo_url, cache)
     except GitError as e:
-        raise Rejected(Reason.REPO_UNAVAILABLE, str(e)) from None
+        raise Rejected(Reason.REPO_UNAVAILABLE, f"{repo_url}: {e}") from None
 
 
 class RenderFn(StageFn):
