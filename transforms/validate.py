@@ -42,7 +42,7 @@ from smelter.schemas.records import (
     Validation,
 )
 from smelter.transforms import docker_engine as eng
-from smelter.transforms.common import Rejected, StageFn, tail
+from smelter.transforms.common import Rejected, StageFn, stable_hash, tail
 from smelter.transforms.grading import grade
 from smelter.transforms.junit import PARSER, JUnitError, parse_junit
 from smelter.transforms.sandbox import (
@@ -413,6 +413,21 @@ class ValidateFn(StageFn):
     def teardown_stage(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
+
+    def cache_key(self, record: Any) -> str | None:
+        """Key on what decides the outcome, not on how the image was obtained this time.
+
+        The environment stage reports build seconds, cache hits and log tails that differ on
+        every run; keyed on them, a re-run would re-validate every task. Image tags are content
+        hashes, so they stand for the environment exactly.
+        """
+        if not isinstance(record, Candidate) or record.environment is None:
+            return super().cache_key(record)
+        stable_env = record.environment.model_copy(
+            update={"build_seconds": 0.0, "env_cache_hit": False, "build_log_tail": "",
+                    "image_size_bytes": None}
+        )  # fmt: skip
+        return stable_hash(self._config_hash, record.model_copy(update={"environment": stable_env}))
 
     def run(self, record: Candidate) -> Iterable[Task]:
         yield self._validator.validate(record, self._config_hash)
