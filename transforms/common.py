@@ -162,8 +162,9 @@ class StageFn(beam.DoFn):
 
     def teardown(self) -> None:
         self.teardown_stage()
-        if getattr(self, "_ticks", None):
-            self._ticks.close()
+        ticks = getattr(self, "_ticks", None)
+        if ticks is not None:
+            ticks.close()
 
     def _tick(self, mark: str) -> None:
         if self._ticks:

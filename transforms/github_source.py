@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import apache_beam as beam
 import github
@@ -645,7 +645,7 @@ _TRANSIENT = {Reason.INTERNAL_ERROR}
 class Shape:
     base: str
     head: str | None
-    style: str  # merge | squash | rebase
+    style: Literal["merge", "squash", "rebase"]
 
 
 def local_shape(git: GitRepo, merge_sha: str, number: int, n_commits: int | None = None) -> Shape:
