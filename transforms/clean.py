@@ -486,15 +486,10 @@ class CleanFn(StageFn):
             Metrics.counter(STAGE, "normalizer_only").inc()
             yield from super().process(record)
             return
-        instance_id = self.instance_id_of(record)
-        key = self.cache_key(record) if self._cache else None
-        if self._cache and key:
-            cached = self._cache.get(self.STAGE, instance_id, key)
-            if cached is not None:
-                Metrics.counter(self.STAGE, "cache_hits").inc()
-                self._tick_safe("c")
-                yield from self._emit(cached)
-                return
+        instance_id, key, cached = self.lookup(record)
+        if cached is not None:
+            yield from self._emit(cached)
+            return
         self._buffer.append((record, instance_id, key, timestamp, window))
         if len(self._buffer) >= max(1, self._config.llm_batch_size):
             yield from self._flush()

@@ -171,16 +171,21 @@ class StageFn(beam.DoFn):
             self._ticks.write(mark)
             self._ticks.flush()
 
-    def process(self, record: Any) -> Iterator[Any]:
+    def lookup(self, record: Any) -> tuple[str, str | None, list[Record] | None]:
+        """(instance_id, cache key, cached outcomes or None): how every ``process`` begins."""
         instance_id = self.instance_id_of(record)
         key = self.cache_key(record) if self._cache else None
-        if self._cache and key:
-            cached = self._cache.get(self.STAGE, instance_id, key)
-            if cached is not None:
-                Metrics.counter(self.STAGE, "cache_hits").inc()
-                self._tick("c")
-                yield from self._emit(cached)
-                return
+        cached = self._cache.get(self.STAGE, instance_id, key) if self._cache and key else None
+        if cached is not None:
+            Metrics.counter(self.STAGE, "cache_hits").inc()
+            self._tick("c")
+        return instance_id, key, cached
+
+    def process(self, record: Any) -> Iterator[Any]:
+        instance_id, key, cached = self.lookup(record)
+        if cached is not None:
+            yield from self._emit(cached)
+            return
         start = time.monotonic()
         outcomes = self._outcomes(record, instance_id)
         self._seconds.update(int((time.monotonic() - start) * 1000))
