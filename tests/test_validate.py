@@ -3,6 +3,7 @@ real pytest in locked-down containers. Plus the pure parts of the stage (script,
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import textwrap
 from pathlib import Path
@@ -11,6 +12,7 @@ import docker
 import pytest
 
 from smelter.schemas.records import Reason, Task
+from smelter.transforms import docker_engine as eng
 from smelter.transforms.common import Rejected
 from smelter.transforms.validate import (
     REPORT_PATH,
@@ -62,7 +64,11 @@ CONFIG = ValidateConfig(
 
 
 def validate(
-    tmp_path: Path, instance_image: InstanceFactory, client: docker.DockerClient, pr: dict[str, str]
+    tmp_path: Path,
+    instance_image: InstanceFactory,
+    client: docker.DockerClient,
+    pr: dict[str, str],
+    config: ValidateConfig = CONFIG,
 ) -> Task:
     repo, base = make_repo(tmp_path, pr)
     image = instance_image(repo)
@@ -74,7 +80,7 @@ def validate(
         test_paths=["tests"],
         code_paths=["calc"],
     )
-    return Validator(client, CONFIG).validate(cand)
+    return Validator(client, config).validate(cand)
 
 
 def rejected(*args: object) -> Rejected:
@@ -224,10 +230,19 @@ def test_fix_that_does_not_fix_rejects_fails_after(
     tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
 ) -> None:
     not_fixed = BASE_CODE + "\n\ndef unrelated():\n    return 1\n"
-    r = rejected(tmp_path, instance_image, docker_client, {
-        "calc/__init__.py": not_fixed, "tests/test_calc.py": NEW_TESTS
-    })  # fmt: skip
-    assert r.reason is Reason.FAILS_AFTER and "test_add_negative" in r.detail
+    pr = {"calc/__init__.py": not_fixed, "tests/test_calc.py": NEW_TESTS}
+    config = dataclasses.replace(CONFIG, validate_keep_instance_images=False)
+    tags: list[str] = []
+
+    def build(tree: Path) -> str:
+        tags.append(instance_image(tree))
+        return tags[-1]
+
+    with pytest.raises(Rejected) as info:
+        validate(tmp_path, build, docker_client, pr, config)
+    assert info.value.reason is Reason.FAILS_AFTER and "test_add_negative" in info.value.detail
+    # The instance image goes once validated (kept only by option), rejected or not.
+    assert tags and not eng.image_exists(docker_client, tags[0])
 
 
 @pytest.mark.docker
