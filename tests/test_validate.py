@@ -284,3 +284,26 @@ def test_validate_fn_in_a_beam_pipeline_emits_tasks_and_rejects(
             equal_to([("acme__calc-2", "validate", "passes_before")]),
             label="rejects",
         )
+
+
+def test_cache_key_ignores_how_the_image_was_built(tmp_path: Path) -> None:
+    from smelter.transforms.validate import ValidateFn
+
+    repo, base = make_repo(tmp_path, {"calc/__init__.py": FIXED_CODE})
+    cand = candidate_for(
+        repo, base=base, image="smelter/instance:x", head="main", test_paths=["tests"],
+        code_paths=["calc"],
+    )  # fmt: skip
+    assert cand.environment is not None
+    rebuilt = cand.model_copy(
+        update={
+            "environment": cand.environment.model_copy(
+                update={"build_seconds": 12.5, "env_cache_hit": True, "build_log_tail": "cached"}
+            )
+        }
+    )
+    other = cand.model_copy(update={"environment": cand.environment.model_copy(
+        update={"instance_image": "smelter/instance:y"})})  # fmt: skip
+    fn = ValidateFn(CONFIG)
+    assert fn.cache_key(cand) == fn.cache_key(rebuilt)
+    assert fn.cache_key(cand) != fn.cache_key(other)

@@ -23,6 +23,7 @@ Deliberate choices:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -133,6 +134,7 @@ def install_cleanup_handlers() -> bool:
     for signum in (signal.SIGTERM, signal.SIGINT):
         _previous[signum] = signal.getsignal(signum)
         signal.signal(signum, _on_signal)
+    atexit.register(remove_live_containers)  # an exit that skipped some thread's finally
     _handlers_installed = True
     return True
 

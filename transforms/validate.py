@@ -68,6 +68,13 @@ DEFAULT_WORKDIR = "/testbed"
 DEFAULT_TEST_COMMAND = ("python", "-m", "pytest", "-rA", "--tb=short")
 
 EXIT_NO_WORKDIR, EXIT_TEST_PATCH, EXIT_FIX_PATCH = 90, 91, 92
+# Environment fields that describe the build, not the image: left out of the cache key.
+VOLATILE_ENV_FIELDS: dict[str, Any] = {
+    "build_seconds": 0.0,
+    "env_cache_hit": False,
+    "build_log_tail": "",
+    "image_size_bytes": None,
+}
 
 
 @dataclass(frozen=True)
@@ -423,11 +430,8 @@ class ValidateFn(StageFn):
         """
         if not isinstance(record, Candidate) or record.environment is None:
             return super().cache_key(record)
-        stable_env = record.environment.model_copy(
-            update={"build_seconds": 0.0, "env_cache_hit": False, "build_log_tail": "",
-                    "image_size_bytes": None}
-        )  # fmt: skip
-        return stable_hash(self._config_hash, record.model_copy(update={"environment": stable_env}))
+        env = record.environment.model_copy(update=VOLATILE_ENV_FIELDS)
+        return stable_hash(self._config_hash, record.model_copy(update={"environment": env}))
 
     def run(self, record: Candidate) -> Iterable[Task]:
         yield self._validator.validate(record, self._config_hash)
