@@ -139,7 +139,9 @@ def test_second_run_is_served_from_the_stage_caches(demo_out: Path) -> None:
     proc = run_cli("demo", "--out", str(demo_out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = ticks(demo_out)
-    for stage in STAGES[1:]:  # mining always rescans history (it is cheap)
+    # Mining rescans history (cheap); the environment stage's resume mechanism is Docker's image
+    # cache (its records name images that validation may since have removed), so both run again.
+    for stage in ("snapshot", "validate", "clean", "render"):
         assert counts[stage]["o"] == counts[stage]["r"] == 0, (stage, counts[stage])
         assert counts[stage]["c"] > 0, stage
     assert sorted((demo_out / "tasks.jsonl").read_text().splitlines()) == before
