@@ -27,8 +27,8 @@ from pathlib import Path
 
 from smelter.pipeline.demo_source import create_demo_repo
 from smelter.schemas import Candidate
-from smelter.transforms.common import Rejected
 from smelter.transforms.docker_engine import connect, remove_image
+from smelter.transforms.grading import grade
 from smelter.transforms.validate import (
     REPORT_PATH,
     ValidateConfig,
@@ -118,21 +118,19 @@ def main() -> None:
         tot_runs = 0
         for number, cand in sorted(built.items()):
             t = time.perf_counter()
-            try:
-                task = validator.validate(cand)
-                outcome, runs = f"{len(task.FAIL_TO_PASS)} F2P", task.validation.runs
-                cont = sum(r.duration_seconds for r in runs)
-                n_runs = len(runs)
-            except Rejected as r:
-                outcome, cont, n_runs = r.reason.value, float("nan"), 0
+            runs, _script = validator.runs(cand)  # the runs validate() grades, rejects included
+            verdict = grade(
+                [r for r in runs if r.side == "before"], [r for r in runs if r.side == "after"]
+            )
+            outcome = f"{len(verdict.fail_to_pass)} F2P" if verdict.ok else str(verdict.reason)
+            cont, n_runs = sum(r.duration_seconds for r in runs), len(runs)
             wall = time.perf_counter() - t
             bare = bare_runs(
                 demo.path, cand, work, config.validate_reruns_before, config.validate_reruns_after
             )
             bare_s = sum(bare)
-            if n_runs:
-                tot_bare, tot_cont, tot_wall = tot_bare + bare_s, tot_cont + cont, tot_wall + wall
-                tot_runs += n_runs
+            tot_bare, tot_cont, tot_wall = tot_bare + bare_s, tot_cont + cont, tot_wall + wall
+            tot_runs += n_runs
             print(
                 f"#{number:>3} {outcome:<16} {n_runs:>4} {bare_s:>8.2f} {cont:>11.2f} "
                 f"{(cont - bare_s) / bare_s:>10.0%} {wall:>7.2f} {(wall - bare_s) / bare_s:>8.0%}"
@@ -140,7 +138,7 @@ def main() -> None:
             assert cand.environment is not None
             remove_image(client, cand.environment.instance_image)
         print(
-            f"overall ({tot_runs} runs of accepted tasks): bare {tot_bare:.2f}s, "
+            f"overall ({tot_runs} runs): bare {tot_bare:.2f}s, "
             f"container {tot_cont:.2f}s ({tot_cont / max(tot_runs, 1):.2f}s per run), "
             f"per-run overhead {(tot_cont - tot_bare) / tot_bare:.0%}; "
             f"validation wall {tot_wall:.2f}s, wall overhead {(tot_wall - tot_bare) / tot_bare:.0%}"
