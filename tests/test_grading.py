@@ -249,3 +249,9 @@ def test_timeout_outranks_infrastructure() -> None:
 def test_lists_are_sorted_for_stable_output() -> None:
     g = grade(*sides([{C: F, A: F}] * 2, [{C: P, A: P}] * 3))
     assert g.fail_to_pass == sorted([A, C])
+
+
+def test_timeout_with_cancelled_runs_on_the_other_side_is_still_timeout() -> None:
+    # Validation drops queued runs once one times out, so a side may have no runs at all.
+    timed = run("before", {}, 0, exit_code=None, timed_out=True, report_found=False)
+    assert grade([timed], []).reason is Reason.TIMEOUT

@@ -307,3 +307,66 @@ def test_cache_key_ignores_how_the_image_was_built(tmp_path: Path) -> None:
     fn = ValidateFn(CONFIG)
     assert fn.cache_key(cand) == fn.cache_key(rebuilt)
     assert fn.cache_key(cand) != fn.cache_key(other)
+
+
+def test_jobs_interleave_so_the_first_pair_can_decide() -> None:
+    from smelter.transforms.validate import interleaved_jobs
+
+    assert interleaved_jobs(2, 3) == [
+        ("before", 0), ("after", 0), ("before", 1), ("after", 1), ("after", 2)
+    ]  # fmt: skip
+
+
+def test_run_all_keeps_order_and_drops_queued_jobs_after_a_decisive_result() -> None:
+    import threading
+    import time
+
+    from smelter.transforms.validate import run_all
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def job(n: int) -> int:
+        with lock:
+            started.append(n)
+        time.sleep(0.05)
+        return n
+
+    assert run_all(job, [3, 1, 2], parallel=2) == [3, 1, 2]
+    started.clear()
+    out = run_all(job, list(range(50)), parallel=1, stop=lambda n: n == 0)
+    assert out[0] == 0 and len(out) < 50 and len(started) == len(out)
+
+
+def test_fail_to_pass_possible_only_with_a_before_failure_passing_after() -> None:
+    from smelter.schemas.records import TestRun
+    from smelter.transforms.validate import fail_to_pass_possible
+
+    def r(side: str, statuses: dict[str, str]) -> TestRun:
+        return TestRun(side=side, attempt=0, exit_code=1, duration_seconds=1,  # type: ignore[arg-type]
+                       statuses=statuses)  # type: ignore[arg-type]  # fmt: skip
+
+    a = "tests/test_x.py::test_a"
+    assert fail_to_pass_possible([r("before", {a: "failed"}), r("after", {a: "passed"})])
+    assert fail_to_pass_possible([r("before", {}), r("after", {a: "passed"})])  # absent before
+    assert not fail_to_pass_possible([r("before", {a: "passed"}), r("after", {a: "passed"})])
+    assert not fail_to_pass_possible([r("before", {a: "failed"}), r("after", {a: "failed"})])
+    assert not fail_to_pass_possible([r("before", {}), r("after", {"tests/test_x.py": "passed"})])
+
+
+@pytest.mark.docker
+def test_early_stop_spends_two_runs_on_a_task_that_cannot_have_fail_to_pass(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    tests = BASE_TESTS + "\n\ndef test_more():\n    assert add(2, 2) == 4\n"
+    repo, base = make_repo(tmp_path, {"calc/__init__.py": FIXED_CODE, "tests/test_calc.py": tests})
+    cand = candidate_for(
+        repo, base=base, image=instance_image(repo), head="main", test_paths=["tests"],
+        code_paths=["calc"],
+    )  # fmt: skip
+    config = dataclasses.replace(CONFIG, validate_early_stop=True)
+    runs, _ = Validator(docker_client, config).runs(cand)
+    assert [(r.side, r.attempt) for r in runs] == [("before", 0), ("after", 0)]
+    with pytest.raises(Rejected) as info:
+        Validator(docker_client, config).validate(cand)
+    assert info.value.reason is Reason.PASSES_BEFORE

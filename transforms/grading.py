@@ -113,11 +113,11 @@ def _failing_after(runs: Sequence[TestRun], test: str) -> bool:
 
 def grade(before: Sequence[TestRun], after: Sequence[TestRun]) -> Grade:
     """Grade a task from its before-runs (test patch only) and after-runs (plus the fix)."""
+    timed_out = [run_label(r) for r in (*before, *after) if r.timed_out]
+    if timed_out:  # first: validation stops the other runs once one times out
+        return Grade(reason=Reason.TIMEOUT, detail="timed out: " + ", ".join(timed_out))
     if not before or not after:
         return Grade(reason=Reason.INFRASTRUCTURE, detail="a side has no runs")
-    timed_out = [run_label(r) for r in (*before, *after) if r.timed_out]
-    if timed_out:
-        return Grade(reason=Reason.TIMEOUT, detail="timed out: " + ", ".join(timed_out))
     problems = [f"{run_label(r)}: {p}" for r in (*before, *after) if (p := run_problem(r))]
     if problems:
         return Grade(reason=Reason.INFRASTRUCTURE, detail="; ".join(problems))
