@@ -134,13 +134,14 @@ def test_fork_bomb_is_contained_by_the_pids_limit(
     r = sandbox.run(base_image.tag, ["python3", "-c", counted])
     forks = int(r.log.split("forks", 1)[1].split()[0])
     assert r.exit_code == 0 and 0 < forks < 64 and "errno 11" in r.log  # EAGAIN
-    # The classic exponential one: forks fail at the limit, it dies out (or is killed at the
-    # wall clock), and the container is gone either way.
-    bomb = "b() { b | b & }; b; wait"
-    r = Sandbox(docker_client, SandboxLimits(timeout_seconds=5, pids=64)).run(
+    # The classic exponential one. Its first shell must stay alive while the orphans multiply
+    # (`wait` returned at once: regression, the container ended before any fork could fail).
+    # Forks fail at the limit, the sleep ends, and the container is gone with all of them.
+    bomb = "b() { b | b & }; b; sleep 3"
+    r = Sandbox(docker_client, SandboxLimits(timeout_seconds=20, pids=64)).run(
         base_image.tag, ["sh", "-c", bomb]
     )
-    assert "Cannot fork" in r.log or r.timed_out
+    assert "Cannot fork" in r.log and not r.timed_out
     assert containers_of(docker_client, os.getpid()) == []
 
 
