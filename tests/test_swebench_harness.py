@@ -33,11 +33,11 @@ import pytest
 from smelter.pipeline import publish
 from smelter.schemas import Candidate, Dockerfiles, Environment, Task
 from smelter.transforms import docker_engine as eng
-from smelter.transforms.base_images import BaseImage
 from smelter.transforms.common import stable_hash
 from smelter.transforms.gitrepo import GitRepo
 from smelter.transforms.validate import ValidateConfig, Validator
 from tests._calc_repo import CalcPR, make_calc_repo
+from tests.fixtures.validate import ENV_DOCKERFILE
 
 pytestmark = pytest.mark.docker
 
@@ -46,12 +46,6 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # what the calc repo needs: a venv with pytest on PATH through the image ENV (no conda), and the
 # source at /testbed, owned by uid 1000. No install step: the package is importable from the
 # tree (pytest ``pythonpath``), so only the env layer reaches the index, once per machine.
-ENV_DOCKERFILE = """FROM {base}
-COPY ca.crt /usr/local/share/smelter-extra-ca.crt
-ENV VIRTUAL_ENV=/opt/smelter/venv PATH=/opt/smelter/venv/bin:$PATH
-RUN uv venv --python /usr/bin/python3 $VIRTUAL_ENV \\
- && SSL_CERT_FILE=/usr/local/share/smelter-extra-ca.crt uv pip install 'pytest>=8,<9'
-"""
 INSTANCE_DOCKERFILE = """FROM {env}
 COPY --chown=1000:1000 testbed /testbed
 WORKDIR /testbed
@@ -69,19 +63,9 @@ index 0000000..3b18e51
 
 
 @pytest.fixture(scope="module")
-def env_image(docker_client: docker.DockerClient, base_image: BaseImage) -> str:
-    """The env layer (kept across sessions: it is the only step that downloads)."""
-    dockerfile = ENV_DOCKERFILE.format(base=base_image.tag)
-    tag = f"smelter-test/pytest-env:{stable_hash(dockerfile)}"
-    if not eng.image_exists(docker_client, tag):
-        eng.build_image(
-            docker_client,
-            dockerfile=dockerfile,
-            tag=tag,
-            image_labels=eng.labels(eng.KIND_ENV, repo="smelter-test"),
-            context_files={"ca.crt": HOST_CA.read_bytes()},
-        )
-    return tag
+def env_image(venv_pytest_image: str) -> str:
+    """The env layer: the validation fixtures' base + venv with pytest (kept across sessions)."""
+    return venv_pytest_image
 
 
 @pytest.fixture(scope="module")
