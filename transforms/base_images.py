@@ -182,7 +182,9 @@ def ensure_rootfs(
                 f"debootstrap needs root; run `smelter images bootstrap --suite {suite}` as root"
             )
         if not shutil.which("debootstrap"):
-            raise Fatal("debootstrap not found; install it (apt-get install debootstrap)")
+            # A fresh machine: we are root (checked above), so install it like docker.io.
+            say("debootstrap not found: installing Debian's debootstrap (apt-get)")
+            eng.apt_install(["debootstrap"])
         work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=target.parent))
         root = work / "root"
         try:

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -170,6 +170,15 @@ def _answers(timeout: int = 5) -> bool:
         return False
 
 
+def apt_install(packages: Sequence[str]) -> None:
+    """Install Debian packages (as root) for a fresh machine; ``Fatal`` with apt's words if not."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise Fatal(f"`{' '.join(cmd)}` failed: {_short(Exception(done.stderr))}")
+
+
 def ensure_engine(
     start: bool = True, wait_seconds: float = 60.0, say: Callable[[str], None] = print
 ) -> str:
@@ -195,11 +204,7 @@ def ensure_engine(
         )
     if not shutil.which("dockerd"):
         say("dockerd not found: installing Debian's docker.io (apt-get)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker.io"]):
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise Fatal(f"`{' '.join(cmd)}` failed: {_short(Exception(done.stderr))}")
+        apt_install(["docker.io"])
     # No bridge and no iptables: works in containers/VMs without NET_ADMIN; builds then use the
     # host network and test containers network "none", which is what we want anyway.
     cmd = ["dockerd", "--bridge=none", "--iptables=false"]
