@@ -541,6 +541,17 @@ def _edit(text: _T, old: _T, new: _T) -> _T:
     return text.replace(old, new)
 
 
+def write_tree(root: Path, files: dict[str, str | bytes | None]) -> None:
+    """Write ``{relative path: content}`` under ``root``; ``None`` deletes the file."""
+    for rel, content in files.items():
+        p = root / rel
+        if content is None:
+            p.unlink()
+            continue
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
 class _Builder:
     """Runs git with a fixed environment and a clock that only moves forward."""
 
@@ -578,13 +589,7 @@ class _Builder:
         return proc.stdout.decode().strip()
 
     def write(self, files: dict[str, str | bytes | None]) -> None:
-        for rel, content in files.items():
-            p = self.path / rel
-            if content is None:
-                p.unlink()
-                continue
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(content.encode() if isinstance(content, str) else content)
+        write_tree(self.path, files)
 
     def commit(self, message: str, files: dict[str, str | bytes | None], *,
                author: str = "maintainer", committer: tuple[str, str] | None = None,

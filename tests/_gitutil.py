@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from smelter.pipeline.demo_source import write_tree
+
 _ENV_BASE = {
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_AUTHOR_NAME": "Ada",
@@ -43,13 +45,7 @@ class Repo:
         return out.stdout.decode().strip()
 
     def write(self, files: dict[str, bytes | str | None]) -> None:
-        for rel, content in files.items():
-            p = self.path / rel
-            if content is None:
-                p.unlink()
-                continue
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(content.encode() if isinstance(content, str) else content)
+        write_tree(self.path, files)
 
     def commit(self, message: str, files: dict[str, bytes | str | None] | None = None) -> str:
         self.write(files or {})
