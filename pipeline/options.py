@@ -35,7 +35,7 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "environment": ("smelter.transforms.environment", "EnvConfig"),
     "validate": ("smelter.transforms.validate", "ValidateConfig"),
     "clean": ("smelter.transforms.clean", "CleanConfig"),
-    "pack": ("smelter.transforms.shards", "PackConfig"),
+    "pack": ("smelter.transforms.pack_config", "PackConfig"),
 }
 
 

@@ -1,0 +1,65 @@
+"""The ``[pack]`` options, apart from the Beam transforms so the CLI can list them without
+importing Beam."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from smelter.transforms.packing import PACK_MODES
+
+
+@dataclasses.dataclass(frozen=True)
+class PackConfig:
+    """Render, tokenize and pack options (one section: ``[pack]``)."""
+
+    render_template: str = dataclasses.field(
+        default="chatml_v1",
+        metadata={"help": "versioned chat template (templates/<name>.*.txt), recorded per sample"},
+    )
+    render_tokenizer: str = dataclasses.field(
+        default="qwen2.5",
+        metadata={
+            "help": "qwen2.5 (= Qwen3 / Qwen3-Coder ids), qwen3.6, or hf:/path/to/tokenizer folder"
+        },
+    )
+    render_mirror_dir: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "where remote repositories are mirrored to read files at base_commit "
+            "(default: the miner's, $SMELTER_MIRROR_DIR or ~/.cache/smelter/mirrors)"
+        },
+    )
+    pack_max_len: int = dataclasses.field(
+        default=32768, metadata={"help": "tokens per packed sequence"}
+    )
+    pack_mode: str = dataclasses.field(
+        default="drop",
+        metadata={
+            "help": "documents longer than pack_max_len: drop (rejected as too_long) "
+            "or split into pack_max_len pieces"
+        },
+    )
+    pack_buckets: int = dataclasses.field(
+        default=1,
+        metadata={
+            "help": "independent packing buckets (parallelism; each may add one partly "
+            "filled sequence)"
+        },
+    )
+    shard_rows: int = dataclasses.field(
+        default=1024, metadata={"help": "packed sequences per Parquet shard file"}
+    )
+    shard_compression: str = dataclasses.field(
+        default="zstd", metadata={"help": "Parquet compression codec (zstd, snappy, none)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.pack_mode not in PACK_MODES:
+            raise ValueError(f"pack_mode must be one of {', '.join(PACK_MODES)}")
+        for name in ("pack_max_len", "pack_buckets", "shard_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    def render_part(self) -> dict[str, str]:
+        """The fields that change a Sample (the render cache key ignores the packing ones)."""
+        return {"template": self.render_template, "tokenizer": self.render_tokenizer}
