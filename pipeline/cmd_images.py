@@ -88,6 +88,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     what = "all smelter images" if args.all else (
         "no images" if args.keep_instances else "instance images")  # fmt: skip
     print(f"removed {removed['containers']} containers and {removed['images']} images ({what})")
+    if removed["spared"]:
+        print(f"kept {removed['spared']} instance images that running smelter runs still hold "
+              "(--all-owners removes them too)")  # fmt: skip
     return 0
 
 
@@ -128,12 +131,15 @@ def register(sub: Any) -> None:
         "prune", help="remove leftover smelter containers and instance images",
         description="Remove every container labelled dev.smelter=1 and, unless "
                     "--keep-instances, the instance images; --all also removes env, base and "
-                    "rootfs images. Nothing without smelter's label is touched.",
+                    "rootfs images. Nothing without smelter's label is touched. Containers and "
+                    "instance images held by a smelter process still running (or on another "
+                    "machine) are kept; those of runs that died (e.g. SIGKILLed) go.",
     )  # fmt: skip
     prune.add_argument("--all", action="store_true", help="also env, base and rootfs images")
     prune.add_argument("--keep-instances", action="store_true", help="remove containers only")
     prune.add_argument("--all-owners", action="store_true",
-                       help="also containers of smelter processes still running")  # fmt: skip
+                       help="also containers and instance images of smelter processes still "
+                            "running, or of other machines")  # fmt: skip
     prune.add_argument("--repo", default=None, help="only objects of this owner/name repository")
     prune.set_defaults(func=cmd_prune)
     images.set_defaults(func=lambda _a: images.print_help() or 2)

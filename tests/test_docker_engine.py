@@ -69,6 +69,31 @@ def test_owner_alive() -> None:
     assert eng.owner_alive({**me, eng.LABEL_OWNER_HOST: "elsewhere"}) is True
 
 
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)
+
+
+def test_alias_tags_name_their_content_tag_and_owner() -> None:
+    owner = eng.new_owner()
+    content = "smelter/instance:acme-calc-1-0123456789abcdef"
+    a, b = eng.alias_tag(content, owner), eng.alias_tag(content, owner)
+    assert a != b and len(a.rpartition(":")[2]) <= 128  # one alias per record, a valid tag
+    assert eng.content_tag(a) == eng.content_tag(b) == content
+    assert eng.owner_of(a) == owner and eng.owner_of(content) is None
+    # Other tags are their own content tags, dots and registry ports included.
+    for tag in ("python:3.11-slim", "localhost:5000/x/y:1.2.3", "smelter/instance:x.y.z"):
+        assert eng.content_tag(tag) == tag and eng.owner_of(tag) is None
+
+
+def test_owner_token_alive_by_host_and_pid() -> None:
+    assert eng.owner_token_alive(eng.new_owner()) is True  # this process
+    assert eng.owner_token_alive(eng.new_owner(pid=_dead_pid())) is False  # a killed run
+    assert eng.owner_token_alive(eng.new_owner(host="elsewhere", pid=_dead_pid())) is True
+    assert eng.owner_token_alive(eng.new_owner(pid=9_999_999_999)) is False
+
+
 @pytest.mark.docker
 def test_ensure_engine_reports_a_running_engine(docker_client: docker.DockerClient) -> None:
     assert "answers" in eng.ensure_engine(start=False)
@@ -147,3 +172,44 @@ def test_prune_images_removes_unused_instance_images_only(
     result = eng.prune(docker_client, images=True, match=marker, say=print)
     assert result["images"] == 1 and not eng.image_exists(docker_client, tag)
     assert eng.image_exists(docker_client, base_image.tag)  # never a base without --all
+
+
+@pytest.mark.docker
+def test_aliases_hold_an_image_and_prune_spares_live_runs_only(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    marker = {"dev.smelter.test-marker": "prune-aliases"}
+    content = "smelter/instance:prune-alias-test"
+    image_id, _ = eng.build_image(
+        docker_client, dockerfile=f"FROM {base_image.tag}\nRUN echo alias > /x\n", tag=content,
+        image_labels={**eng.labels(eng.KIND_INSTANCE), **marker},
+    )  # fmt: skip
+    live = eng.acquire_alias(docker_client, content, eng.new_owner())
+    other_live = eng.acquire_alias(docker_client, content, eng.new_owner())
+    killed = eng.acquire_alias(docker_client, content, eng.new_owner(pid=_dead_pid()))
+    assert live and other_live and killed
+    assert eng.acquire_alias(docker_client, "smelter/instance:never-built", "x") is None
+    try:
+        # One run removing its alias leaves the image to the others.
+        assert eng.remove_image(docker_client, live, force=False)
+        assert eng.image_exists(docker_client, other_live)
+        # Prune: the killed run's alias goes; the live run's alias and the content tag stay.
+        result = eng.prune(docker_client, images=True, match=marker, say=print)
+        assert result["spared"] == 1 and result["images"] == 0
+        assert set(docker_client.images.get(image_id).tags) == {content, other_live}
+        # The last alias takes the content tag and so the image with it.
+        assert eng.remove_image(docker_client, other_live, force=False)
+        assert not eng.image_exists(docker_client, image_id)
+        assert not eng.remove_image(docker_client, other_live)  # already gone: False
+        # What a SIGKILLed run left behind (content tag + its alias) goes entirely.
+        image_id, _ = eng.build_image(
+            docker_client, dockerfile=f"FROM {base_image.tag}\nRUN echo alias > /x\n",
+            tag=content, image_labels={**eng.labels(eng.KIND_INSTANCE), **marker},
+        )  # fmt: skip
+        assert eng.acquire_alias(docker_client, content, eng.new_owner(pid=_dead_pid()))
+        result = eng.prune(docker_client, images=True, match=marker, say=print)
+        assert result["images"] == 1 and not eng.image_exists(docker_client, image_id)
+    finally:
+        for img in docker_client.images.list(filters={"label": "dev.smelter.test-marker"
+                                                                "=prune-aliases"}):  # fmt: skip
+            docker_client.images.remove(img.id, force=True)

@@ -252,12 +252,20 @@ def test_env_and_instance_build_then_cache_hit(
     assert out2.environment.instance_image != env.instance_image
     print(f"first build {env.build_seconds:.1f}s (env hit {env.env_cache_hit}); "
           f"second {out2.environment.build_seconds:.1f}s (env hit True)")  # fmt: skip
-    # Rebuilding the very same candidate is a pure cache hit.
+    # Rebuilding the very same candidate is a pure cache hit: the same image, under a new
+    # alias of this record's own (validation removes only that one).
     (again,) = _outcomes(stage, c)
-    assert again.environment.instance_image == env.instance_image
+    assert again.environment.instance_image != env.instance_image
+    assert eng.content_tag(again.environment.instance_image) == eng.content_tag(env.instance_image)
+    assert img.id == docker_client.images.get(again.environment.instance_image).id
     assert again.environment.env_cache_hit
-    for image in (env.instance_image, out2.environment.instance_image):
+    for image in (env.instance_image, out2.environment.instance_image,
+                  again.environment.instance_image):  # fmt: skip
         eng.remove_image(docker_client, image)  # as validation does after its runs
+    # With the last alias the content tag went too, and so did the image.
+    for image in (env.instance_image, out2.environment.instance_image):
+        assert not eng.image_exists(docker_client, eng.content_tag(image))
+    assert not eng.image_exists(docker_client, img.id)
 
 
 @pytest.mark.docker

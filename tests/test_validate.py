@@ -304,8 +304,12 @@ def test_cache_key_ignores_how_the_image_was_built(tmp_path: Path) -> None:
     )
     other = cand.model_copy(update={"environment": cand.environment.model_copy(
         update={"instance_image": "smelter/instance:y"})})  # fmt: skip
+    # Another run's (or worker's) alias of the same content-hash tag: the same key.
+    alias = eng.alias_tag("smelter/instance:x", eng.new_owner())
+    aliased = cand.model_copy(update={"environment": cand.environment.model_copy(
+        update={"instance_image": alias})})  # fmt: skip
     fn = ValidateFn(CONFIG)
-    assert fn.cache_key(cand) == fn.cache_key(rebuilt)
+    assert fn.cache_key(cand) == fn.cache_key(rebuilt) == fn.cache_key(aliased)
     assert fn.cache_key(cand) != fn.cache_key(other)
 
 

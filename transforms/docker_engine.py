@@ -10,20 +10,30 @@ Deliberate choices:
   backoff in ``retry``; a 4xx is the caller's fault and surfaces at once.
 - ``ensure_engine`` only starts a daemon when we are root and none answers: a fresh CI machine
   needs it, a developer laptop with Docker Desktop never reaches that branch.
+- Instance images are shared by content (their tag is a content hash) but *held* through
+  aliases: ``<content tag>.<owner token>.<nonce>``, one per record a run builds. Every removal
+  removes only the caller's alias; Docker deletes an image only with its last tag, so two runs
+  (or two workers) validating the same candidate never delete each other's image. The owner
+  token names the launching process (host hash + pid), so ``prune`` spares aliases of live runs
+  and removes those of a run that was SIGKILLed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import logging
 import os
+import re
+import secrets
 import shutil
 import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -32,7 +42,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from smelter.transforms.common import Fatal, Retryable
+from smelter.transforms.errors import Fatal, Retryable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +101,100 @@ def owner_alive(container_labels: Mapping[str, str], host: str | None = None) ->
     except PermissionError:
         return True
     return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- image aliases
+
+# <host hash>-<pid>-<random>: who made an alias (for ``prune``), unique per run.
+_OWNER = r"[0-9a-f]{6}-[0-9]{1,10}-[0-9a-f]{6}"
+_ALIAS = re.compile(rf"^(?P<content>.+?)\.(?P<owner>{_OWNER})\.[0-9a-f]{{6}}$")
+
+
+def _host_hash(host: str | None = None) -> str:
+    return hashlib.sha256((host or socket.gethostname()).encode()).hexdigest()[:6]
+
+
+def new_owner(host: str | None = None, pid: int | None = None) -> str:
+    """A run's owner token: host hash, pid of the launching process, and a random part.
+
+    Made once per run in the launching process (``smelter run`` puts it in the plan, a stage
+    built without one makes it in ``__init__``) and pickled to every worker with the stage,
+    so all workers of one run share it and the pid is one that lives as long as the run.
+    """
+    return f"{_host_hash(host)}-{pid if pid is not None else os.getpid()}-{secrets.token_hex(3)}"
+
+
+def alias_tag(content: str, owner: str) -> str:
+    """A fresh alias of the image tagged ``content``, held by ``owner`` (one per record)."""
+    return f"{content}.{owner}.{secrets.token_hex(3)}"
+
+
+def content_tag(tag: str) -> str:
+    """The content-hash tag an alias stands for; any other tag is its own content tag."""
+    m = _ALIAS.match(tag)
+    return m.group("content") if m else tag
+
+
+def owner_of(tag: str) -> str | None:
+    """The owner token of an alias; None for any other tag."""
+    m = _ALIAS.match(tag)
+    return m.group("owner") if m else None
+
+
+def owner_token_alive(owner: str, host: str | None = None) -> bool:
+    """True when the run that made an alias is alive, or lives on another host (we cannot tell)."""
+    host_hash, pid, _ = owner.split("-")
+    if host_hash != _host_hash(host):
+        return True
+    return _pid_alive(int(pid))
+
+
+@contextlib.contextmanager
+def tag_lock(tag: str, folder: Path | None) -> Iterator[None]:
+    """A machine-wide lock per content tag (no-op without ``folder``): aliasing the image and
+    dropping its content tag never interleave on one machine. Across machines sharing a remote
+    engine ``acquire_alias`` returning None (the image went meanwhile) is the fallback."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
+    with open(folder / f"{name}.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def acquire_alias(
+    client: docker.DockerClient, content: str, owner: str, image_id: str | None = None
+) -> str | None:
+    """Tag the image (``image_id``, else the one tagged ``content``) with a fresh alias of
+    ``owner``; None when that image does not exist (any more).
+
+    Tagging by id: if another run moves or drops the content tag meanwhile, the alias still
+    holds the very image that was built or found.
+    """
+    alias = alias_tag(content, owner)
+    repo, _, tag = alias.rpartition(":")
+    try:
+        if image_id is None:
+            image_id = retry(lambda: client.images.get(content)).id
+        retry(lambda: client.api.tag(image_id, repo, tag))
+    except docker.errors.NotFound:
+        return None
+    return alias
 
 
 # --------------------------------------------------------------------------- retry
@@ -345,13 +449,39 @@ def read_image_file(client: docker.DockerClient, image: str, path: str) -> bytes
             container.remove(force=True)
 
 
-def remove_image(client: docker.DockerClient, tag: str) -> bool:
-    """Remove an image we made (e.g. an instance image after validation); False if absent."""
+def remove_image(
+    client: docker.DockerClient, tag: str, *, force: bool = True, lock_dir: Path | None = None
+) -> bool:
+    """Remove ``tag`` (an image we made); False if absent. Docker untags, and deletes the image
+    only with its last tag, so an image another run holds by its own alias stays.
+
+    For an alias (``alias_tag``) the content tag goes too once no other tag holds the image:
+    a finished run leaves nothing behind, and the next run rebuilds from the (kept) env layer,
+    as it would have without aliases. Not forced (``force=False``), an image a container still
+    uses is kept and the error surfaces.
+    """
+    content = content_tag(tag)
+    with tag_lock(content, lock_dir):
+        try:
+            retry(lambda: client.images.remove(tag, force=force))
+        except docker.errors.ImageNotFound:
+            return False
+        if content != tag:
+            _drop_unheld_content_tag(client, content)
+    return True
+
+
+def _drop_unheld_content_tag(client: docker.DockerClient, content: str) -> None:
+    """Untag ``content`` when it is its image's only tag (no alias of any run holds it)."""
     try:
-        retry(lambda: client.images.remove(tag, force=True))
-        return True
+        img = retry(lambda: client.images.get(content))
+        if set(img.tags) <= {content}:
+            retry(lambda: client.images.remove(content, force=False))
     except docker.errors.ImageNotFound:
-        return False
+        pass
+    except docker.errors.APIError as e:  # 409: a container (e.g. a leftover) still uses it
+        if e.status_code != 409:
+            raise
 
 
 def image_exists(client: docker.DockerClient, tag: str) -> bool:
@@ -373,11 +503,14 @@ def prune(
 ) -> dict[str, int]:
     """Remove leftover smelter containers; with ``images`` also instance images, with
     ``all_images`` every smelter image (env and base too). Only labelled objects are touched,
-    and containers of a live owner process (see ``owner_labels``) only with ``all_owners``.
-    ``match`` narrows everything to objects carrying these extra labels (e.g. one repo).
+    and containers of a live owner process (see ``owner_labels``) only with ``all_owners``;
+    likewise an instance image one of whose aliases belongs to a live run (see ``new_owner``)
+    keeps that alias and its content tag (counted as ``spared``), while aliases of dead runs
+    (a SIGKILLed run's leftovers) go. ``match`` narrows everything to objects carrying these
+    extra labels (e.g. one repo).
     """
     extra = [f"{k}={v}" for k, v in (match or {}).items()]
-    removed = {"containers": 0, "images": 0}
+    removed = {"containers": 0, "images": 0, "spared": 0}
     host = socket.gethostname()
     # Low-level listing: the SDK's list() inspects each container and races with removals.
     for c in client.api.containers(all=True, filters={"label": [f"{LABEL}=1", *extra]}):
@@ -396,14 +529,26 @@ def prune(
         kinds = (KIND_INSTANCE,)
     for kind in kinds:  # children first, so parents are free to go
         for img in client.images.list(filters={"label": [f"{LABEL_KIND}={kind}", *extra]}):
+            refs = list(img.tags or [img.id])
+            held = set() if all_owners else {t for t in refs if _held_by_live_run(t, host)}
+            if held:
+                # A running smelter run still needs this image: only dead runs' aliases go;
+                # the content tag stays for it (its own removal drops it when done).
+                refs = [t for t in refs if owner_of(t) is not None and t not in held]
             # Never forced: an image a container (e.g. a running validation) still uses stays.
             try:
-                for ref in img.tags or [img.id]:
+                for ref in refs:
                     client.images.remove(ref)
-                removed["images"] += 1
             except docker.errors.APIError as e:
                 say(f"kept image {img.short_id}: {_short(e)}")
+                continue
+            removed["spared" if held else "images"] += 1
     return removed
+
+
+def _held_by_live_run(tag: str, host: str) -> bool:
+    owner = owner_of(tag)
+    return owner is not None and owner_token_alive(owner, host)
 
 
 # --------------------------------------------------------------------------- builds

@@ -21,6 +21,13 @@ Deliberate choices:
 - The stage's own outcome cache is off (``cache_key`` is None): the Docker image cache is the
   resume mechanism, and a cached record whose image was pruned would send validation to a
   missing image.
+- ``Environment.instance_image`` is not the content-hash tag but this record's own alias of it
+  (``<content tag>.<run owner token>.<nonce>``, see ``docker_engine.alias_tag``). The content
+  tag stays the reuse key: a run finding it only adds its alias, and builds hold a per-tag lock
+  so two runs never build one image twice. Every removal (a failed rung here, validation
+  afterwards) removes only the caller's alias, and drops the content tag once no alias is left
+  on the image, so runs sharing an engine never delete each other's image and a finished run
+  leaves nothing behind (the env layer and Docker's build cache make the next build cheap).
 """
 
 from __future__ import annotations
@@ -326,6 +333,8 @@ class Builder:
     cache_dir: Path
     ca_bundle: bytes | None = None
     index_url: str | None = None
+    # Owner token of the run (``docker_engine.new_owner``) that the instance aliases name.
+    owner: str = field(default_factory=eng.new_owner)
     memory: RecipeMemory = field(init=False)
 
     def __post_init__(self) -> None:
@@ -391,39 +400,46 @@ class Builder:
             if isinstance(built, _Attempt):
                 attempts.append(built)
                 continue
-            (env_df, env_hash, env_tag, inst_df, inst_tag), env_hit, env_log, inst_log = built
-            check = self._check(inst_tag, c, names, collect)
-            if check is not None and check.reason is not None:
-                attempts.append(_Attempt(rung.name, check.reason, check.output))
-                if not self.config.env_keep_instance_images:
-                    eng.remove_image(self.client, inst_tag)
-                continue
-            self.memory.put(c.repo, rung.name)
-            frozen = eng.read_image_file(self.client, inst_tag, "/opt/smelter/frozen.txt") or b""
-            size = self.client.images.get(inst_tag).attrs.get("Size")
-            install_commands = [
-                line.removeprefix("RUN ").strip()
-                for df in (env_df, inst_df)
-                for line in _logical_lines(df)
-                if line.startswith("RUN ")
-            ]
-            return Environment(
-                python_version=python, base_image=base.tag, env_image=env_tag,
-                instance_image=inst_tag, env_hash=env_hash, recipe=rung.name,
-                install_commands=install_commands,
-                pre_install=[f"{k}={v}" for k, v in sorted(rc.scm_environment(
-                    project, self.config.env_scm_pretend_version).items())],
-                test_command=list(rc.TEST_COMMAND), test_files=list(c.test_files),
-                workdir=WORKDIR, test_user=check.user if check else TEST_USER,
-                exclude_newer=inst_cut,
-                frozen_requirements=[
-                    ln for ln in frozen.decode(errors="replace").splitlines() if ln.strip()
-                ],
-                dockerfiles=Dockerfiles(base=base.dockerfile, env=env_df, instance=inst_df),
-                build_seconds=round(time.monotonic() - started, 3), env_cache_hit=env_hit,
-                image_size_bytes=int(size) if size is not None else None,
-                build_log_tail=tail(env_log + inst_log, 2000),
-            )  # fmt: skip
+            (env_df, env_hash, env_tag, inst_df, _), env_hit, env_log, (alias, inst_log) = built
+            done = False
+            try:
+                check = self._check(alias, c, names, collect)
+                if check is not None and check.reason is not None:
+                    attempts.append(_Attempt(rung.name, check.reason, check.output))
+                    continue
+                self.memory.put(c.repo, rung.name)
+                frozen = eng.read_image_file(self.client, alias, "/opt/smelter/frozen.txt") or b""
+                size = self.client.images.get(alias).attrs.get("Size")
+                install_commands = [
+                    line.removeprefix("RUN ").strip()
+                    for df in (env_df, inst_df)
+                    for line in _logical_lines(df)
+                    if line.startswith("RUN ")
+                ]
+                env = Environment(
+                    python_version=python, base_image=base.tag, env_image=env_tag,
+                    instance_image=alias, env_hash=env_hash, recipe=rung.name,
+                    install_commands=install_commands,
+                    pre_install=[f"{k}={v}" for k, v in sorted(rc.scm_environment(
+                        project, self.config.env_scm_pretend_version).items())],
+                    test_command=list(rc.TEST_COMMAND), test_files=list(c.test_files),
+                    workdir=WORKDIR, test_user=check.user if check else TEST_USER,
+                    exclude_newer=inst_cut,
+                    frozen_requirements=[
+                        ln for ln in frozen.decode(errors="replace").splitlines() if ln.strip()
+                    ],
+                    dockerfiles=Dockerfiles(base=base.dockerfile, env=env_df, instance=inst_df),
+                    build_seconds=round(time.monotonic() - started, 3), env_cache_hit=env_hit,
+                    image_size_bytes=int(size) if size is not None else None,
+                    build_log_tail=tail(env_log + inst_log, 2000),
+                )  # fmt: skip
+                done = True
+                return env
+            finally:
+                # Only our alias goes (a failed rung, or the engine failing midway): another run
+                # holding the same image keeps it.
+                if not done and not self.config.env_keep_instance_images:
+                    eng.remove_image(self.client, alias, force=False, lock_dir=locks_dir())
         best = max(attempts, key=lambda a: _PROGRESS.index(a.reason))
         tried = ", ".join(f"{a.rung}: {a.reason.value}" for a in attempts)
         # The summary goes last: details are cut from the front, and the end is what matters.
@@ -434,8 +450,9 @@ class Builder:
     def _build_rung(
         self, c: Candidate, project: rc.Project, paths: list[str], base: bi.BaseImage,
         rung: rc.Rung, env_cuts: Sequence[str | None], inst_cut: str | None, tree: Path,
-    ) -> tuple[tuple[str, str, str, str, str], bool, str, str] | _Attempt:  # fmt: skip
-        """Env + instance images of one rung: (plan, env cache hit, logs), or the failure.
+    ) -> tuple[tuple[str, str, str, str, str], bool, str, tuple[str, str]] | _Attempt:  # fmt: skip
+        """Env + instance images of one rung: (plan, env cache hit, env log, (our alias of the
+        instance image, its build log)), or the failure.
 
         The bucketed env cutoff may predate a release the PR's dependency lines need; then the
         env layer resolves again as of the PR's own day before the rung counts as failed.
@@ -450,10 +467,10 @@ class Builder:
                     continue
                 return _Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}")
             try:
-                inst_log = self._ensure_instance(inst_tag, inst_df, tree, c, rung.name, env_hash)
+                inst = self._ensure_instance(inst_tag, inst_df, tree, c, rung.name, env_hash)
             except eng.BuildFailed as e:
                 return _Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}")
-            return plan, env_hit, env_log, inst_log
+            return plan, env_hit, env_log, inst
         raise AssertionError("env_cuts is never empty")
 
     def _plan(
@@ -491,11 +508,11 @@ class Builder:
         """(cache hit, build log). A per-tag lock: two workers never build one env twice."""
         if eng.image_exists(self.client, tag):
             return True, ""
-        with bi.file_lock(_locks_dir() / f"{tag.replace('/', '_').replace(':', '_')}.lock"):
+        with bi.file_lock(locks_dir() / f"{tag.replace('/', '_').replace(':', '_')}.lock"):
             if eng.image_exists(self.client, tag):
                 return True, ""
             files = {"extra-ca.crt": self.ca_bundle} if self.ca_bundle else {}
-            with build_slot(_locks_dir(), self.config.env_build_parallelism):
+            with build_slot(locks_dir(), self.config.env_build_parallelism):
                 _, text = eng.build_image(
                     self.client, dockerfile=dockerfile, tag=tag, context_files=files,
                     image_labels=eng.labels(eng.KIND_ENV, repo=repo, recipe=rung,
@@ -506,17 +523,27 @@ class Builder:
 
     def _ensure_instance(
         self, tag: str, dockerfile: str, tree: Path, c: Candidate, rung: str, env_hash: str
-    ) -> str:
-        if eng.image_exists(self.client, tag):
-            return ""
-        with build_slot(_locks_dir(), self.config.env_build_parallelism):
-            _, text = eng.build_image(
-                self.client, dockerfile=dockerfile, tag=tag, context_dirs={"testbed": tree},
-                image_labels=eng.labels(eng.KIND_INSTANCE, repo=c.repo, instance=c.instance_id,
-                                        recipe=rung, env_hash=env_hash),
-                buildargs=self._buildargs(), timeout=self.config.env_build_timeout_seconds,
-            )  # fmt: skip
-        return text
+    ) -> tuple[str, str]:
+        """(our alias of the instance image, build log): the image under the content tag
+        ``tag`` when present, else a fresh build. The per-tag lock keeps a concurrent removal
+        from dropping the content tag between our look-up and our alias, and makes a second
+        run wait for the first one's build instead of building the same image again."""
+        with eng.tag_lock(tag, locks_dir()):
+            alias = eng.acquire_alias(self.client, tag, self.owner)
+            if alias is not None:
+                return alias, ""
+            with build_slot(locks_dir(), self.config.env_build_parallelism):
+                image_id, text = eng.build_image(
+                    self.client, dockerfile=dockerfile, tag=tag, context_dirs={"testbed": tree},
+                    image_labels=eng.labels(eng.KIND_INSTANCE, repo=c.repo,
+                                            instance=c.instance_id, recipe=rung,
+                                            env_hash=env_hash),
+                    buildargs=self._buildargs(), timeout=self.config.env_build_timeout_seconds,
+                )  # fmt: skip
+            alias = eng.acquire_alias(self.client, tag, self.owner, image_id=image_id)
+        if alias is None:  # removed by someone else (a prune on another machine) right away
+            raise Retryable(f"instance image {tag} vanished right after its build")
+        return alias, text
 
     def _check(
         self, tag: str, c: Candidate, names: Sequence[str], collect: Sequence[str]
@@ -554,8 +581,9 @@ class _Check:
     user: str | None
 
 
-def _locks_dir() -> Path:
-    """Build locks are per machine (one engine), whatever cache folder a run was given."""
+def locks_dir() -> Path:
+    """Build and image-tag locks are per machine (one engine), whatever cache folder a run was
+    given; validation takes the same tag locks when it removes its alias."""
     return bi.default_cache_dir() / "locks"
 
 
@@ -636,8 +664,13 @@ class EnvironmentFn(StageFn):
 
     STAGE = STAGE
 
-    def __init__(self, config: EnvConfig, cache_root: str | None = None) -> None:
+    def __init__(
+        self, config: EnvConfig, cache_root: str | None = None, owner: str | None = None
+    ) -> None:
         super().__init__(config, cache_root)
+        # Made here, in the launching process, when the graph does not pass the run's token:
+        # the pickled copies on every worker then carry the same value.
+        self._owner = owner or eng.new_owner()
 
     def setup_stage(self) -> None:
         config: EnvConfig = self._config
@@ -646,7 +679,7 @@ class EnvironmentFn(StageFn):
         self._builder = Builder(
             client=client, config=config, bases=available_bases(client, config, cache),
             cache_dir=cache, ca_bundle=resolve_ca_bundle(config.env_extra_ca_bundle),
-            index_url=resolve_index_url(config.env_index_url),
+            index_url=resolve_index_url(config.env_index_url), owner=self._owner,
         )  # fmt: skip
 
     def teardown_stage(self) -> None:

@@ -15,6 +15,10 @@ Deliberate choices:
   and reasons, so they are never mistaken for test results.
 - The runs of one task go to a small thread pool (``validate_parallel_runs``): the engine does
   the work, threads only wait. Containers are removed in ``finally`` and on SIGTERM/SIGINT.
+- ``Environment.instance_image`` is this record's own alias of the content-tagged image (see
+  ``environment``): removing it after validation, or when the outcome is served from the
+  cache, never takes the image from another run validating the same candidate. The cache key
+  reads the content tag instead, so cached outcomes still hit across runs.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from smelter.schemas.records import (
 )
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.common import Rejected, StageFn, stable_hash, tail
+from smelter.transforms.environment import locks_dir
 from smelter.transforms.grading import grade
 from smelter.transforms.junit import PARSER, JUnitError, parse_junit
 from smelter.transforms.sandbox import (
@@ -447,8 +452,15 @@ class Validator:
         )
 
     def _remove_image(self, image: str) -> None:
-        with contextlib.suppress(docker.errors.APIError):
-            self._client.images.remove(image, force=False, noprune=False)
+        """Our alias only (and the content tag once no run holds the image any more)."""
+        release_image(self._client, image)
+
+
+def release_image(client: docker.DockerClient, image: str) -> None:
+    """Remove a validated record's alias; an image a container still uses stays (the alias
+    then goes with ``smelter images prune`` once this run has ended)."""
+    with contextlib.suppress(docker.errors.APIError):
+        eng.remove_image(client, image, force=False, lock_dir=locks_dir())
 
 
 def _with_log(detail: str, runs: Sequence[TestRun]) -> str:
@@ -483,13 +495,30 @@ class ValidateFn(StageFn):
         """Key on what decides the outcome, not on how the image was obtained this time.
 
         The environment stage reports build seconds, cache hits and log tails that differ on
-        every run; keyed on them, a re-run would re-validate every task. Image tags are content
-        hashes, so they stand for the environment exactly.
+        every run; keyed on them, a re-run would re-validate every task. The instance image is
+        a per-run alias of a content-hash tag: the content tag stands for the environment
+        exactly, the alias part only says who holds it.
         """
         if not isinstance(record, Candidate) or record.environment is None:
             return super().cache_key(record)
-        env = record.environment.model_copy(update=VOLATILE_ENV_FIELDS)
+        env = record.environment
+        env = env.model_copy(
+            update={**VOLATILE_ENV_FIELDS, "instance_image": eng.content_tag(env.instance_image)}
+        )
         return stable_hash(self._config_hash, record.model_copy(update={"environment": env}))
+
+    def lookup(self, record: Any) -> tuple[str, str | None, list[Any] | None]:
+        """The cache check; on a hit, this run's alias of the record's image goes at once.
+
+        The environment stage made the alias for this run; served from the cache, no
+        validation will remove it, and it would stay on the engine until a prune.
+        """
+        instance_id, key, cached = super().lookup(record)
+        env = getattr(record, "environment", None)
+        keep = self._config.validate_keep_instance_images
+        if cached is not None and env is not None and not keep:
+            release_image(self._client, env.instance_image)
+        return instance_id, key, cached
 
     def run(self, record: Candidate) -> Iterable[Task]:
         yield self._validator.validate(record, self._config_hash)
