@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "smelter.pipeline.cmd_run",  # run, mine, demo
     "smelter.pipeline.cmd_images",  # images bootstrap|build|prune|ls, engine ensure
     "smelter.pipeline.publish",  # export, publish
-    "smelter.pipeline.report",  # report
+    "smelter.pipeline.cmd_report",  # report
 ]
 
 EPILOG = """\

@@ -28,9 +28,9 @@ from typing import Any
 from rich.console import Console
 
 from smelter.pipeline import options as opts
-from smelter.pipeline.graph import STAGES, RunPlan
 from smelter.pipeline.outputs import ProgressWatcher, compute_funnel, funnel_table, write_json
-from smelter.transforms.common import Fatal
+from smelter.pipeline.plan import STAGES, RunPlan
+from smelter.transforms.errors import Fatal
 
 DEFAULT_OUT = "out"
 

@@ -6,6 +6,9 @@ Deliberate choices:
   and ``[section] field_name = …`` TOML keys, so one definition serves the CLI, the config file,
   ``--dry-run`` and the run manifest. Transforms never see argparse or PipelineOptions.
 - Precedence: defaults < config file < flags.
+- Nothing here imports Beam at module level (``PipelineOptions`` is imported where Beam flags
+  are checked), and the config classes live in Beam-free modules, so ``--help`` and the option
+  reference start fast.
 - Arguments we do not know are handed to Beam only if a Beam ``PipelineOptions`` subclass knows
   them (``--runner``, ``--direct_num_workers``…); anything else is a one-line usage error instead
   of Beam's silent "discarding unparseable args".
@@ -21,20 +24,22 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from smelter.transforms.errors import Fatal
 
-from smelter.transforms.common import Fatal
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
 
-# section name -> (module, class). Order is the order of stages and of --help groups.
+# section name -> (module, class). Order is the order of stages and of --help groups. Every module
+# here must stay Beam-free: --help and the README reference import them all.
 STAGE_CONFIGS: dict[str, tuple[str, str]] = {
-    "mine": ("smelter.transforms.mine_git", "MineConfig"),
-    "github": ("smelter.transforms.github_source", "GitHubConfig"),
-    "snapshot": ("smelter.transforms.snapshot", "SnapshotConfig"),
-    "environment": ("smelter.transforms.environment", "EnvConfig"),
-    "validate": ("smelter.transforms.validate", "ValidateConfig"),
-    "clean": ("smelter.transforms.clean", "CleanConfig"),
+    "mine": ("smelter.transforms.mine_config", "MineConfig"),
+    "github": ("smelter.transforms.github_config", "GitHubConfig"),
+    "snapshot": ("smelter.transforms.snapshot_config", "SnapshotConfig"),
+    "environment": ("smelter.transforms.environment_config", "EnvConfig"),
+    "validate": ("smelter.transforms.validate_config", "ValidateConfig"),
+    "clean": ("smelter.transforms.clean_config", "CleanConfig"),
     "pack": ("smelter.transforms.pack_config", "PackConfig"),
 }
 
@@ -104,6 +109,8 @@ def add_stage_arguments(parser: argparse.ArgumentParser, classes: dict[str, type
                 default = f.default_factory()  # type: ignore[misc]
             help_text = f.metadata.get("help", "")
             help_text = f"{help_text} (default: {default!r})" if help_text else None
+            if help_text:
+                help_text = help_text.replace("%", "%%")  # argparse %-formats help ("~20%")
             kwargs: dict[str, Any] = {
                 "dest": f"{section}.{f.name}",
                 "default": None,
@@ -166,6 +173,9 @@ def build_stage_configs(
 
 
 def _beam_option_classes() -> list[type[PipelineOptions]]:
+    # Imported here, not at the top: Beam takes seconds to import and --help never needs it.
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     out: list[type[PipelineOptions]] = []
     todo = list(PipelineOptions.__subclasses__())
     while todo:
@@ -181,15 +191,20 @@ def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> Pip
     ``default_flags`` come first so a user's flag of the same name (argparse: last one wins)
     overrides them.
     """
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, exit_on_error=False)
     for cls in _beam_option_classes():
         try:
             cls._add_argparse_args(parser)  # type: ignore[attr-defined]
         except argparse.ArgumentError:
             continue  # several Beam classes register the same flag
-    _, unknown = parser.parse_known_args(list(extra))
+    try:
+        _, unknown = parser.parse_known_args(list(extra))
+    except argparse.ArgumentError as e:  # a bad value: one line, not Beam's 200-line usage
+        raise Fatal(f"Beam option {e}") from None
     if unknown:
         raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     return PipelineOptions([*default_flags, *extra])
 
 

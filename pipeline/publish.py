@@ -51,7 +51,8 @@ import yaml
 from pydantic import BaseModel
 
 from smelter.schemas import Environment, Provenance, Quality, Task
-from smelter.transforms.common import Fatal, stable_hash
+from smelter.transforms.errors import Fatal
+from smelter.transforms.helpers import stable_hash
 
 # ----------------------------------------------------------------------------------- constants
 

@@ -129,3 +129,68 @@ def test_no_command_prints_help() -> None:
     proc = smelter()
     assert proc.returncode == 2
     assert "COMMAND" in proc.stdout
+
+
+# Runs the CLI in a fresh interpreter and fails if a heavy library was imported on the way.
+# pandas comes in through Beam; polars and matplotlib through the report library.
+_NO_HEAVY_IMPORTS = """
+import runpy, sys
+sys.argv = ["smelter", *sys.argv[1:]]
+try:
+    runpy.run_module("smelter.pipeline.cli", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, f"exit {e.code}"
+heavy = [m for m in ("apache_beam", "pandas", "polars", "matplotlib") if m in sys.modules]
+assert not heavy, f"imported {heavy}"
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["mine", "--help"],
+        ["demo", "--help"],
+        ["report", "--help"],
+        ["images", "--help"],
+        ["images", "ls", "--help"],
+        ["engine", "--help"],
+        ["engine", "ensure", "--help"],
+        ["publish", "--help"],
+        ["export", "--help"],
+    ],
+    ids=" ".join,
+)
+def test_help_imports_no_beam(argv: list[str]) -> None:
+    """Regression: ``smelter --help`` took 5 s, nearly all of it importing Beam (and pandas)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_HEAVY_IMPORTS, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: smelter" in proc.stdout
+
+
+def test_option_reference_imports_no_beam() -> None:
+    """The README table is generated from every stage config: none may need Beam to load."""
+    code = (
+        "import sys\n"
+        "from smelter.pipeline.options import load_config_classes, reference_markdown\n"
+        "assert len(load_config_classes()) == 7, load_config_classes()\n"
+        "reference_markdown()\n"
+        "assert 'apache_beam' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bad_beam_flag_value_is_one_line(git_repo: Path) -> None:
+    """Beam options are checked where Beam is imported (lazily); a bad value is one line, not
+    Beam's usage text of every option it has."""
+    proc = smelter("mine", "--repo", str(git_repo), "--dry-run", "--direct_num_workers=many")
+    assert_one_line_error(proc, "--direct_num_workers", "many")

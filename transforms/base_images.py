@@ -39,7 +39,8 @@ import docker.errors
 import requests
 
 from smelter.transforms import docker_engine as eng
-from smelter.transforms.common import Fatal, stable_hash, tail
+from smelter.transforms.errors import Fatal
+from smelter.transforms.helpers import stable_hash, tail
 
 log = logging.getLogger(__name__)
 

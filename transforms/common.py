@@ -15,7 +15,6 @@ Deliberate choices:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,33 +30,23 @@ from apache_beam.pvalue import TaggedOutput
 
 from smelter.schemas import RECORDS, Reason, Record, Rejection
 from smelter.transforms.errors import Fatal, Rejected, Retryable
+from smelter.transforms.helpers import stable_hash, tail
 
 log = logging.getLogger(__name__)
 
 REJECTS = "rejects"
-__all__ = ["REJECTS", "Fatal", "Rejected", "Retryable", "Stage", "StageCache", "StageFn"]
+__all__ = [
+    "REJECTS",
+    "Fatal",
+    "Rejected",
+    "Retryable",
+    "Stage",
+    "StageCache",
+    "StageFn",
+    "stable_hash",
+    "tail",
+]
 CACHE_FORMAT = 1
-
-
-def tail(text: str, limit: int = 4000) -> str:
-    """The end of a log, where the error usually is; capped so records stay small."""
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    """Content hash of JSON-able parts (dataclasses and records included), stable across runs."""
-
-    def default(obj: Any) -> Any:
-        if isinstance(obj, Record):
-            return obj.model_dump(mode="json")
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return dataclasses.asdict(obj)
-        if isinstance(obj, set | frozenset):
-            return sorted(obj)
-        return str(obj)
-
-    blob = json.dumps(parts, sort_keys=True, default=default, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def record_kind(record: Record) -> str:

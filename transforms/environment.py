@@ -59,6 +59,7 @@ from smelter.transforms import base_images as bi
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import recipe as rc
 from smelter.transforms.common import Fatal, Rejected, Retryable, StageFn, stable_hash, tail
+from smelter.transforms.environment_config import EnvConfig
 from smelter.transforms.gitrepo import GitError, GitRepo
 
 log = logging.getLogger(__name__)
@@ -73,70 +74,6 @@ MAX_RECIPE_FILE_BYTES = 1_000_000
 # Furthest stage a failed rung reached; the rejection reports the furthest one.
 _PROGRESS = [Reason.BUILD_FAILED, Reason.INSTALL_FAILED, Reason.IMPORT_FAILED,
              Reason.COLLECTION_FAILED]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Options of the environment stage (flags ``--env-...``, TOML section ``[environment]``)."""
-
-    env_base_suites: tuple[str, ...] = field(
-        default=("bookworm",),
-        metadata={"help": "Debian suites whose base images may be used (bullseye=3.9, "
-                          "bookworm=3.11, trixie=3.13); missing ones are bootstrapped"},
-    )  # fmt: skip
-    env_base_source: str = field(
-        default="auto",
-        metadata={"help": "base images from 'local' debootstrap, a 'registry' (python:X.Y-slim)"
-                          " or 'auto' (registry only if it answers)"},
-    )  # fmt: skip
-    env_extra_ca_bundle: str | None = field(
-        default="auto",
-        metadata={"help": "PEM bundle added to the images' trust store so builds verify TLS "
-                          "behind a proxy; 'auto' = $SSL_CERT_FILE if set, 'none' = no bundle"},
-    )  # fmt: skip
-    env_index_url: str | None = field(
-        default=None,
-        metadata={"help": "package index URL passed to uv as a build argument (never stored); "
-                          "default: $UV_DEFAULT_INDEX if set, else PyPI"},
-    )  # fmt: skip
-    env_exclude_newer: bool = field(
-        default=True,
-        metadata={"help": "resolve dependencies as of the PR date (uv --exclude-newer)"},
-    )
-    env_exclude_newer_bucket_days: int = field(
-        default=30,
-        metadata={"help": "env layers resolve as of the PR date rounded down to buckets of this "
-                          "many days, so neighbouring PRs share one env image (1 = exact day)"},
-    )  # fmt: skip
-    env_build_parallelism: int = field(
-        default=2, metadata={"help": "image builds running at once on this machine"}
-    )
-    env_build_timeout_seconds: int = field(
-        default=1800, metadata={"help": "wall-clock limit of one image build"}
-    )
-    env_check_timeout_seconds: int = field(
-        default=300, metadata={"help": "limit of the import + pytest --collect-only check"}
-    )
-    env_max_rungs: int = field(
-        default=3, metadata={"help": "install-ladder rungs tried per candidate before rejecting"}
-    )
-    env_keep_instance_images: bool = field(
-        default=False,
-        metadata={"help": "keep instance images of rejected candidates (for debugging)"},
-    )
-    env_bootstrap_missing: bool = field(
-        default=True,
-        metadata={"help": "bootstrap missing base images when the stage starts"},
-    )
-    env_scm_pretend_version: str = field(
-        default="0.0.0",
-        metadata={"help": "version given to git-versioned projects (setuptools-scm, hatch-vcs)"},
-    )
-    env_cache_dir: str | None = field(
-        default=None,
-        metadata={"help": "where rootfs tarballs, repo mirrors and remembered recipes live "
-                          "(default ~/.cache/smelter or $SMELTER_CACHE_DIR)"},
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- pure parts

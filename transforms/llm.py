@@ -38,12 +38,12 @@ from typing import Any, Protocol
 import requests
 from apache_beam.io.filesystems import FileSystems
 
+from smelter.transforms.clean_config import DEFAULT_API_KEY_ENV
 from smelter.transforms.common import Fatal, Retryable
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-DEFAULT_API_KEY_ENV = "SMELTER_LLM_API_KEY"
 MAX_RETRY_AFTER_SECONDS = 120.0
 
 

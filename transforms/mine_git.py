@@ -27,8 +27,6 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +35,8 @@ from apache_beam.metrics import Metrics
 from smelter.schemas import LinkedIssue, PullRequest, Reason, Record, Rejection
 from smelter.transforms.common import Rejected, StageFn
 from smelter.transforms.gitrepo import GitError, GitRepo, GraphNode, LogEntry
+from smelter.transforms.helpers import utc_iso
+from smelter.transforms.mine_config import MineConfig
 from smelter.transforms.prmeta import PrCommit, classify_commit, instance_id, linked_issues
 from smelter.transforms.split import (
     DiffParseError,
@@ -89,73 +89,7 @@ class RepoSpec:
         return cls(url=str(url), name=name or "", branches=tuple(branches))
 
 
-@dataclasses.dataclass(frozen=True)
-class MineConfig:
-    """What the git miner keeps."""
-
-    mine_since: str | None = field(
-        default=None, metadata={"help": "keep PRs merged on/after this ISO date (UTC)"}
-    )
-    mine_until: str | None = field(
-        default=None, metadata={"help": "keep PRs merged before this ISO date (UTC)"}
-    )
-    mine_max_files: int = field(
-        default=50, metadata={"help": "reject PRs changing more files than this (0 = no limit)"}
-    )
-    mine_max_changed_lines: int = field(
-        default=2000,
-        metadata={"help": "reject PRs whose code+test diff adds+removes more lines (0 = no limit)"},
-    )
-    mine_require_tests_and_code: bool = field(
-        default=True, metadata={"help": "keep only PRs that change both test and non-test code"}
-    )
-    mine_branches: tuple[str, ...] = field(
-        default=(), metadata={"help": "branches to walk (default: the repository's default)"}
-    )
-    mine_release_branches: bool = field(
-        default=False,
-        metadata={"help": "also walk release branches (PRs deduplicated by number)"},
-    )
-    mine_release_branch_globs: tuple[str, ...] = field(
-        default=("release-*", "release/*", "releases/*", "maint-*", "maintenance/*", "*.x",
-                 "[0-9]*.[0-9]*"),
-        metadata={"help": "branch-name globs that count as release branches"},
-    )  # fmt: skip
-    mine_max_prs: int = field(
-        default=0, metadata={"help": "stop after this many kept PRs per repository (0 = all)"}
-    )
-    mine_mirror_dir: str | None = field(
-        default=None,
-        metadata={"help": "folder of bare git mirrors (default ~/.cache/smelter/mirrors)"},
-    )
-    mine_test_dir_names: tuple[str, ...] = field(
-        default=PathRules().test_dir_names,
-        metadata={"help": "directory names holding tests (keep equal to the snapshot's)"},
-    )
-    mine_test_file_globs: tuple[str, ...] = field(
-        default=PathRules().test_file_globs,
-        metadata={"help": "test file-name globs (keep equal to the snapshot's)"},
-    )
-
-    @property
-    def path_rules(self) -> PathRules:
-        return PathRules(
-            test_dir_names=self.mine_test_dir_names, test_file_globs=self.mine_test_file_globs
-        )
-
-
 # --------------------------------------------------------------------------- pure parts
-
-
-def utc_iso(date: str | int) -> str:
-    """An ISO 8601 date (any offset) or unix seconds, as ``YYYY-MM-DDTHH:MM:SSZ``."""
-    if isinstance(date, int):
-        dt = datetime.fromtimestamp(date, UTC)
-    else:
-        dt = datetime.fromisoformat(date.replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def in_date_range(merged_at: str, since: str | None, until: str | None) -> bool:

@@ -18,46 +18,17 @@ Deliberate choices:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import field
 from typing import ClassVar
 
 from smelter.schemas import Candidate, PullRequest, Reason
 from smelter.transforms.common import Rejected, StageFn
 from smelter.transforms.gitrepo import GitError, GitRepo
 from smelter.transforms.mine_git import carry_diff, default_mirror_dir, utc_iso
+from smelter.transforms.snapshot_config import SnapshotConfig
 from smelter.transforms.split import DiffParseError, SplitDiff, split_diff
-from smelter.transforms.testpaths import PathKind, PathRules
+from smelter.transforms.testpaths import PathKind
 
 STAGE = "snapshot"
-
-
-@dataclasses.dataclass(frozen=True)
-class SnapshotConfig:
-    """How PRs are split and checked."""
-
-    snapshot_mirror_dir: str | None = field(
-        default=None,
-        metadata={"help": "folder of bare git mirrors (default ~/.cache/smelter/mirrors)"},
-    )
-    snapshot_test_dir_names: tuple[str, ...] = field(
-        default=PathRules().test_dir_names,
-        metadata={"help": "directory names holding tests (keep equal to the miner's)"},
-    )
-    snapshot_test_file_globs: tuple[str, ...] = field(
-        default=PathRules().test_file_globs,
-        metadata={"help": "test file-name globs (keep equal to the miner's)"},
-    )
-    snapshot_check_apply: bool = field(
-        default=True, metadata={"help": "verify both patches with git apply --check at base"}
-    )
-
-    @property
-    def path_rules(self) -> PathRules:
-        return PathRules(
-            test_dir_names=self.snapshot_test_dir_names,
-            test_file_globs=self.snapshot_test_file_globs,
-        )
 
 
 # --------------------------------------------------------------------------- pure parts

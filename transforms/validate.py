@@ -31,7 +31,6 @@ import shlex
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import docker
@@ -52,10 +51,10 @@ from smelter.transforms.grading import grade
 from smelter.transforms.junit import PARSER, JUnitError, parse_junit
 from smelter.transforms.sandbox import (
     Sandbox,
-    SandboxLimits,
     SandboxResult,
     install_cleanup_handlers,
 )
+from smelter.transforms.validate_config import ValidateConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,64 +79,6 @@ VOLATILE_ENV_FIELDS: dict[str, Any] = {
     "build_log_tail": "",
     "image_size_bytes": None,
 }
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    """How the validate stage runs tests; every field is a CLI flag / TOML key."""
-
-    validate_reruns_before: int = field(
-        default=2, metadata={"help": "runs with the test patch alone (flaky tests flip between)"}
-    )
-    validate_reruns_after: int = field(
-        default=3, metadata={"help": "runs with test patch + fix (flaky tests flip between)"}
-    )
-    validate_timeout_seconds: float = field(
-        default=900.0, metadata={"help": "wall-clock limit of one test run; the task is rejected"}
-    )
-    validate_memory: str = field(
-        default="4g", metadata={"help": "memory limit of a test container (no swap beyond it)"}
-    )
-    validate_cpus: float = field(default=1.0, metadata={"help": "CPUs per test container"})
-    validate_pids_limit: int = field(
-        default=1024, metadata={"help": "max processes/threads in a test container"}
-    )
-    validate_tmpfs_size: str = field(
-        default="1g", metadata={"help": "size of the tmpfs mounted on /tmp in test containers"}
-    )
-    validate_log_bytes: int = field(
-        default=20_000, metadata={"help": "bytes of each run's output kept (the tail)"}
-    )
-    validate_parallel_runs: int = field(
-        default=2, metadata={"help": "test containers of one task running at the same time"}
-    )
-    validate_drop_privileges: bool = field(
-        default=True,
-        metadata={"help": "run tests as the owner of the source tree instead of root"},
-    )
-    validate_keep_instance_images: bool = field(
-        default=False,
-        metadata={"help": "keep each instance image after validation (default: remove it)"},
-    )
-    validate_early_stop: bool = field(
-        default=False,
-        metadata={"help": "stop after the first before/after pair when no test can be "
-                          "fail-to-pass (saves 3 of 5 runs per reject; a flaky candidate may "
-                          "then be reported as passes_before/fails_after instead of all_flaky)"},
-    )  # fmt: skip
-    validate_pytest_args: tuple[str, ...] = field(
-        default=(), metadata={"help": "extra pytest arguments appended to the test command"}
-    )
-
-    def limits(self) -> SandboxLimits:
-        return SandboxLimits(
-            timeout_seconds=self.validate_timeout_seconds,
-            memory=self.validate_memory,
-            cpus=self.validate_cpus,
-            pids=self.validate_pids_limit,
-            log_bytes=self.validate_log_bytes,
-            tmpfs_size=self.validate_tmpfs_size,
-        )
 
 
 # --------------------------------------------------------------------------- pure parts

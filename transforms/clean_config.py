@@ -1,0 +1,63 @@
+"""The ``[clean]`` options, apart from the Beam stage so the CLI can list them without importing
+Beam. ``smelter.transforms.clean`` re-exports ``CleanConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The LLM client reads the same default (``smelter.transforms.llm`` imports it from here).
+DEFAULT_API_KEY_ENV = "SMELTER_LLM_API_KEY"
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Options of the clean stage; each field is a ``--flag`` and a ``[clean]`` TOML key."""
+
+    llm_base_url: str | None = _f(
+        None,
+        "OpenAI-compatible endpoint incl. version prefix, e.g. http://127.0.0.1:8080/v1; "
+        "unset = normaliser only",
+    )
+    llm_model: str = _f("", "model name sent to the endpoint (required with --llm-base-url)")
+    llm_api_key_env: str = _f(
+        DEFAULT_API_KEY_ENV, "environment variable holding the API key (never logged or stored)"
+    )
+    llm_concurrency: int = _f(4, "LLM requests in flight at once per worker")
+    llm_timeout_seconds: float = _f(120.0, "timeout of one LLM request")
+    llm_max_retries: int = _f(4, "retries on 429/5xx/timeouts (Retry-After honoured)")
+    llm_backoff_seconds: float = _f(1.0, "first retry wait; doubles per retry, with jitter")
+    llm_temperature: float = _f(0.0, "sampling temperature of both prompts")
+    llm_max_tokens: int = _f(1536, "completion token limit per request")
+    llm_json_schema: bool = _f(
+        True, "ask for JSON-schema structured output (falls back when the server refuses)"
+    )
+    llm_cache_dir: str | None = _f(
+        None, "directory of cached LLM replies; unset = <stage cache>/llm, i.e. OUT/.cache/llm"
+    )
+    llm_cost_per_1k_prompt_tokens: float = _f(0.0, "price of 1000 prompt tokens, for the report")
+    llm_cost_per_1k_completion_tokens: float = _f(
+        0.0, "price of 1000 completion tokens, for the report"
+    )
+    llm_max_input_chars: int = _f(
+        24000, "longer statements / test patches are cut in the middle before prompting"
+    )
+    llm_batch_size: int = _f(16, "records buffered per bundle before their requests are sent")
+    llm_judge: bool = _f(True, "score specification and test alignment (reject below minimums)")
+    clean_prompt: str = _f("clean_v1", "rewrite prompt: a packaged name or a path to a .md file")
+    judge_prompt: str = _f("judge_v1", "judge prompt: a packaged name or a path to a .md file")
+    min_statement_chars: int = _f(40, "statements shorter than this after normalising reject")
+    min_specification_score: int = _f(2, "reject when the judge's specification score is lower")
+    min_test_alignment_score: int = _f(2, "reject when the judge's test-alignment score is lower")
+    leak_ngram: int = _f(6, "word n-gram size of the leak check")
+    leak_threshold: float = _f(
+        0.2, "refuse a rewrite when this share of its n-grams (or the patch's) is patch code"
+    )
+
+    @property
+    def normalizer_only(self) -> bool:
+        return not self.llm_base_url
