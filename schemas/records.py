@@ -327,7 +327,7 @@ class ShardRow(Record):
 
     input_ids: list[int]
     position_ids: list[int]
-    loss_mask: list[int]
+    loss_mask: list[bool] = Field(description="True where the token is trained on (1 bit each)")
     doc_lengths: list[int]
     doc_ids: list[str]
     doc_starts: list[int] = Field(

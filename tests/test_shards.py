@@ -9,6 +9,7 @@ from pathlib import Path
 import apache_beam as beam
 import datasets
 import numpy as np
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing import test_pipeline
@@ -24,6 +25,8 @@ from smelter.transforms.shards import (
     TokenStore,
     bucket_of,
     pack_stats,
+    shard_pages,
+    write_shard,
     write_shards,
 )
 from smelter.transforms.tokenizer import load_tokenizer
@@ -104,8 +107,40 @@ def test_write_shards_then_rebuild_every_document_byte_for_byte(tmp_path: Path, 
         ids, mask = docs[s.instance_id]
         assert ids == s.input_ids and mask == s.loss_mask
         assert tok.decode(ids).encode() == s.text.encode()
-    table = pq.read_table(infos[0].path)
-    assert str(table.schema.field("input_ids").type) == "list<element: int32>"
+    schema = pq.read_schema(infos[0].path)
+    assert {f.name: str(f.type) for f in schema} == {
+        "input_ids": "list<element: int32>",
+        "position_ids": "list<element: int32>",
+        "loss_mask": "list<element: bool>",
+        "doc_lengths": "list<element: int32>",
+        "doc_ids": "list<element: string>",
+        "doc_starts": "list<element: int64>",
+        "num_tokens": "int32",
+    }
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "snappy"])
+def test_many_pages_per_shard_read_the_same_by_pyarrow_and_polars(
+    tmp_path: Path, compression: str
+) -> None:
+    samples = make_samples(120, seed=5)
+    store = TokenStore.from_samples(samples)
+    plan = pack_arrays(store.lengths, 300, mode="split")
+    sel = plan.bin_items
+    path = str(tmp_path / "s.parquet")
+    for page_values in (1, 257, 10**6):  # one row a page, a few rows a page, one page
+        shard = shard_pages(
+            store, plan.item_doc[sel], plan.item_start[sel], plan.item_len[sel],
+            plan.bin_offsets, page_values=page_values,
+        )  # fmt: skip
+        assert len(shard.pages[0]) == (plan.num_bins if page_values == 1 else len(shard.pages[0]))
+        info = write_shard(path, shard, compression)
+        assert (info.sequences, info.tokens) == (plan.num_bins, plan.packed_tokens)
+        assert info.loss_tokens == sum(sum(s.loss_mask) for s in samples)
+        ours = pq.read_table(path)
+        assert ours.equals(pl.read_parquet(path).to_arrow().cast(ours.schema))
+        docs = rebuild(ours.to_pylist())
+        assert all(docs[s.instance_id] == (s.input_ids, s.loss_mask) for s in samples)
 
 
 def test_stats_figures(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ What is measured (deliberately the same for every method):
 - The same seeded length list and the same token storage: one flat int32 token array and one
   int8 loss-mask array; TRL gets them as zero-copy Arrow list columns (``input_ids``,
   ``completion_mask``), we get them as a ``TokenStore``. Building the storage is not timed.
-- End to end = from the lengths (and tokens) to zstd Parquet written on local disk: for us
-  ``pack_arrays`` + ``write_shards``, for TRL ``pack_dataset`` + ``pq.write_table`` of its table.
+- End to end = from the lengths (and tokens) to Parquet written on local disk: for us
+  ``pack_arrays`` + ``write_shards`` (default settings: token values uncompressed, positions
+  delta-encoded, mask bit-packed), for TRL ``pack_dataset`` + ``pq.write_table`` of its table
+  with pyarrow's fastest settings (no codec, no dictionary, no statistics).
 - Sequences against the lower bound ceil(total tokens / max_len), fill ratio, documents and
   tokens truncated (TRL bfd cuts every document longer than max_len and drops the rest) or cut
   (wrapped: documents that straddle a sequence boundary; ours, split mode: documents longer
@@ -36,6 +38,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 CASES: dict[str, tuple[str, int, int]] = {
     # name: (length distribution, documents, max_len)
@@ -48,7 +51,7 @@ CASES: dict[str, tuple[str, int, int]] = {
     "lognormal10M": ("lognormal", 10_000_000, 4096),
     "lognormal10M-32k": ("lognormal", 10_000_000, 32768),
 }
-FULL_METHODS = ("smelter", "trl-bfd", "trl-bfd-1batch", "trl-wrapped")
+FULL_METHODS = ("smelter", "smelter-zstd", "trl-bfd", "trl-bfd-1batch", "trl-wrapped")
 TRL_BATCH = 1000  # datasets.map's default batch size, which pack_dataset inherits
 
 
@@ -111,24 +114,26 @@ def run_one(case: str, method: str) -> dict[str, Any]:
             mask = np.ones(total, dtype=np.int8)
             offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            if method == "smelter":
+            if method in ("smelter", "smelter-zstd"):
                 from smelter.transforms.packing import pack_arrays
-                from smelter.transforms.shards import TokenStore, shard_tables, write_shards
+                from smelter.transforms.shards import TokenStore, plan_shards, write_shards
 
                 store = TokenStore(tokens, mask, offsets, [f"d{i}" for i in range(n)])
                 rows = max(1, 2**25 // max_len)  # 32M tokens per shard file
                 base = rss_now_mb()
-                # In memory (comparable to pack_dataset): plan + every shard's Arrow table.
+                # In memory: the plan and every shard's pages (the part TRL's "pack s" matches).
                 t0 = time.perf_counter()
                 plan = pack_arrays(lengths, max_len, mode="split")
                 row["plan_seconds"] = time.perf_counter() - t0
-                for _ in shard_tables(store, plan, rows):
+                for _ in plan_shards(store, plan, rows):
                     pass
                 row["pack_seconds"] = time.perf_counter() - t0
-                # End to end: lengths -> plan -> Parquet files.
+                # End to end: lengths -> plan -> Parquet files (a fresh TokenStore: no cached ids).
+                store = TokenStore(tokens, mask, offsets, [f"d{i}" for i in range(n)])
                 t0 = time.perf_counter()
                 plan = pack_arrays(lengths, max_len, mode="split")
-                write_shards(store, plan, out_dir, shard_rows=rows)
+                codec = "zstd" if method == "smelter-zstd" else "none"
+                write_shards(store, plan, out_dir, shard_rows=rows, compression=codec)
                 row["seconds"] = time.perf_counter() - t0
                 row.update(_ours(plan, lengths, max_len))
             else:
@@ -136,9 +141,10 @@ def run_one(case: str, method: str) -> dict[str, Any]:
                 base = row.pop("_base")
         row["peak_rss_mb"] = peak_rss_mb()
         row["extra_rss_mb"] = max(0.0, row["peak_rss_mb"] - base)
-        row["bytes_written"] = sum(
-            os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir)
-        )
+        files = [os.path.join(out_dir, f) for f in os.listdir(out_dir)]
+        row["bytes_written"] = sum(os.path.getsize(f) for f in files)
+        if files:  # a sanity check on what was written: every sequence is a row
+            row["rows_in_files"] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     return row
@@ -167,8 +173,6 @@ def _trl(
     import pyarrow as pa
     from trl import pack_dataset
 
-    from smelter.transforms.shards import write_table
-
     datasets.disable_progress_bars()
     off = pa.array(offsets.astype(np.int64))
     table = pa.table(
@@ -188,7 +192,15 @@ def _trl(
         packed = pack_dataset(ds, max_len, strategy="wrapped")
     out = packed.data.table
     pack_seconds = time.perf_counter() - t0
-    write_table(out, os.path.join(out_dir, "packed.parquet"), "zstd")  # our writer settings
+    # pyarrow's fastest settings (no codec, no dictionary, no statistics): the most favourable
+    # writer for TRL; datasets' own to_parquet (snappy + dictionary) is slower.
+    pq.write_table(
+        out,
+        os.path.join(out_dir, "packed.parquet"),
+        compression="none",
+        use_dictionary=False,
+        write_statistics=False,
+    )
     seconds = time.perf_counter() - t0
     seq_tokens = np.asarray(
         pa.compute.list_value_length(out.column("input_ids")).to_numpy(zero_copy_only=False)
@@ -213,13 +225,22 @@ def _trl(
     return row
 
 
-def _spawn(case: str, method: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--one", case, method], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        return {"case": case, "method": method, "error": proc.stderr.strip().splitlines()[-1:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _spawn(case: str, method: str, repeat: int) -> dict[str, Any]:
+    """The run with the median end-to-end time among ``repeat`` fresh subprocesses (writes to
+    the page cache vary run to run by up to 2x here)."""
+    runs = []
+    for _ in range(max(1, repeat)):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", case, method], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            err = proc.stderr.strip().splitlines()[-1:]
+            return {"case": case, "method": method, "error": err}
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda r: r["seconds"])
+    row = runs[len(runs) // 2]
+    row["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
+    return row
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -228,7 +249,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'case':<17}{'method':<15}{'seqs':>10}{'over LB':>9}{'fill':>7}{'trunc':>7}"
         f"{'cut':>8}{'tok lost':>11}{'pack s':>8}{'e2e s':>8}{'TRL/us':>8}{'peak MB':>8}"
-        f"{'+MB':>6}"
+        f"{'+MB':>6}{'MB out':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -244,7 +265,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['case']:<17}{r['method']:<15}{r['sequences']:>10,}{over:>9.3%}"
             f"{r['fill_ratio']:>7.4f}{r['docs_truncated']:>7,}{r['docs_cut']:>8,}"
             f"{r['tokens_lost']:>11,}{r['pack_seconds']:>8.2f}{r['seconds']:>8.2f}{speed}"
-            f"{r['peak_rss_mb']:>8.0f}{r['extra_rss_mb']:>6.0f}",
+            f"{r['peak_rss_mb']:>8.0f}{r['extra_rss_mb']:>6.0f}{r['bytes_written'] / 2**20:>8.0f}"
+            + ("" if r.get("rows_in_files", r["sequences"]) == r["sequences"] else "  ROWS!"),
             flush=True,
         )
 
@@ -254,6 +276,9 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="fresh runs per (case, method); the median is shown"
+    )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(*args.one)))
@@ -263,7 +288,7 @@ def main() -> None:
         n = CASES[case][1]
         methods = FULL_METHODS if n <= 100_000 else ("smelter-plan",)
         for method in methods:
-            rows.append(_spawn(case, method))
+            rows.append(_spawn(case, method, args.repeat))
             print(f"done {case} {method}", file=sys.stderr, flush=True)
     print_table(rows)
     if args.json:
