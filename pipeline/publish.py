@@ -628,8 +628,9 @@ def dataset_card(
         "(raw and cleaned problem statement, scores) and `provenance`.\n"
         + (
             f"- `shards` (split `{SHARDS_SPLIT}`): fixed-length packed sequences "
-            "(`input_ids`, `position_ids` reset per document, `loss_mask`, `doc_lengths`, "
-            "`doc_ids`), Best-Fit Decreasing packing, no document truncated.\n"
+            "(`input_ids` int32, `position_ids` reset per document, `loss_mask` bool, "
+            "`doc_lengths` (their cumulative sum is `cu_seqlens`), `doc_ids`, `doc_starts`), "
+            "Best-Fit Decreasing packing, no document truncated.\n"
             if has_shards
             else ""
         )
