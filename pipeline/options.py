@@ -6,6 +6,10 @@ Deliberate choices:
   and ``[section] field_name = …`` TOML keys, so one definition serves the CLI, the config file,
   ``--dry-run`` and the run manifest. Transforms never see argparse or PipelineOptions.
 - Precedence: defaults < config file < flags.
+- A setting several stages must agree on is one section, copied into each stage's config
+  (a field with ``metadata={"from_section": ...}``): ``[paths]`` holds which paths are tests,
+  and the miners and the snapshot stage each carry it, so it is part of their cache keys. Keys
+  that moved (``RENAMED``) are a one-line error naming the new place, not a silent default.
 - Nothing here imports Beam at module level (``PipelineOptions`` is imported where Beam flags
   are checked), and the config classes live in Beam-free modules, so ``--help`` and the option
   reference start fast.
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 # section name -> (module, class). Order is the order of stages and of --help groups. Every module
 # here must stay Beam-free: --help and the README reference import them all.
 STAGE_CONFIGS: dict[str, tuple[str, str]] = {
+    "paths": ("smelter.transforms.testpaths", "PathsConfig"),
     "mine": ("smelter.transforms.mine_config", "MineConfig"),
     "github": ("smelter.transforms.github_config", "GitHubConfig"),
     "snapshot": ("smelter.transforms.snapshot_config", "SnapshotConfig"),
@@ -41,6 +46,15 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "validate": ("smelter.transforms.validate_config", "ValidateConfig"),
     "clean": ("smelter.transforms.clean_config", "CleanConfig"),
     "pack": ("smelter.transforms.pack_config", "PackConfig"),
+}
+
+
+# Keys that moved: old TOML key (or flag, with dashes) -> (section, new key). A file or command
+# line still using one gets a one-line error naming the new place instead of "unknown key".
+RENAMED: dict[str, tuple[str, str]] = {
+    f"{stage}_test_{what}": ("paths", f"test_{what}")
+    for stage in ("mine", "snapshot", "github")
+    for what in ("dir_names", "file_globs")
 }
 
 
@@ -62,6 +76,25 @@ def load_config_classes() -> dict[str, type]:
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+def is_option(f: dataclasses.Field[Any]) -> bool:
+    """A field that is its section's own TOML key; ``from_section`` fields copy another section."""
+    return not f.metadata.get("from_section")
+
+
+def renamed_message(old_key: str, file_section: str | None = None) -> str:
+    """One line naming where a moved key lives now (``file_section``: found in a config file)."""
+    section, new_key = RENAMED[old_key]
+    if file_section is not None:
+        return (
+            f"config file: [{file_section}] {old_key} is now [{section}] {new_key}, "
+            "one setting for every stage"
+        )
+    return (
+        f"{flag_name(old_key)} is now {flag_name(new_key)} ([{section}] {new_key} in a config "
+        "file), one setting for every stage"
+    )
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -98,7 +131,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, classes: dict[str, type
         group = parser.add_argument_group(f"{section} options")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.metadata.get("cli") is False:
+            if f.metadata.get("cli") is False or not is_option(f):
                 continue
             if f.name in seen:
                 raise RuntimeError(f"config field {f.name!r} in both {seen[f.name]} and {section}")
@@ -145,7 +178,12 @@ def read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
 def build_stage_configs(
     args: argparse.Namespace, classes: dict[str, type], file_doc: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Instantiate every stage config from defaults < file section < flags."""
+    """Instantiate every stage config from defaults < file section < flags.
+
+    A field marked ``from_section`` (e.g. every stage's ``test_paths``) is no key of its own
+    section: it is set to the built config of the section it names, so stages that must agree
+    share one setting.
+    """
     configs: dict[str, Any] = {}
     known_sections = set(classes) | {"run"}
     for section in file_doc:
@@ -154,9 +192,11 @@ def build_stage_configs(
             raise Fatal(f"config file: unknown section [{section}] (known: {known})")
     for section, cls in classes.items():
         hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls) if is_option(f)}
         values: dict[str, Any] = {}
         for key, value in file_doc.get(section, {}).items():
+            if key in RENAMED:
+                raise Fatal(renamed_message(key, section))
             if key not in names:
                 raise Fatal(f"config file: unknown key {key!r} in [{section}]")
             values[key] = value
@@ -169,6 +209,14 @@ def build_stage_configs(
             configs[section] = cls(**coerced)
         except (TypeError, ValueError) as e:
             raise Fatal(f"bad value in [{section}] options: {e}") from None
+    for section, config in configs.items():
+        shared = {
+            f.name: configs[f.metadata["from_section"]]
+            for f in dataclasses.fields(config)
+            if not is_option(f) and f.metadata["from_section"] in configs
+        }
+        if shared:
+            configs[section] = dataclasses.replace(config, **shared)
     return configs
 
 
@@ -194,13 +242,17 @@ def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> Pip
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, exit_on_error=False)
     for cls in _beam_option_classes():
         try:
-            cls._add_argparse_args(parser)  # type: ignore[attr-defined]
+            cls._add_argparse_args(parser)  # type: ignore[attr-defined, arg-type]
         except argparse.ArgumentError:
             continue  # several Beam classes register the same flag
     try:
         _, unknown = parser.parse_known_args(list(extra))
     except argparse.ArgumentError as e:  # a bad value: one line, not Beam's 200-line usage
         raise Fatal(f"Beam option {e}") from None
+    for arg in unknown:
+        old_key = arg.split("=", 1)[0].removeprefix("--").replace("-", "_")
+        if arg.startswith("--") and old_key in RENAMED:
+            raise Fatal(renamed_message(old_key))
     if unknown:
         raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -215,7 +267,7 @@ def reference_markdown(classes: dict[str, type] | None = None) -> str:
     for section, cls in classes.items():
         rows = ["| flag | TOML key | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            if f.metadata.get("cli") is False:
+            if f.metadata.get("cli") is False or not is_option(f):
                 continue
             default: Any = f.default
             if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

@@ -180,9 +180,9 @@ def test_option_reference_imports_no_beam() -> None:
     """The README table is generated from every stage config: none may need Beam to load."""
     code = (
         "import sys\n"
-        "from smelter.pipeline.options import load_config_classes, reference_markdown\n"
-        "assert len(load_config_classes()) == 7, load_config_classes()\n"
-        "reference_markdown()\n"
+        "from smelter.pipeline import options as o\n"
+        "assert list(o.load_config_classes()) == list(o.STAGE_CONFIGS), o.load_config_classes()\n"
+        "o.reference_markdown()\n"
         "assert 'apache_beam' not in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -194,3 +194,34 @@ def test_bad_beam_flag_value_is_one_line(git_repo: Path) -> None:
     Beam's usage text of every option it has."""
     proc = smelter("mine", "--repo", str(git_repo), "--dry-run", "--direct_num_workers=many")
     assert_one_line_error(proc, "--direct_num_workers", "many")
+
+
+def test_test_paths_are_one_setting_for_every_stage(tmp_path: Path, git_repo: Path) -> None:
+    """--test-dir-names ([paths] test_dir_names) reaches both miners and the snapshot stage."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[paths]\ntest_file_globs = ["check_*.py"]\n')
+    proc = smelter(
+        "mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run",
+        "--test-dir-names", "checks", "tests",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)["config"]
+    expected = {"test_dir_names": ["checks", "tests"], "test_file_globs": ["check_*.py"]}
+    assert config["paths"] == expected
+    for section in ("mine", "github", "snapshot"):
+        assert config[section]["test_paths"] == expected, section
+
+
+@pytest.mark.parametrize("old", ["mine_test_dir_names", "snapshot_test_file_globs"])
+def test_old_test_path_keys_name_the_new_one(tmp_path: Path, git_repo: Path, old: str) -> None:
+    section, new = old.split("_", 1)[0], old.split("_", 1)[1]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[{section}]\n{old} = ["checks"]\n')
+    proc = smelter("mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run")
+    assert_one_line_error(proc, f"[{section}] {old}", f"[paths] {new}")
+    proc = smelter("mine", "--repo", str(git_repo), "--dry-run", flag(old), "checks")
+    assert_one_line_error(proc, flag(old), flag(new))
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")

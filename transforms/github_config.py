@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from smelter.transforms.helpers import stable_hash, utc_iso
 from smelter.transforms.mine_config import MineConfig
-from smelter.transforms.testpaths import PathRules
+from smelter.transforms.testpaths import FROM_PATHS_SECTION, PathsConfig
 
 if TYPE_CHECKING:
     from smelter.transforms.github_http import RetryPolicy
@@ -79,14 +79,6 @@ class GitHubConfig:
     github_max_changed_lines: int = field(
         default=2000, metadata={"help": "reject PRs with more added+deleted lines than this"}
     )
-    github_test_dir_names: tuple[str, ...] = field(
-        default=PathRules().test_dir_names,
-        metadata={"help": "directory names holding tests (keep equal to the snapshot's)"},
-    )
-    github_test_file_globs: tuple[str, ...] = field(
-        default=PathRules().test_file_globs,
-        metadata={"help": "test file-name globs (keep equal to the snapshot's)"},
-    )
     github_mirror_dir: str | None = field(
         default=None,
         metadata={"help": "folder of bare git mirrors, shared with the snapshot stage "
@@ -139,6 +131,7 @@ class GitHubConfig:
     github_request_timeout_seconds: int = field(
         default=30, metadata={"help": "timeout of one HTTP request"}
     )
+    test_paths: PathsConfig = field(default=PathsConfig(), metadata=FROM_PATHS_SECTION)
 
     def __post_init__(self) -> None:
         # Bad values fail here, once, as a one-line config error, not per record in a worker.
@@ -170,8 +163,7 @@ class GitHubConfig:
             mine_max_files=self.github_max_changed_files,
             mine_max_changed_lines=self.github_max_changed_lines,
             mine_require_tests_and_code=self.github_require_tests_and_code,
-            mine_test_dir_names=self.github_test_dir_names,
-            mine_test_file_globs=self.github_test_file_globs,
+            test_paths=self.test_paths,
         )
 
     def outcome_fingerprint(self) -> str:
@@ -179,8 +171,7 @@ class GitHubConfig:
         keep = (
             "github_since", "github_until", "github_require_linked_issue", "github_exclude_bots",
             "github_bot_logins", "github_require_tests_and_code", "github_max_changed_files",
-            "github_max_changed_lines", "github_fetch_pr_comments", "github_test_dir_names",
-            "github_test_file_globs",
+            "github_max_changed_lines", "github_fetch_pr_comments", "test_paths",
         )  # fmt: skip
         return stable_hash(OUTCOME_FORMAT, {k: getattr(self, k) for k in keep})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 
-from smelter.transforms.testpaths import PathRules
+from smelter.transforms.testpaths import FROM_PATHS_SECTION, PathRules, PathsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +48,8 @@ class MineConfig:
         default=None,
         metadata={"help": "folder of bare git mirrors (default ~/.cache/smelter/mirrors)"},
     )
-    mine_test_dir_names: tuple[str, ...] = field(
-        default=PathRules().test_dir_names,
-        metadata={"help": "directory names holding tests (keep equal to the snapshot's)"},
-    )
-    mine_test_file_globs: tuple[str, ...] = field(
-        default=PathRules().test_file_globs,
-        metadata={"help": "test file-name globs (keep equal to the snapshot's)"},
-    )
+    test_paths: PathsConfig = field(default=PathsConfig(), metadata=FROM_PATHS_SECTION)
 
     @property
     def path_rules(self) -> PathRules:
-        return PathRules(
-            test_dir_names=self.mine_test_dir_names, test_file_globs=self.mine_test_file_globs
-        )
+        return self.test_paths.rules

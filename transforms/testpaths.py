@@ -12,6 +12,9 @@ Deliberate choices:
   and data outside docs directories (package data) are code, unless their stem says
   README/LICENSE/CHANGES…; ``requirements*.txt`` and stubs are always code.
 - All of it is a frozen dataclass so users can adapt it per repository without code changes.
+- The test rules users set (``[paths] test_dir_names`` / ``test_file_globs``, ``PathsConfig``)
+  are one option pair read by every stage that splits paths: set per stage, a folder added in
+  one place only gave the miner and the snapshot stage different splits of the same PR.
 """
 
 from __future__ import annotations
@@ -64,6 +67,37 @@ class PathRules:
 
 
 DEFAULT_RULES = PathRules()
+
+
+@dataclasses.dataclass(frozen=True)
+class PathsConfig:
+    """The ``[paths]`` options: which paths are tests, one setting for every stage.
+
+    The miners (git and GitHub) and the snapshot stage each carry a copy (their ``test_paths``
+    field, filled from this section by the option loader), so their caches key on it and a
+    changed rule re-splits every PR the same way in all three.
+    """
+
+    test_dir_names: tuple[str, ...] = field(
+        default=DEFAULT_RULES.test_dir_names,
+        metadata={"help": "directory names whose contents are tests (any depth); used by the "
+                          "miners and the snapshot split alike"},
+    )  # fmt: skip
+    test_file_globs: tuple[str, ...] = field(
+        default=DEFAULT_RULES.test_file_globs,
+        metadata={"help": "file-name globs of test files (matched on the name, not the path)"},
+    )
+
+    @property
+    def rules(self) -> PathRules:
+        return dataclasses.replace(
+            DEFAULT_RULES, test_dir_names=self.test_dir_names, test_file_globs=self.test_file_globs
+        )
+
+
+# Metadata of a stage config's ``test_paths`` field: a copy of the ``[paths]`` section, set by
+# the option loader; not a flag or key of that stage's own section.
+FROM_PATHS_SECTION = {"from_section": "paths", "help": "test-path rules, from [paths]"}
 
 
 def is_test_path(path: str, rules: PathRules = DEFAULT_RULES) -> bool:
