@@ -168,8 +168,8 @@ def _shard_pages(
     np.cumsum(row_len, out=row_tok[1:])
     page_id = row_tok[:-1] // page_values
     cuts = [0, *(np.flatnonzero(np.diff(page_id)) + 1).tolist(), n_rows] if n_rows else [0]
-    tok_view = memoryview(store.tokens.astype("<i4", copy=False)).cast("B").cast("i")
-    mask_view = memoryview(store.loss_mask.view(np.uint8))
+    tok_view = store.tokens.astype("<i4", copy=False).data
+    mask_view = store.loss_mask.view(np.uint8).data
     ids_pages, pos_pages, mask_pages = [], [], []
     loss = 0
     for r0, r1 in itertools.pairwise(cuts):
@@ -178,13 +178,13 @@ def _shard_pages(
         rep = pw.repetition_levels(row_len[r0:r1])
         dfn = pw.rle_constant(n, 3)
         spans = [slice(s, s + k) for s, k in zip(src[i0:i1], lens[i0:i1], strict=True)]
-        ids = [tok_view[s] for s in spans]
+        ids: list[pw.Buffer] = [tok_view[s] for s in spans]
         mask = np.frombuffer(b"".join([mask_view[s] for s in spans]), dtype=np.uint8)
         loss += int(np.count_nonzero(mask))
-        ids_pages.append(pw.Page(n, r1 - r0, pw.PLAIN, rep, dfn, ids))  # type: ignore[arg-type]
+        ids_pages.append(pw.Page(n, r1 - r0, pw.PLAIN, rep, dfn, ids))
         pos = pw.delta_ramps(item_len[i0:i1])
         pos_pages.append(pw.Page(n, r1 - r0, pw.DELTA_BINARY_PACKED, rep, dfn, [pos]))
-        bits = np.packbits(mask, bitorder="little")
+        bits = np.packbits(mask, bitorder="little").data
         mask_pages.append(pw.Page(n, r1 - r0, pw.PLAIN, rep, dfn, [bits]))
     per_row = np.diff(row_offsets)
     rep = pw.repetition_levels(per_row)
@@ -199,11 +199,11 @@ def _shard_pages(
         ids_pages,
         pos_pages,
         mask_pages,
-        doc_page([item_len.astype("<i4")]),
+        doc_page([item_len.astype("<i4").data]),
         doc_page(pw.delta_length_strings(names), pw.DELTA_LENGTH_BYTE_ARRAY),
-        doc_page([np.asarray(starts, dtype="<i8")]),
+        doc_page([np.asarray(starts, dtype="<i8").data]),
         [pw.Page(n_rows, n_rows, pw.PLAIN, b"", pw.rle_constant(n_rows, 1),
-                 [row_len.astype("<i4")])],
+                 [row_len.astype("<i4").data])],
     ]  # fmt: skip
     return ShardPages(pages, n_rows, int(row_tok[-1]), loss, n_items)
 
