@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -92,6 +95,27 @@ def test_owner_token_alive_by_host_and_pid() -> None:
     assert eng.owner_token_alive(eng.new_owner(pid=_dead_pid())) is False  # a killed run
     assert eng.owner_token_alive(eng.new_owner(host="elsewhere", pid=_dead_pid())) is True
     assert eng.owner_token_alive(eng.new_owner(pid=9_999_999_999)) is False
+
+
+def test_tag_lock_excludes_and_leaves_no_file(tmp_path: Path) -> None:
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def hold(n: int) -> None:
+        for _ in range(20):
+            with eng.tag_lock("smelter/instance:x-1", tmp_path):
+                inside.append(n)
+                if len(inside) > 1:
+                    overlaps.append(n)
+                time.sleep(0.001)
+                inside.remove(n)
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.docker

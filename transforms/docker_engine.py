@@ -163,18 +163,32 @@ def owner_token_alive(owner: str, host: str | None = None) -> bool:
 def tag_lock(tag: str, folder: Path | None) -> Iterator[None]:
     """A machine-wide lock per content tag (no-op without ``folder``): aliasing the image and
     dropping its content tag never interleave on one machine. Across machines sharing a remote
-    engine ``acquire_alias`` returning None (the image went meanwhile) is the fallback."""
+    engine ``acquire_alias`` returning None (the image went meanwhile) is the fallback.
+
+    The lock file is deleted by its holder, so a long-lived machine does not collect one file
+    per instance ever built; a waiter that wakes on a deleted file takes the lock again.
+    """
     if folder is None:
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
-    with open(folder / f"{name}.lock", "a+") as f:
+    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}.lock"
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 - held until released below
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # still the file at ``path``: the lock is ours
+        except FileNotFoundError:
+            pass
+        f.close()  # the holder before us deleted it: lock the current file instead
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def acquire_alias(
