@@ -101,6 +101,10 @@ def test_two_runs_validating_one_candidate_keep_each_others_image(
     # One image content (built once, then reused), held through two different aliases.
     assert a != b and eng.content_tag(a) == eng.content_tag(b)
     assert {eng.owner_of(a), eng.owner_of(b)} == {stages[0]._owner, stages[1]._owner}
+    # The tasks name the stable content tag, never a run's alias: identical across runs.
+    assert {t.environment.instance_image for t in outcomes if isinstance(t, Task)} == {
+        eng.content_tag(a)
+    }
     # Both removed their alias; with no alias left the content tag went too: nothing leaks.
     assert _left(docker_client, cand.instance_id) == []
 

@@ -374,7 +374,11 @@ class Validator:
             environment_setup_commit=candidate.base_commit,
             FAIL_TO_PASS=verdict.fail_to_pass,
             PASS_TO_PASS=verdict.pass_to_pass,
-            environment=env,
+            # The stable content tag, not this run's alias: the task must name an image that
+            # outlives the run (when kept) and be byte-identical across runs.
+            environment=env.model_copy(
+                update={"instance_image": eng.content_tag(env.instance_image)}
+            ),
             validation=validation,
             provenance=Provenance(
                 source=candidate.source,
