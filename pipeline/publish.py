@@ -807,9 +807,34 @@ def push_folder(
             commit_message="smelter publish",
         )
     except Exception as e:
-        message = str(e).replace(token, "***").splitlines()[0] if str(e) else type(e).__name__
-        raise Fatal(f"push to {repo_id} failed: {message}") from None
+        raise Fatal(f"push to {repo_id} failed: {push_error_line(e, token)}") from None
     return f"{(endpoint or api.endpoint).rstrip('/')}/datasets/{repo_id}"
+
+
+def push_error_line(error: BaseException, token: str) -> str:
+    """One line for a failed push: the HTTP status line plus the Hub's own reason, token masked.
+
+    huggingface_hub's messages span several lines and keep the server's reason (e.g. "Invalid
+    credentials in Authorization header") below the first, where a one-line error would lose it.
+    """
+    text = str(error)
+    line = text.splitlines()[0] if text.strip() else type(error).__name__
+    reason = getattr(error, "server_message", None)
+    if isinstance(reason, str) and reason.strip():
+        first = reason.strip().splitlines()[0]
+        if first.lower() not in line.lower():
+            line = f"{line} ({first})"
+    return line.replace(token, "***") if token else line
+
+
+def hub_endpoint(flag: str | None, environ: typing.Mapping[str, str] = os.environ) -> str | None:
+    """The Hub URL to push to: ``--hub-endpoint``, else ``HF_ENDPOINT`` as set now.
+
+    huggingface_hub reads ``HF_ENDPOINT`` once, when it is imported; reading it at call time
+    makes a value set later (a mirror, a local stand-in) count. None means the client default.
+    """
+    value = flag or environ.get("HF_ENDPOINT") or None
+    return value.rstrip("/") if value else None
 
 
 # ------------------------------------------------------------------- harness images (Docker I/O)
@@ -886,7 +911,9 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     token = os.environ.get("HF_TOKEN")
     if not token:
         raise Fatal("--push needs a Hugging Face token in the HF_TOKEN environment variable")
-    url = push_folder(folder.path, repo_id, token, private=args.private)
+    url = push_folder(
+        folder.path, repo_id, token, private=args.private, endpoint=hub_endpoint(args.hub_endpoint)
+    )
     print(f"pushed to {url}")
     return 0
 
@@ -930,6 +957,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--repo-id", metavar="OWNER/NAME", help="the Hub dataset repository")
     q.add_argument("--push", action="store_true", help="upload to the Hub (needs HF_TOKEN)")
     q.add_argument("--private", action="store_true", help="create the Hub repository private")
+    q.add_argument(
+        "--hub-endpoint",
+        metavar="URL",
+        help="Hub to push to, e.g. a mirror (default: $HF_ENDPOINT, else https://huggingface.co)",
+    )
     q.add_argument(
         "--license", default="other", help="license id for the card metadata (default: other)"
     )
