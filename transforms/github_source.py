@@ -388,8 +388,10 @@ class GitHubSource:
         commits: list[Any] | None = None
         shape = local_shape(git, merge_sha, pr.number)
         if shape.style == "rebase":  # the base lies as many commits back as the PR had
+            # The commits list is fetched for every surviving PR anyway (messages, dates), so
+            # fetching it before the diff filters costs a rebase-merged PR no extra request.
             commits = list(pr.get_commits())
-            shape = local_shape(git, merge_sha, pr.number, n_commits=len(commits))
+            shape = local_shape(git, merge_sha, pr.number, [_facts(c) for c in commits])
         diff, split = local_diff(git, shape.base, merge_sha, cfg)
         why = filter_reason(split, cfg.mine_config)  # the git miner's filters, same order
         if why is not None:
@@ -466,12 +468,93 @@ class Shape:
     style: Literal["merge", "squash", "rebase"]
 
 
-def local_shape(git: GitRepo, merge_sha: str, number: int, n_commits: int | None = None) -> Shape:
+@dataclasses.dataclass(frozen=True)
+class CommitFacts:
+    """What a rebase keeps of a commit: subject and author date (the sha and committer change)."""
+
+    sha: str
+    parents: tuple[str, ...]
+    subject: str
+    author_at: str | None  # any ISO 8601 form; compared as an instant
+
+
+# GET /pulls/N/commits lists at most this many commits; a longer PR's count is unknown.
+PR_COMMITS_LIST_CAP = 250
+
+
+def rebase_base(landed: list[CommitFacts], pr_commits: list[CommitFacts], merge_sha: str) -> str:
+    """The base of a rebase merge: the parent of the first of the PR's replayed commits.
+
+    ``landed`` is the first-parent history from ``merge_sha`` (newest first, at least one more
+    entry than the PR has commits when the history is that deep); ``pr_commits`` is GitHub's
+    commits list of the PR, oldest first. GitHub's rebase drops merge commits (a branch that
+    merged main in), so those are not counted. The replayed commits must carry the PR commits'
+    subjects and author dates, in order: that rejects a squash merge whose "(#N)" was edited
+    out (one parent, no number: it looks like a rebase) instead of mining other PRs' commits as
+    its diff, and a count that does not describe what landed. Raises Rejected(DIFF_FAILED).
+    """
+    own = [c for c in pr_commits if len(c.parents) <= 1]
+    if not own:
+        what = "only merge commits" if pr_commits else "no commits"
+        raise Rejected(Reason.DIFF_FAILED, f"GitHub lists {what} for this PR: cannot tell where "
+                       f"the rebase merge ending at {merge_sha[:12]} starts")  # fmt: skip
+    if len(pr_commits) >= PR_COMMITS_LIST_CAP:
+        raise Rejected(Reason.DIFF_FAILED, f"GitHub lists at most {PR_COMMITS_LIST_CAP} commits "
+                       "of a PR: the rebase merge's length is unknown")  # fmt: skip
+    n = len(own)
+    replayed = landed[:n]
+    if len(replayed) < n or len(landed) < n + 1:
+        raise Rejected(Reason.DIFF_FAILED, f"rebase merge of {n} commits, but the first-parent "
+                       f"history of {merge_sha[:12]} has only {len(landed)} commits")  # fmt: skip
+    if n == 1:
+        return landed[1].sha  # one commit: its parent, whatever the merge style was
+    # Newest first: for a squash merge mistaken for a rebase, the detail names the squash commit.
+    for i, (got, want) in enumerate(zip(replayed, reversed(own), strict=True)):
+        if len(got.parents) != 1 or got.subject != want.subject or \
+                _instant(got.author_at) != _instant(want.author_at):  # fmt: skip
+            raise Rejected(Reason.DIFF_FAILED, (
+                f"the {n} commits ending at {merge_sha[:12]} are not the PR's commits (a squash "
+                f"merge without its number?): commit {n - i} of {n} is {want.subject!r} authored "
+                f"{iso_utc(want.author_at)}, but {got.sha[:12]} there is {got.subject!r} "
+                f"authored {iso_utc(got.author_at)} with {len(got.parents)} parent(s)"
+            ))  # fmt: skip
+    return landed[n].sha
+
+
+def _instant(value: str | None) -> dt.datetime | None:
+    return parse_when(value) if value else None
+
+
+def _facts(c: Any) -> CommitFacts:
+    """A PyGithub Commit of a PR's commits list (no request: every field is in the list)."""
+    author = c.commit.author
+    when = iso_utc(author.date) if author and author.date else None
+    subject = (c.commit.message or "").split("\n", 1)[0].strip()
+    return CommitFacts(c.sha, tuple(p.sha for p in c.parents), subject, when)
+
+
+def first_parent_facts(git: GitRepo, rev: str, count: int) -> list[CommitFacts]:
+    """Up to ``count`` commits of the first-parent history of ``rev``, newest first."""
+    out = git.text("log", "--first-parent", f"--max-count={count}",
+                   "--format=%H%x1f%P%x1f%aI%x1f%s%x1e", rev, "--")  # fmt: skip
+    facts = []
+    for chunk in out.split("\x1e"):
+        if chunk.strip():
+            sha, parents, author_at, subject = chunk.strip("\n").split("\x1f", 3)
+            facts.append(CommitFacts(sha, tuple(parents.split()), subject.strip(), author_at))
+    return facts
+
+
+def local_shape(
+    git: GitRepo, merge_sha: str, number: int, pr_commits: list[CommitFacts] | None = None
+) -> Shape:
     """Base, head and merge style of a PR's merge commit, read from the mirror.
 
     Parents decide first (as in the git miner): two parents is a merge against the first parent;
-    one parent whose message names the PR is a squash. One parent without the PR number is a
-    rebase merge, whose base is ``n_commits`` first-parent steps back (when known).
+    one parent whose message names THIS PR ("Title (#N)") is a squash. One parent without it is
+    a rebase merge (GitHub's ``merge_commit_sha`` is then the last replayed commit), whose base
+    ``rebase_base`` finds from the PR's commits list (when given). A "(#M)" naming another
+    number is not this PR's squash: rebased commits often cite issues that way.
     """
     try:
         raw = git.text("log", "-1", "--format=%P%x1f%B", merge_sha, "--")
@@ -486,15 +569,16 @@ def local_shape(git: GitRepo, merge_sha: str, number: int, n_commits: int | None
         return Shape(parents[0], parents[1], "merge")
     if len(parents) != 1:
         raise Rejected(Reason.DIFF_FAILED, f"merge commit has {len(parents)} parents")
-    if pc is not None:  # "Title (#N)" or a hand-made "Merge pull request #N" with one parent
+    if pc is not None and pc.number == number:  # "Title (#N)", or "Merge pull request #N" by hand
         return Shape(parents[0], None, "squash")
-    if n_commits is None:
+    if pr_commits is None:
         return Shape(parents[0], None, "rebase")
+    depth = min(len(pr_commits), PR_COMMITS_LIST_CAP) + 1
     try:
-        base = git.rev_parse(f"{merge_sha}~{max(1, n_commits)}")
-    except GitError:
-        base = parents[0]
-    return Shape(base, None, "rebase")
+        landed = first_parent_facts(git, merge_sha, depth)
+    except GitError as e:
+        raise Rejected(Reason.DIFF_FAILED, f"history of {merge_sha[:12]}: {e}") from None
+    return Shape(rebase_base(landed, pr_commits, merge_sha), None, "rebase")
 
 
 def local_diff(git: GitRepo, base: str, merge: str, cfg: GitHubConfig) -> tuple[str, SplitDiff]:
