@@ -23,7 +23,8 @@ Deliberate choices:
   columns whose Arrow types come from the record models, so every export has the same schema
   whatever its rows hold (a column that is null everywhere still has its struct type).
 - Secrets: the Hugging Face token is read from ``HF_TOKEN`` at push time and handed to the
-  client; it is never written to the folder, the card or a log.
+  client; it is never written to the folder, the card or a log. The Hub URL is ``--hub-endpoint``,
+  else ``HF_ENDPOINT`` read at push time (huggingface_hub reads it only at import).
 """
 
 from __future__ import annotations
