@@ -233,6 +233,19 @@ def test_three_commit_rebase_merge_is_mined_with_all_its_commits(
     assert "README.md" not in pr.diff  # main's own commit before the PR stays out
 
 
+def test_rebase_merge_costs_no_extra_request(
+    origin: Origin, standin: GitHubStandin, tmp_path: Path
+) -> None:
+    """The commits list that finds the base is the one every mined PR fetches anyway."""
+    _mine(standin, tmp_path)
+    for n in (5, 7):  # rebase and squash: the same requests
+        paths = [r.path.split("?")[0] for r in standin.log]
+        own = sorted(p for p in paths if f"/pulls/{n}/" in p or f"/issues/{n}/" in p
+                     or p.endswith(f"/pulls/{n}"))  # fmt: skip
+        assert own == [f"/repos/{NAME}/issues/{n}/comments", f"/repos/{NAME}/pulls/{n}/commits"]
+    assert not [r.path for r in standin.log if "/commits/" in r.path]  # no per-commit lookups
+
+
 def test_one_commit_rebase_merge_is_its_own_diff(
     origin: Origin, standin: GitHubStandin, tmp_path: Path
 ) -> None:

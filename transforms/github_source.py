@@ -7,6 +7,13 @@ Deliberate choices:
   base, merge commit and diff. Cheap filters run before any per-PR request: merged, date range,
   bot author, then the local diff (tests and code, size); only survivors cost API requests
   (commits, linked issues and their comments, PR comments).
+- Rebase merges (one parent, no "(#N)" of this PR; ``merge_commit_sha`` is the last replayed
+  commit) take their base from the PR's commits list, which every mined PR fetches anyway: the
+  base is the parent of the first replayed commit, and the replayed commits must carry the
+  listed commits' subjects and author dates, else the PR is rejected (DIFF_FAILED) rather than
+  mined with a wrong diff. ``base.sha`` is not used: it is the base tip when the PR was opened,
+  not where it was rebased to. Patch-ids of the original commits were not used either: the
+  originals need not be in the mirror, and a rebase that adjusted context changes them.
 - Linked issues use the same closing-keyword parser as the git miner (``prmeta.linked_issues``)
   over the PR title, body and commit messages; each issue's comments are kept with their
   timestamps and ``first_commit_at`` is recorded, so hints are "comments made before the PR's
