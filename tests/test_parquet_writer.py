@@ -127,7 +127,7 @@ def test_non_file_sink_and_every_codec(tmp_path: Path) -> None:
         buf = io.BytesIO()  # no file descriptor: plain writes
         counts = np.array([len(r) for r in rows])
         levels = pw.repetition_levels(counts), pw.rle_constant(len(values), 3)
-        parts: list[pw.Buffer] = [values[:2].data, memoryview(values[2:])]
+        parts: list[pw.Buffer] = [values[:2].tobytes(), pw.as_buffer(values[2:])]
         page = pw.Page(len(values), len(rows), pw.PLAIN, *levels, parts)
         size = pw.write_file(buf, [col], [[page]], len(rows), codec)
         assert size == len(buf.getvalue())

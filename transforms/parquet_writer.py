@@ -43,7 +43,7 @@ REQUIRED, OPTIONAL, REPEATED = 0, 1, 2
 UTF8, LIST = 0, 3
 DATA_PAGE_V2 = 3
 
-Buffer = bytes | memoryview  # numpy arrays go in as ``arr.data``
+Buffer = bytes | memoryview  # byte-format memoryviews only, so len() is the size in bytes
 
 
 # ------------------------------------------------------------------------ thrift compact protocol
@@ -236,7 +236,8 @@ def delta_length_strings(arr: pa.StringArray) -> list[Buffer]:
 
 @dataclasses.dataclass
 class Page:
-    """One data page v2: levels (uncompressed) and the value segments, in file order."""
+    """One data page v2: levels (uncompressed) and the value segments, in file order (bytes or
+    byte-format memoryviews: ``as_buffer`` for numpy arrays)."""
 
     num_values: int
     num_rows: int
@@ -272,8 +273,9 @@ class Column:
         return [self.name, "list", "element"] if self.is_list else [self.name]
 
 
-def _nbytes(b: Buffer) -> int:
-    return len(b) if isinstance(b, bytes) else b.nbytes
+def as_buffer(arr: np.ndarray) -> memoryview:
+    """A contiguous array's bytes, without a copy."""
+    return np.ascontiguousarray(arr).view(np.uint8).data
 
 
 class _Sink:
@@ -290,12 +292,12 @@ class _Sink:
     def write(self, parts: Sequence[Buffer]) -> None:
         if self.fd is None:
             for p in parts:
-                self.f.write(p)  # type: ignore[arg-type]
-                self.offset += _nbytes(p)
+                self.f.write(p)
+                self.offset += len(p)
             return
         for i in range(0, len(parts), 1024):  # IOV_MAX
             chunk = parts[i : i + 1024]
-            want = sum(_nbytes(v) for v in chunk)
+            want = sum(map(len, chunk))
             done = os.writev(self.fd, chunk)
             while done < want:  # short write: finish the rest one buffer at a time
                 rest = b"".join(chunk)[done:]
@@ -322,12 +324,14 @@ def write_file(
         n_values = uncompressed = 0
         encodings = {RLE}
         for p in col_pages:
-            raw = sum(_nbytes(v) for v in p.values)
+            if p.values and isinstance(p.values[0], memoryview) and p.values[0].itemsize != 1:
+                raise ValueError(f"{col.name}: page values must be byte-format memoryviews")
+            raw = sum(map(len, p.values))
             values: Sequence[Buffer] = p.values
             if compressor is not None:
                 joined = b"".join(p.values)
                 values = [compressor.compress(joined, asbytes=True)]
-            size = len(p.rep) + len(p.dfn) + sum(_nbytes(v) for v in values)
+            size = len(p.rep) + len(p.dfn) + sum(map(len, values))
             v2: list[Field] = [
                 (1, "i32", p.num_values), (2, "i32", 0), (3, "i32", p.num_rows),
                 (4, "i32", p.encoding), (5, "i32", len(p.dfn)), (6, "i32", len(p.rep)),
