@@ -1,12 +1,11 @@
 """The ``[pack]`` options, apart from the Beam transforms so the CLI can list them without
-importing Beam."""
+importing Beam or numpy."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from smelter.transforms.packing import PACK_MODES
-
+PACK_MODES: tuple[str, ...] = ("split", "drop")  # packing.py takes them from here
 SHARD_CODECS = ("none", "zstd", "snappy")
 
 

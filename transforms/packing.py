@@ -34,8 +34,9 @@ from typing import Literal
 
 import numpy as np
 
+from smelter.transforms.pack_config import PACK_MODES
+
 PackMode = Literal["split", "drop"]
-PACK_MODES: tuple[str, ...] = ("split", "drop")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
