@@ -1,14 +1,18 @@
 """Packing benchmark: our Best-Fit Decreasing vs TRL's pack_dataset (bfd, wrapped), end to end.
 
 Run: ``.venv/bin/python tests/benchmarks/bench_packing.py`` (needs the ``bench`` extra: TRL, and
-a CPU torch build installed first). ``--cases swe32k,lognormal4k`` picks cases, ``--json F``
-also writes the rows as JSON.
+a CPU torch build installed first). ``--cases swe32k,lognormal4k`` picks cases, ``--methods
+smelter,trl-bfd`` methods, ``--repeat N`` fresh runs per row (median shown, default 3),
+``--out-dir /dev/shm`` writes to tmpfs, ``--json F`` also writes the rows as JSON.
 
 What is measured (deliberately the same for every method):
 - The same seeded length list and the same token storage: one flat int32 token array and one
   int8 loss-mask array; TRL gets them as zero-copy Arrow list columns (``input_ids``,
   ``completion_mask``), we get them as a ``TokenStore``. Building the storage is not timed.
-- End to end = from the lengths (and tokens) to Parquet written on local disk: for us
+- End to end = from the lengths (and tokens) to Parquet files in ``--out-dir`` (default: the
+  system temp folder). On disk the kernel's page-cache copy of the output is part of the time,
+  and on a VM whose free memory goes back to the host it varies run to run (0.1-0.8 s for
+  500 MB here); tmpfs isolates the work the methods themselves do. For us
   ``pack_arrays`` + ``write_shards`` (default settings: token values uncompressed, positions
   delta-encoded, mask bit-packed), for TRL ``pack_dataset`` + ``pq.write_table`` of its table
   with pyarrow's fastest settings (no codec, no dictionary, no statistics).
