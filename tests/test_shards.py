@@ -226,3 +226,17 @@ def test_pack_config_rejects_bad_values() -> None:
         PackConfig(pack_mode="truncate")
     with pytest.raises(ValueError, match="shard_rows"):
         PackConfig(shard_rows=0)
+
+
+def test_stores_of_wider_types_are_converted_once_not_misread(tmp_path: Path) -> None:
+    # A byte view of an int64 mask or int64 tokens would silently write garbage.
+    samples = make_samples(20, seed=6)
+    narrow = TokenStore.from_samples(samples)
+    wide = TokenStore(
+        narrow.tokens.astype(np.int64), narrow.loss_mask.astype(np.int64), narrow.offsets,
+        narrow.doc_ids,
+    )  # fmt: skip
+    plan = pack_arrays(wide.lengths, 256, mode="split")
+    infos = write_shards(wide, plan, str(tmp_path), shard_rows=3)
+    docs = rebuild([r for i in infos for r in pq.read_table(i.path).to_pylist()])
+    assert all(docs[s.instance_id] == (s.input_ids, s.loss_mask) for s in samples)

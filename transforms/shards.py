@@ -5,8 +5,9 @@ Deliberate choices:
   0 for every document (or piece), ``loss_mask``, ``doc_lengths`` (so ``cu_seqlens`` is their
   cumsum), ``doc_ids`` and ``doc_starts`` (offset of a piece in its document: every document can
   be rebuilt exactly from the shards, split or not). Nothing is padded.
-- Materialisation is vectorised: one gather index per shard (``np.repeat`` + ``arange``) over a
-  flat token store, one Arrow ``ListArray`` per column; no per-token Python.
+- Materialisation does no per-token Python and no token copy: a shard's pages hold memoryview
+  slices of the flat token store, which ``transforms/parquet_writer.py`` hands to ``os.writev``;
+  positions are delta-encoded from piece lengths, the mask is bit-packed (see that module).
 - In Beam only *lengths* travel to the packer: samples are keyed into ``pack_buckets`` buckets by
   a hash of their id, each bucket's (id, length) list is packed on one worker (sorted by id
   first, so the plan is deterministic), and placements are joined back to the samples and
@@ -82,6 +83,17 @@ class TokenStore:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @functools.cached_property
+    def tokens_le32(self) -> np.ndarray:
+        """Tokens as little-endian int32 (a view unless the store holds another type)."""
+        return self.tokens.astype("<i4", copy=False)
+
+    @functools.cached_property
+    def mask_bytes(self) -> np.ndarray:
+        """The loss mask as one uint8 per token (a view of an int8 or bool mask)."""
+        m = self.loss_mask
+        return m.view(np.uint8) if m.itemsize == 1 else (m != 0).astype(np.uint8)
 
     @functools.cached_property
     def id_array(self) -> pa.StringArray:
@@ -182,8 +194,8 @@ def _shard_pages(
     np.cumsum(row_len, out=row_tok[1:])
     page_id = row_tok[:-1] // page_values
     cuts = [0, *(np.flatnonzero(np.diff(page_id)) + 1).tolist(), n_rows] if n_rows else [0]
-    tok_view = pw.as_buffer(store.tokens.astype("<i4", copy=False))
-    mask_view = store.loss_mask.view(np.uint8).data
+    tok_view = pw.as_buffer(store.tokens_le32)
+    mask_view = store.mask_bytes.data
     ids_pages, pos_pages, mask_pages = [], [], []
     loss = 0
     for r0, r1 in itertools.pairwise(cuts):
@@ -205,7 +217,7 @@ def _shard_pages(
     per_row = np.diff(row_offsets)
     rep = pw.repetition_levels(per_row)
     dfn = pw.rle_constant(n_items, 3)
-    starts = item_start if doc_starts is None else doc_starts
+    piece_starts = item_start if doc_starts is None else doc_starts
     names = store.id_array.take(pa.array(item_doc))
 
     def doc_page(values: list[pw.Buffer], encoding: int = pw.PLAIN) -> list[pw.Page]:
@@ -217,7 +229,7 @@ def _shard_pages(
         mask_pages,
         doc_page([item_len.astype("<i4").tobytes()]),
         doc_page(pw.delta_length_strings(names), pw.DELTA_LENGTH_BYTE_ARRAY),
-        doc_page([np.asarray(starts, dtype="<i8").tobytes()]),
+        doc_page([np.asarray(piece_starts, dtype="<i8").tobytes()]),
         [pw.Page(n_rows, n_rows, pw.PLAIN, b"", pw.rle_constant(n_rows, 1),
                  [row_len.astype("<i4").tobytes()])],
     ]  # fmt: skip
@@ -283,7 +295,7 @@ def write_shards(
     ``writers`` threads each build and write whole shards (numpy, ``os.writev`` and the codecs
     release the GIL); at most ``writers`` shards' pages are in memory at once.
     """
-    _ = store.id_array  # built once, before the threads share it
+    _ = store.id_array, store.tokens_le32, store.mask_bytes  # built once, before the threads
 
     def one(index: int) -> ShardInfo:
         b0 = index * shard_rows
