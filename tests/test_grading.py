@@ -55,6 +55,16 @@ def test_fail_to_pass_and_pass_to_pass_split() -> None:
     assert g.ok and g.fail_to_pass == [A] and g.pass_to_pass == [B] and g.flaky == []
 
 
+def test_failing_on_both_sides_is_in_neither_list_beside_a_real_fail_to_pass() -> None:
+    """A test that cannot pass in a test container (it needs the network, or hangs until the
+    per-test timeout) fails before and after: left out of both lists, the task still valid."""
+    g = grade(*sides([{A: F, B: P, C: F}] * 2, [{A: P, B: P, C: E}] * 3))
+    assert g.ok and g.fail_to_pass == [A] and g.pass_to_pass == [B] and g.flaky == []
+    assert C not in g.fail_to_pass + g.pass_to_pass
+    alone = grade(*sides([{B: P, C: F}] * 2, [{B: P, C: F}] * 3))  # only it: no FAIL_TO_PASS
+    assert alone.reason is Reason.FAILS_AFTER and C in alone.detail
+
+
 def test_error_before_counts_as_failing() -> None:
     assert grade(*sides([{A: E}] * 2, [{A: P}] * 3)).fail_to_pass == [A]
 

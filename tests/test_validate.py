@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import docker
@@ -69,9 +70,10 @@ def validate(
     client: docker.DockerClient,
     pr: dict[str, str],
     config: ValidateConfig = CONFIG,
+    env_image: str | None = None,
 ) -> Task:
     repo, base = make_repo(tmp_path, pr)
-    image = instance_image(repo)
+    image = instance_image(repo, env_image) if env_image else instance_image(repo)
     cand = candidate_for(
         repo,
         base=base,
@@ -121,6 +123,26 @@ def test_pytest_argv_adds_report_rootdir_and_keeps_cache_off_once() -> None:
     assert f"--junit-xml={REPORT_PATH}" in argv
     assert "junit_family=xunit1" in argv and "--rootdir=/w" in argv
     assert argv[-1] == "t/test_a.py"
+
+
+def test_script_adds_the_per_test_timeout_only_where_pytest_timeout_imports(
+    tmp_path: Path,
+) -> None:
+    argv = pytest_argv([], ["tests/test_x.py"], "/testbed")
+    script = render_test_script(argv, "/testbed", test_timeout=7.5)
+    (tmp_path / "s.sh").write_text(script)
+    subprocess.run(["sh", "-n", str(tmp_path / "s.sh")], check=True)
+    probe = "if python -c 'import pytest_timeout' >/dev/null 2>&1; then"
+    flags = "set -- --timeout=7.5 -o timeout_method=signal"
+    assert probe in script and flags in script
+    assert script.index(probe) < script.index(flags) < script.index("exec python -m pytest")
+    assert script.rstrip().endswith('tests/test_x.py "$@"')
+    # -p pytest_timeout would abort pytest where the entry point already loaded the plugin.
+    assert "-p pytest_timeout" not in script
+    off = render_test_script(argv, "/testbed", test_timeout=0)
+    assert "timeout" not in off and not off.rstrip().endswith('"$@"')
+    venv = render_test_script(["/opt/venv/bin/python3", "-m", "pytest"], "/w", test_timeout=1)
+    assert "/opt/venv/bin/python3 -c 'import pytest_timeout'" in venv
 
 
 def test_script_is_valid_sh_and_names_everything(tmp_path: Path) -> None:
@@ -374,3 +396,88 @@ def test_early_stop_spends_two_runs_on_a_task_that_cannot_have_fail_to_pass(
     with pytest.raises(Rejected) as info:
         Validator(docker_client, config).validate(cand)
     assert info.value.reason is Reason.PASSES_BEFORE
+
+
+# --------------------------------------------------------------------------- real suites
+
+SOCKET_TESTS = """
+
+import socket
+
+
+def test_connects_to_a_local_service():
+    socket.create_connection(("127.0.0.1", 9), timeout=5).close()
+
+
+def test_resolves_a_host():
+    socket.getaddrinfo("pypi.org", 443)
+"""
+HANGING_TEST = """
+
+import time
+
+
+def test_hangs():
+    time.sleep(10_000)
+"""
+NEGATIVE_TEST = """
+
+def test_add_negative():
+    assert add(2, -3) == -1
+"""
+
+
+@pytest.mark.docker
+def test_tests_needing_the_network_fail_on_both_sides_and_are_in_neither_list(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    tests = BASE_TESTS + SOCKET_TESTS + NEGATIVE_TEST
+    task = validate(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": FIXED_CODE, "tests/test_calc.py": tests
+    })  # fmt: skip
+    assert task.FAIL_TO_PASS == ["tests/test_calc.py::test_add_negative"]
+    network = {"tests/test_calc.py::test_connects_to_a_local_service",
+               "tests/test_calc.py::test_resolves_a_host"}  # fmt: skip
+    assert not network & set(task.PASS_TO_PASS + task.validation.flaky)
+    for run in task.validation.runs:  # they did run, and failed everywhere (no network)
+        assert {run.statuses[t] for t in network} == {"failed"}, (run.side, run.attempt)
+
+
+@pytest.mark.docker
+def test_hanging_test_fails_alone_at_the_per_test_timeout_and_the_run_goes_on(
+    tmp_path: Path, instance_image: InstanceFactory, docker_client: docker.DockerClient
+) -> None:
+    # The hanging test comes first: the F2P test after it must still run.
+    tests = BASE_TESTS + HANGING_TEST + NEGATIVE_TEST
+    config = dataclasses.replace(CONFIG, validate_test_timeout_seconds=5)
+    started = time.monotonic()
+    task = validate(tmp_path, instance_image, docker_client, {
+        "calc/__init__.py": FIXED_CODE, "tests/test_calc.py": tests
+    }, config)  # fmt: skip
+    seconds = time.monotonic() - started
+    assert task.FAIL_TO_PASS == ["tests/test_calc.py::test_add_negative"]
+    hang = "tests/test_calc.py::test_hangs"
+    assert hang not in task.PASS_TO_PASS + task.validation.flaky
+    for run in task.validation.runs:
+        assert run.statuses[hang] == "failed" and not run.timed_out
+        assert "Timeout (>5.0s) from pytest-timeout" in run.log_tail
+        assert 5 <= run.duration_seconds < 60, run.duration_seconds  # not the 120 s run limit
+    assert "--timeout=5 -o timeout_method=signal" in task.validation.test_script
+    print(f"5 runs with a hanging test (per-test timeout 5 s): {seconds:.1f}s")
+
+
+@pytest.mark.docker
+def test_image_without_pytest_timeout_still_validates(
+    tmp_path: Path,
+    instance_image: InstanceFactory,
+    docker_client: docker.DockerClient,
+    venv_pytest_image_without_timeout: str,
+) -> None:
+    """Images built before env layers carried pytest-timeout: the script leaves --timeout out
+    (pytest would stop with a usage error) and the task validates as before."""
+    pr = {"calc/__init__.py": FIXED_CODE, "tests/test_calc.py": NEW_TESTS}
+    task = validate(tmp_path, instance_image, docker_client, pr, CONFIG,
+                    env_image=venv_pytest_image_without_timeout)  # fmt: skip
+    assert "tests/test_calc.py::test_add_negative" in task.FAIL_TO_PASS
+    assert all(r.exit_code in (0, 1) for r in task.validation.runs)
+    assert "--timeout=120" in task.validation.test_script  # recorded, used where available

@@ -136,6 +136,14 @@ class StageFn(beam.DoFn):
             return stable_hash(self._config_hash, record)
         return None
 
+    def reuse(self, record: Any, cached: list[Record]) -> list[Record] | None:
+        """The cached outcomes to serve, or None to recompute them (counted as ``cache_stale``).
+
+        For a stage whose outcome names something outside the cache (an image on the engine):
+        it checks that the thing still exists, and may hand back outcomes adapted to this run.
+        """
+        return cached
+
     # -- Beam ----------------------------------------------------------------------------------
     def setup(self) -> None:
         self._cache = StageCache(self._cache_root) if self._cache_root else None
@@ -165,6 +173,10 @@ class StageFn(beam.DoFn):
         instance_id = self.instance_id_of(record)
         key = self.cache_key(record) if self._cache else None
         cached = self._cache.get(self.STAGE, instance_id, key) if self._cache and key else None
+        if cached is not None:
+            cached = self.reuse(record, cached)
+            if cached is None:
+                Metrics.counter(self.STAGE, "cache_stale").inc()
         if cached is not None:
             Metrics.counter(self.STAGE, "cache_hits").inc()
             self._tick("c")

@@ -62,7 +62,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STAGE = "validate"
-SCRIPT_VERSION = "test_script_v1"
+SCRIPT_VERSION = "test_script_v2"  # v2: per-test timeout via pytest-timeout
 INBOX = "/smelter"
 SCRIPT_PATH = f"{INBOX}/run_tests.sh"
 TEST_PATCH_PATH = f"{INBOX}/test.patch"
@@ -124,8 +124,41 @@ def _has_plugin_off(argv: Sequence[str], plugin: str) -> bool:
     return any(a == f"no:{plugin}" for a in argv) or f"-pno:{plugin}" in argv
 
 
-def render_test_script(argv: Sequence[str], workdir: str, drop_privileges: bool = True) -> str:
-    """The script every test container runs, as recorded on the Task."""
+def timeout_args(seconds: float) -> list[str]:
+    """pytest-timeout's flags for a per-test limit of ``seconds`` ([] when 0 = off).
+
+    ``timeout_method=signal``: SIGALRM raises inside the hung test, which then fails alone and
+    pytest goes on to the next one and writes its report. The ``thread`` method instead dumps
+    the stacks and ``os._exit``s the whole pytest process: no JUnit report, the run counts as
+    an infrastructure failure and the task is lost, which is what the limit must prevent. A
+    test stuck in C code that never returns to Python ignores the signal; the per-run wall
+    clock (``validate_timeout_seconds``) stays the outer bound for that. The method goes
+    through ``-o`` because its flag was renamed (``--timeout_method`` in pytest-timeout 1.x,
+    ``--timeout-method`` since 2.0) while the ini key is the same in both, and images resolve
+    dependencies as of the PR date.
+    """
+    if seconds <= 0:
+        return []
+    return [f"--timeout={seconds:g}", "-o", "timeout_method=signal"]
+
+
+def probe_python(argv: Sequence[str]) -> str:
+    """The interpreter that will run pytest (so the plugin probe imports from the same venv)."""
+    first = argv[0] if argv else "python"
+    return first if first.rsplit("/", 1)[-1].startswith("python") else "python"
+
+
+def render_test_script(
+    argv: Sequence[str], workdir: str, drop_privileges: bool = True, test_timeout: float = 0
+) -> str:
+    """The script every test container runs, as recorded on the Task.
+
+    The per-test timeout flags are added only when ``pytest_timeout`` imports in the image:
+    passed to a pytest without the plugin, ``--timeout`` is a usage error (exit 4) and every
+    run would be void. No ``-p pytest_timeout``: where the plugin is installed, pytest already
+    loads it through its entry point (named ``timeout``), and registering the module a second
+    time under another name aborts pytest with "Plugin already registered".
+    """
     drop = (
         """if [ "$(id -u)" = 0 ] && [ -z "${SMELTER_DROPPED:-}" ]; then
   mkdir -p "$out" && chmod 0777 "$out"
@@ -157,7 +190,22 @@ if [ "${{1:-before}}" = after ]; then
     echo "smelter: the fix does not apply"; exit {EXIT_FIX_PATCH}; }}
 fi
 export PYTHONDONTWRITEBYTECODE=1
-exec {shlex.join(argv)}
+{_timeout_block(argv, test_timeout)}exec {shlex.join(argv)}{' "$@"' if test_timeout > 0 else ""}
+"""
+
+
+def _timeout_block(argv: Sequence[str], seconds: float) -> str:
+    """Sets "$@" to the per-test timeout flags when the image has pytest-timeout (see above)."""
+    flags = timeout_args(seconds)
+    if not flags:
+        return ""
+    probe = shlex.join([probe_python(argv), "-c", "import pytest_timeout"])
+    return f"""# Per-test limit: a hanging test fails alone and the others still run
+# (pytest-timeout, signal method); without the plugin only the wall clock bounds the run.
+set --
+if {probe} >/dev/null 2>&1; then
+  set -- {shlex.join(flags)}
+fi
 """
 
 
@@ -306,7 +354,9 @@ class Validator:
             raise Rejected(Reason.NO_TESTS_RUN, "the test patch touches no test module")
         workdir = self.workdir_of(env.instance_image)
         argv = pytest_argv(env.test_command, files, workdir, cfg.validate_pytest_args)
-        script = render_test_script(argv, workdir, cfg.validate_drop_privileges)
+        script = render_test_script(
+            argv, workdir, cfg.validate_drop_privileges, cfg.validate_test_timeout_seconds
+        )
         inputs = {
             SCRIPT_PATH: script,
             TEST_PATCH_PATH: candidate.test_patch,

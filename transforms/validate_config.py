@@ -23,6 +23,11 @@ class ValidateConfig:
     validate_timeout_seconds: float = field(
         default=900.0, metadata={"help": "wall-clock limit of one test run; the task is rejected"}
     )
+    validate_test_timeout_seconds: float = field(
+        default=120.0,
+        metadata={"help": "limit of one test (pytest-timeout, used when the image has it): a "
+                          "hanging test fails alone and the run goes on; 0 = off"},
+    )  # fmt: skip
     validate_memory: str = field(
         default="4g", metadata={"help": "memory limit of a test container (no swap beyond it)"}
     )
