@@ -2,9 +2,10 @@
 # ${exclude_newer_note}. Shared by every PR whose recipe and dependency lines hash the same.
 FROM ${base_image}
 ${ca_setup}
+${system_setup}
 ENV VIRTUAL_ENV=/opt/smelter/venv \
     PATH=/opt/smelter/venv/bin:$$PATH \
-    UV_NATIVE_TLS=1
+    UV_SYSTEM_CERTS=1
 # The index URL (if any) arrives as a build argument, so it is never written into the image.
 ARG UV_DEFAULT_INDEX
 RUN uv venv --python /usr/bin/python3 $$VIRTUAL_ENV \

@@ -29,7 +29,9 @@ def _out() -> Console:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    suites = tuple(args.suite or ("bookworm",))
+    # bookworm alone by default: the pipeline bootstraps other suites when a PR needs them, and
+    # `make engine` should not spend minutes on interpreters a run may never use.
+    suites = bi.DEFAULT_SUITES if args.all else tuple(dict.fromkeys(args.suite or ("bookworm",)))
     for s in suites:
         bi.python_for_suite(s)  # unknown suite: one-line error before any work
     err = _err()
@@ -109,11 +111,17 @@ def register(sub: Any) -> None:
 
     boot = isub.add_parser(
         "bootstrap", help="build the base images (OS + Python + git + uv)",
-        description="Build base images: bullseye = Python 3.9, bookworm = 3.11, trixie = 3.13. "
-                    "The root filesystem tarball is cached, so a second run takes seconds.",
+        description="Build base images: "
+                    + ", ".join(f"{s} = {v}" for s, v in bi.SUITE_PYTHON.items())
+                    + " (Python). The pipeline builds a missing one the first time a PR needs "
+                    "its Python; this builds them ahead. The root filesystem tarball is cached, "
+                    "so a second run takes seconds.",
     )  # fmt: skip
-    boot.add_argument("--suite", action="append", choices=sorted(bi.SUITE_PYTHON),
-                      help="Debian suite (repeatable; default: bookworm)")  # fmt: skip
+    which = boot.add_mutually_exclusive_group()
+    which.add_argument("--suite", action="append", choices=list(bi.SUITE_PYTHON),
+                       help="Debian suite (repeatable; default: bookworm)")  # fmt: skip
+    which.add_argument("--all", action="store_true",
+                       help=f"every known suite ({', '.join(bi.SUITE_PYTHON)})")  # fmt: skip
     boot.add_argument(
         "--source", choices=("auto", "local", "registry"), default="auto",
         help="local debootstrap, registry python:X.Y-slim, or auto (registry only if it "

@@ -97,6 +97,15 @@ class Dockerfiles(Record):
     instance: str
 
 
+class EnvAttempt(Record):
+    """One (Python version, install rung) the environment stage tried, in order."""
+
+    python_version: str
+    rung: str
+    outcome: str = Field(description="'ok', or the Reason value of the failure")
+    error: str = Field(default="", description="the first error line of its log")
+
+
 class Environment(Record):
     """How to build and test one task; enough to rebuild its image without smelter."""
 
@@ -121,6 +130,23 @@ class Environment(Record):
     env_cache_hit: bool = False
     image_size_bytes: int | None = None
     build_log_tail: str = ""
+    python_candidates: list[str] = Field(
+        default_factory=list, description="versions in the order they were to be tried"
+    )
+    attempts: list[EnvAttempt] = Field(
+        default_factory=list, description="every (version, rung) tried, the last one the winner"
+    )
+    install_mode: str = Field(
+        default="",
+        description="how the source was installed: editable (PEP 660, no build isolation), "
+        "editable-isolated, legacy-develop (setup.py develop), none (PYTHONPATH)",
+    )
+    scm_version: str | None = Field(
+        default=None, description="version given to a git-versioned build (nearest tag)"
+    )
+    system_packages: list[str] = Field(
+        default_factory=list, description="Debian packages the env layer added (compiler rung)"
+    )
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -136,6 +162,9 @@ class Candidate(Record):
     base_commit: str
     merge_commit: str
     created_at: str
+    merged_at: str | None = Field(
+        default=None, description="ISO 8601, UTC; dependencies resolve as of this date"
+    )
     problem_statement: str = Field(description="raw: linked issues' text, else PR title + body")
     hints_text: str = ""
     patch: str = Field(description="non-test code hunks")

@@ -139,8 +139,10 @@ def test_second_run_is_served_from_the_stage_caches(demo_out: Path) -> None:
     proc = run_cli("demo", "--out", str(demo_out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = ticks(demo_out)
-    # Mining rescans history (cheap); the environment stage's resume mechanism is Docker's image
-    # cache (its records name images that validation may since have removed), so both run again.
+    # Mining rescans history (cheap), so it runs again. The environment stage has its cached
+    # outcomes but serves one only while its instance image exists (EnvironmentFn.reuse);
+    # validation removed every instance image (the default), so it rebuilds them, from cached
+    # env layers. With the images kept it is a cache hit (tests/test_environment_cache.py).
     for stage in ("snapshot", "validate", "clean", "render"):
         assert counts[stage]["o"] == counts[stage]["r"] == 0, (stage, counts[stage])
         assert counts[stage]["c"] > 0, stage

@@ -60,24 +60,41 @@ def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> 
         install_env={"SETUPTOOLS_SCM_PRETEND_VERSION": "0.0.0"},
     )  # fmt: skip
     assert "FROM smelter/env:e" in text
-    # without build isolation first (build requirements are in the env layer), isolated second
+    # without build isolation first (build requirements are in the env layer), isolated
+    # second, then setup.py develop (old setuptools has no PEP 660 hook); each names its mode
+    cut = "--exclude-newer 2024-01-01T00:00:00Z"
     assert (
-        "RUN (SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv pip install --no-build-isolation "
-        "--exclude-newer 2024-01-01T00:00:00Z -e '.[test]' || SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0"
-        " uv pip install --exclude-newer 2024-01-01T00:00:00Z -e '.[test]')" in text
+        "RUN { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv pip install --no-build-isolation "
+        f"{cut} -e '.[test]' && echo editable > /opt/smelter/install-mode; }} \\\n"
+        f" || {{ SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv pip install {cut} -e '.[test]'"
+        " && echo editable-isolated > /opt/smelter/install-mode; } \\\n"
+        " || { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -c 'import setuptools; "
+        "setuptools.setup()' develop --no-deps && echo legacy-develop > /opt/smelter/install-mode;"
+        " } \\\n && uv pip freeze" in text
     )
+    # git trusts the test user's tree before anything (setuptools-scm) reads it
+    assert text.index("safe.directory /testbed") < text.index("uv pip install")
+    assert "python setup.py develop" in envmod.render_instance_dockerfile(
+        repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=True,
+        extras=[], cutoff=None, install_env={}, has_setup_py=True,
+    )  # fmt: skip
     bare = envmod.render_instance_dockerfile(
         repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=False,
         extras=[], cutoff=None, install_env={}, source_paths=["/testbed/src", "/testbed"],
     )  # fmt: skip
-    assert "ENV PYTHONPATH=/testbed/src:/testbed" in bare and "RUN true" in bare
+    assert "ENV PYTHONPATH=/testbed/src:/testbed" in bare
+    assert "RUN echo none > /opt/smelter/install-mode" in bare
 
 
 def test_env_requirements_add_build_requirements_once() -> None:
     project = rc.project_metadata({"pyproject.toml": PYPROJECT})
     assert project.build_requires == ("setuptools>=61",)
     rung = rc.install_ladder({"pyproject.toml": PYPROJECT})[0]
-    assert envmod.env_requirements(rung, project) == ["pytest>=7", "setuptools>=61"]
+    assert envmod.env_requirements(rung, project) == [
+        "pytest>=7",
+        "pytest-timeout",
+        "setuptools>=61",
+    ]
     legacy = rc.project_metadata({"setup.py": "from setuptools import setup\nsetup()\n"})
     assert legacy.build_requires == ("setuptools>=40.8.0", "wheel")
 

@@ -144,16 +144,19 @@ def test_install_ladder_order_and_contents() -> None:
     }
     ladder = r.install_ladder(files)
     assert [g.name for g in ladder] == [
-        "extras-test", "requirements-files", "tox-deps", "extras-dev", "everything", "plain",
+        "extras-test", "tox-deps", "extras-dev", "requirements:requirements-dev.txt",
+        "everything", "plain",
     ]  # fmt: skip
     first = ladder[0]
     assert first.extras == ("test",)
     # own deps + test extra; the self-reference demo-pkg[extra] is left to the instance layer
-    assert first.requirements == ("attrs>=21", "click", "pytest>=7", "hypothesis")
-    assert ladder[1].requirements == ("attrs>=21", "click", "coverage", "pytest")
-    assert ladder[2].requirements == ("attrs>=21", "click", "pytest-mock", "importlib-metadata",
-                                      "pytest")  # fmt: skip
-    assert ladder[-1].requirements == ("attrs>=21", "click", "pytest")
+    assert first.requirements == ("attrs>=21", "click", "pytest>=7", "hypothesis",
+                                  "pytest-timeout")  # fmt: skip
+    assert ladder[1].requirements == ("attrs>=21", "click", "pytest-mock", "importlib-metadata",
+                                      "pytest", "pytest-timeout")  # fmt: skip
+    assert ladder[3].requirements == ("attrs>=21", "click", "coverage", "pytest",
+                                      "pytest-timeout")  # fmt: skip
+    assert ladder[-1].requirements == ("attrs>=21", "click", "pytest", "pytest-timeout")
     assert r.order_ladder(ladder, "tox-deps")[0].name == "tox-deps"
     assert [g.name for g in r.order_ladder(ladder, "gone")] == [g.name for g in ladder]
 
@@ -165,7 +168,7 @@ def test_dependency_groups_rung() -> None:
     )
     ladder = r.install_ladder({"pyproject.toml": text})
     assert [g.name for g in ladder] == ["dependency-groups", "plain"]
-    assert ladder[0].requirements == ("pytest", "mypy")
+    assert ladder[0].requirements == ("pytest", "mypy", "pytest-timeout")
 
 
 def test_import_names_and_test_files() -> None:

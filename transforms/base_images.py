@@ -3,7 +3,19 @@
 Deliberate choices:
 - ``debootstrap --variant=minbase`` of a Debian suite, tarred and ``docker import``-ed: the only
   network this needs is the Debian mirror, which air-gapped clusters mirror anyway. Debian's own
-  python3 fixes the version per suite (bullseye 3.9, bookworm 3.11, trixie 3.13).
+  python3 fixes the version per suite (bullseye 3.9, bookworm 3.11, trixie 3.13, forky 3.14),
+  known statically (``SUITE_PYTHON``) so a PR's Python maps to a suite before that suite's image
+  exists; the base Dockerfile asserts it, so a moving suite (forky is "testing": its python3
+  will become 3.15) fails its build with a clear message instead of mislabelling an image.
+- Every known suite is available by default, but a suite is bootstrapped only the first time a
+  PR needs its Python (``BaseProvider``): a debootstrap costs a minute or more and most runs need
+  one or two interpreters. A per-suite file lock makes concurrent workers wait for one
+  debootstrap instead of running two.
+- A suite newer than the host's debootstrap (forky on a bookworm host) is bootstrapped with
+  debootstrap's ``sid`` script, which every suite since bookworm uses.
+- Package lists are deleted from the image but ``/etc/apt/sources.list`` stays: the env layer
+  can ``apt-get update && apt-get install`` a compiler and the suite's ``python3-dev`` for
+  dependencies without a wheel for that Python.
 - The root filesystem tarball is cached under ``~/.cache/smelter/rootfs/`` keyed by suite,
   package list and mirror, so a second bootstrap (or one on a fresh engine) is an import of a
   local file: seconds, not minutes. A file lock makes concurrent bootstraps wait for one another.
@@ -27,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -44,7 +56,15 @@ from smelter.transforms.helpers import stable_hash, tail
 
 log = logging.getLogger(__name__)
 
-SUITE_PYTHON: dict[str, str] = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+# Oldest first. sid is left out on purpose: it ships forky's python3 and breaks without notice.
+SUITE_PYTHON: dict[str, str] = {
+    "bullseye": "3.9",
+    "bookworm": "3.11",
+    "trixie": "3.13",
+    "forky": "3.14",
+}
+DEFAULT_SUITES: tuple[str, ...] = tuple(SUITE_PYTHON)
+DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
 BASE_PACKAGES: tuple[str, ...] = (
     "python3",
     "python3-venv",  # ensurepip, so `python -m venv` works
@@ -106,11 +126,23 @@ def rootfs_key(suite: str, packages: Sequence[str], mirror: str) -> str:
     return stable_hash(ROOTFS_FORMAT, suite, sorted(packages), mirror, length=12)
 
 
-def debootstrap_command(suite: str, root: str, packages: Sequence[str], mirror: str) -> list[str]:
-    return [
+def debootstrap_command(
+    suite: str, root: str, packages: Sequence[str], mirror: str, script: str | None = None
+) -> list[str]:
+    cmd = [
         "debootstrap", "--variant=minbase", f"--include={','.join(sorted(packages))}",
         suite, root, mirror,
     ]  # fmt: skip
+    return [*cmd, script] if script else cmd
+
+
+def debootstrap_script(suite: str, scripts_dir: Path = DEBOOTSTRAP_SCRIPTS) -> str | None:
+    """None when the host's debootstrap knows ``suite``; else its ``sid`` script, which every
+    Debian suite since bookworm uses (trixie is a symlink to it). Without this, a bookworm host's
+    debootstrap (1.0.128) stops with "No such script" for forky."""
+    if (scripts_dir / suite).exists() or not (scripts_dir / "sid").exists():
+        return None
+    return str(scripts_dir / "sid")
 
 
 def render_base_dockerfile(
@@ -121,6 +153,8 @@ def render_base_dockerfile(
         setup = (
             "RUN apt-get update && apt-get install -y --no-install-recommends git ca-certificates"
             " && rm -rf /var/lib/apt/lists/*"
+            # python:X.Y-slim has its python3 in /usr/local/bin; the env layer uses /usr/bin's.
+            " && ([ -e /usr/bin/python3 ] || ln -s /usr/local/bin/python3 /usr/bin/python3)"
         )
         note = f"the registry image {from_image}"
     else:
@@ -189,7 +223,7 @@ def ensure_rootfs(
         work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=target.parent))
         root = work / "root"
         try:
-            cmd = debootstrap_command(suite, str(root), packages, mirror)
+            cmd = debootstrap_command(suite, str(root), packages, mirror, debootstrap_script(suite))
             say(f"debootstrap {suite} ({', '.join(packages)}); this takes a few minutes once")
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -374,3 +408,129 @@ def list_base_images(client: docker.DockerClient) -> list[BaseImage]:
             )
         )  # fmt: skip
     return found
+
+
+class BaseUnavailable(Fatal):
+    """No base image for a Python version: not configured, bootstrap disabled, or it failed.
+
+    Fatal when nobody handles it (a run cannot go on without the bases it was told to use), but
+    its own class so a version ladder can skip to the next version instead of stopping."""
+
+
+class BaseProvider(Mapping[str, BaseImage]):
+    """Python version -> base image for the configured suites, each built on first need.
+
+    Deliberate:
+    - Construction does no I/O (no engine call, no debootstrap): a worker's setup stays instant,
+      and the versions on offer (``versions()``) are every configured suite's, built or not, so
+      the Python a PR gets never depends on what earlier runs happened to bootstrap.
+    - ``get_base(version)`` returns the newest base of that suite already on the engine (as the
+      old ``available_bases`` did), else bootstraps the suite, under a per-suite file lock in
+      ``cache_dir``: concurrent workers (processes or threads) asking at once run one debootstrap;
+      the others wait, then find its image.
+    - A failure is remembered: the next PR that needs the same version gets the same
+      ``BaseUnavailable`` at once instead of another minutes-long debootstrap.
+    - A ``Mapping`` so code written for the old ``dict`` (``list(bases)``, ``bases[v]``) works
+      unchanged; iteration, ``len`` and ``in`` never build anything, ``bases[v]`` (and so
+      ``.get``, ``.values()``, ``.items()``) may.
+    - It holds a Docker client: make it in ``DoFn.setup``, never pickle it.
+    """
+
+    def __init__(
+        self,
+        suites: Sequence[str] = DEFAULT_SUITES,
+        *,
+        client: docker.DockerClient,
+        cache_dir: Path | str | None = None,
+        source: str = "auto",
+        bootstrap_missing: bool = True,
+        packages: Sequence[str] = BASE_PACKAGES,
+        mirror: str = DEFAULT_MIRROR,
+        say: Callable[[str], None] = log.info,
+    ) -> None:
+        if source not in ("auto", "local", "registry"):
+            raise Fatal(f"env_base_source must be auto, local or registry, not {source!r}")
+        self._suites: dict[str, str] = {}  # python version -> suite; the first suite wins
+        for suite in suites:
+            self._suites.setdefault(python_for_suite(suite), suite)  # unknown suite: Fatal
+        self.client = client
+        self._cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._source: Source = source  # type: ignore[assignment]
+        self._bootstrap_missing = bootstrap_missing
+        self._packages, self._mirror, self._say = tuple(packages), mirror, say
+        self._images: dict[str, BaseImage] = {}
+        self._failed: dict[str, str] = {}
+
+    def versions(self) -> list[str]:
+        """Every configured Python version, bootstrapped or not, oldest first."""
+        return sorted(self._suites, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+    def suite_for(self, version: str) -> str:
+        try:
+            return self._suites[version]
+        except KeyError:
+            known = ", ".join(self.versions()) or "none"
+            raise BaseUnavailable(
+                f"no configured Debian suite ships Python {version} (configured: {known})"
+            ) from None
+
+    def present(self) -> dict[str, BaseImage]:
+        """Versions whose base image is already on the engine; builds nothing (for reports)."""
+        found = dict(self._images)
+        for b in list_base_images(self.client):  # newest first: keep the first per suite
+            if self._suites.get(b.python_version) == b.suite and self._source in ("auto", b.source):
+                found.setdefault(b.python_version, b)
+        return found
+
+    def get_base(self, version: str) -> BaseImage:
+        """The base image for ``version``; bootstraps its suite the first time (minutes)."""
+        if version in self._images:
+            return self._images[version]
+        if version in self._failed:
+            raise BaseUnavailable(self._failed[version])
+        suite = self.suite_for(version)
+        with file_lock(self._cache / "locks" / f"base-{suite}.lock"):
+            found = self._present_suite(suite)
+            if found is None:
+                found = self._bootstrap(suite, version)
+            self._images[version] = found
+        return found
+
+    def _present_suite(self, suite: str) -> BaseImage | None:
+        for b in list_base_images(self.client):
+            if b.suite == suite and self._source in ("auto", b.source):
+                return b
+        return None
+
+    def _bootstrap(self, suite: str, version: str) -> BaseImage:
+        if not self._bootstrap_missing:
+            message = (
+                f"no base image for Python {version} ({suite}) and bootstrapping is off "
+                f"(env_bootstrap_missing); run `smelter images bootstrap --suite {suite}`"
+            )
+            self._failed[version] = message
+            raise BaseUnavailable(message)
+        self._say(f"Python {version} needed: bootstrapping its base image ({suite}) once")
+        try:
+            (built,) = bootstrap(
+                (suite,), cache_dir=self._cache, source=self._source, client=self.client,
+                packages=self._packages, mirror=self._mirror, say=self._say,
+            )  # fmt: skip
+        except Fatal as e:
+            self._failed[version] = f"base image for Python {version} ({suite}) failed: {e}"
+            raise BaseUnavailable(self._failed[version]) from None
+        return built
+
+    def __getitem__(self, version: str) -> BaseImage:
+        if version not in self._suites:
+            raise KeyError(version)
+        return self.get_base(version)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.versions())
+
+    def __len__(self) -> int:
+        return len(self._suites)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._suites

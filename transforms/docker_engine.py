@@ -348,15 +348,22 @@ def ensure_engine(
 # --------------------------------------------------------------------------- containers
 
 
+# Not 0: zip (and so every wheel a build back end writes, flit_core's first) cannot store a
+# date before 1980-01-01, and flit copies source mtimes into the wheel ("ZIP does not support
+# timestamps before 1980"). 2000-01-01T00:00:00Z is fixed, so contexts stay byte-stable.
+STABLE_MTIME = 946_684_800
+
+
 def tar_files(
     files: Mapping[str, bytes | str], mode: int = 0o644, dirs: Mapping[str, Path] | None = None
 ) -> bytes:
     """An in-memory tar of ``{path: content}`` (and whole ``{arcname: directory}`` trees), for
-    put_archive and build contexts. Directory entries keep their modes; mtimes are zeroed.
+    put_archive and build contexts. Directory entries keep their modes; every mtime is the
+    fixed ``STABLE_MTIME``, so the same files give the same bytes and the same cache key.
     """
 
     def stable(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mtime, info.uid, info.gid, info.uname, info.gname = STABLE_MTIME, 0, 0, "", ""
         return info
 
     buf = io.BytesIO()
@@ -368,7 +375,7 @@ def tar_files(
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size = len(data)
             info.mode = mode
-            info.mtime = 0  # stable bytes: same files, same context hash, same cache key
+            info.mtime = STABLE_MTIME  # stable bytes: same files, same context hash, same key
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

@@ -18,9 +18,10 @@ Deliberate choices:
 - Secrets never enter an image or a record: the index URL (which may carry credentials) is a
   build argument, not Dockerfile text. The CA bundle is public material and is baked into the
   env layer so that builds verify TLS behind an intercepting proxy.
-- The stage's own outcome cache is off (``cache_key`` is None): the Docker image cache is the
-  resume mechanism, and a cached record whose image was pruned would send validation to a
-  missing image.
+- The stage's outcome is cached like every stage's, but a hit is served only while its
+  instance image still exists (``EnvironmentFn.reuse``), under a fresh alias of this run;
+  once validation or a prune removed the image, the record is rebuilt (the env layer and
+  Docker's build cache make that cheap), so validation never meets a missing image.
 - ``Environment.instance_image`` is not the content-hash tag but this record's own alias of it
   (``<content tag>.<run owner token>.<nonce>``, see ``docker_engine.alias_tag``). The content
   tag stays the reuse key: a run finding it only adds its alias, and builds hold a per-tag lock
@@ -33,6 +34,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -54,9 +56,10 @@ from typing import Any
 import docker
 import docker.errors
 
-from smelter.schemas import Candidate, Dockerfiles, Environment, Reason
+from smelter.schemas import Candidate, Dockerfiles, EnvAttempt, Environment, Reason
 from smelter.transforms import base_images as bi
 from smelter.transforms import docker_engine as eng
+from smelter.transforms import pyversion as pyv
 from smelter.transforms import recipe as rc
 from smelter.transforms.common import Fatal, Rejected, Retryable, StageFn, stable_hash, tail
 from smelter.transforms.environment_config import EnvConfig
@@ -112,9 +115,14 @@ def _template(name: str) -> Template:
     return Template(resources.files("smelter.dockerfiles").joinpath(name).read_text())
 
 
+COMPILER_PACKAGES: tuple[str, ...] = ("gcc", "g++", "make", "libc6-dev", "python3-dev")
+"""Debian packages of the compiler rung: enough to build a C extension for the suite's own
+python3 (``python3-dev`` matches the base image's interpreter in every suite)."""
+
+
 def render_env_dockerfile(
     *, repo: str, recipe: str, base_image: str, requirements: Sequence[str],
-    cutoff: str | None, with_ca: bool,
+    cutoff: str | None, with_ca: bool, system_packages: Sequence[str] = (),
 ) -> str:  # fmt: skip
     ca_setup = (
         "COPY extra-ca.crt /usr/local/share/smelter/extra-ca.crt\n"
@@ -123,28 +131,60 @@ def render_env_dockerfile(
         if with_ca
         else "# (no extra CA bundle)"
     )
+    system_setup = (
+        "RUN apt-get update \\\n"
+        " && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+        + " ".join(shlex.quote(p) for p in system_packages)
+        + " \\\n && rm -rf /var/lib/apt/lists/*"
+        if system_packages
+        else "# (no system packages)"
+    )
     return _template("env.Dockerfile").substitute(
         repo=repo, recipe=recipe, base_image=base_image, ca_setup=ca_setup,
         exclude_newer_note=cutoff or "the build date (no cutoff)", uv_flags=uv_flags(cutoff),
-        requirements=" ".join(shlex.quote(r) for r in requirements),
+        requirements=" ".join(shlex.quote(r) for r in requirements), system_setup=system_setup,
     )  # fmt: skip
+
+
+INSTALL_MODE_FILE = "/opt/smelter/install-mode"
+INSTALL_MODES = ("editable", "editable-isolated", "legacy-develop", "none")
+
+
+def install_script(
+    *, installable: bool, extras: Sequence[str], cutoff: str | None,
+    install_env: Mapping[str, str], has_setup_py: bool,
+) -> str:  # fmt: skip
+    """The instance layer's install, as one shell command: the first way that works wins and
+    names itself in ``INSTALL_MODE_FILE``.
+
+    1. editable, no build isolation: the env layer holds the build requirements, so nothing is
+       downloaded and no build env is created;
+    2. editable with an isolated build (the back end needs something the env layer lacks);
+    3. ``setup.py develop``: setuptools older than 64 (what an old PR's date resolves to) has no
+       PEP 660 hook ("has no attribute 'build_editable'"), but has always had ``develop``, which
+       links the source tree into the venv just the same. Its dependencies are the env layer's.
+    """
+    if not installable:
+        return f"echo none > {INSTALL_MODE_FILE}"  # the source runs from PYTHONPATH
+    target = "." + (f"[{','.join(extras)}]" if extras else "")
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(install_env.items()))
+    cmd = f"{prefix}uv pip install {uv_flags(cutoff)} -e {shlex.quote(target)}".replace("  ", " ")
+    no_iso = cmd.replace("uv pip install", "uv pip install --no-build-isolation", 1)
+    setup = "setup.py" if has_setup_py else "-c 'import setuptools; setuptools.setup()'"
+    legacy = f"{prefix}python {setup} develop --no-deps"
+    ways = [(no_iso, "editable"), (cmd, "editable-isolated"), (legacy, "legacy-develop")]
+    return " \\\n || ".join(f"{{ {c} && echo {mode} > {INSTALL_MODE_FILE}; }}" for c, mode in ways)
 
 
 def render_instance_dockerfile(
     *, repo: str, instance_id: str, base_commit: str, env_image: str, installable: bool,
     extras: Sequence[str], cutoff: str | None, install_env: Mapping[str, str],
-    source_paths: Sequence[str] = (),
+    source_paths: Sequence[str] = (), has_setup_py: bool = False,
 ) -> str:  # fmt: skip
-    if installable:
-        target = "." + (f"[{','.join(extras)}]" if extras else "")
-        cmd = f"uv pip install {uv_flags(cutoff)} -e {shlex.quote(target)}".replace("  ", " ")
-        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(install_env.items()))
-        # The env layer holds the build requirements, so no isolated build env has to be
-        # downloaded and created (seconds per PR); an isolated build remains the fallback.
-        no_iso = cmd.replace("uv pip install", "uv pip install --no-build-isolation", 1)
-        install = f"({prefix}{no_iso} || {prefix}{cmd})"
-    else:
-        install = "true"  # nothing to install; the source runs from PYTHONPATH
+    install = install_script(
+        installable=installable, extras=extras, cutoff=cutoff, install_env=install_env,
+        has_setup_py=has_setup_py,
+    )  # fmt: skip
     source_env = (
         f"ENV PYTHONPATH={':'.join(source_paths)}"
         if source_paths
@@ -154,6 +194,88 @@ def render_instance_dockerfile(
         repo=repo, instance_id=instance_id, base_commit=base_commit, env_image=env_image,
         source_env=source_env, install=install,
     )  # fmt: skip
+
+
+# Lines that say what went wrong in a build log, in uv's, pip's, setuptools' and Docker's words.
+_ERROR_LINE = re.compile(
+    r"(^|\s)(×|error:|ERROR:|Error:|fatal:|FAILED|No solution found|Traceback \(most recent"
+    r"|[A-Z]\w*(Error|Exception)\b:?|Because .* (depends|requires)|hint:)"
+)
+_NOISE_LINE = re.compile(r"^\s*(Step \d+/\d+|RUN |---> |Removing intermediate|#\d+ )")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """Build logs carry the colours uv and pip paint for a terminal; a record keeps words."""
+    return _ANSI.sub("", text)
+
+
+def first_error(log: str, context: int = 6) -> str:
+    """The first line of ``log`` that states an error, with the lines after it: what a person
+    reads first. The echoed command (``Step 5/7 : RUN ...``) is never taken for it. When the
+    error wraps a Python exception ("The build backend returned an error"), the exception's
+    own line follows, however far below it comes."""
+    lines = strip_ansi(log).splitlines()
+    for i, line in enumerate(lines):
+        if _NOISE_LINE.match(line) or not _ERROR_LINE.search(line):
+            continue
+        block = [x.rstrip() for x in lines[i : i + 1 + context] if x.strip()]
+        cause = _exception_after(lines, i)
+        if cause and cause not in block:
+            block.append(f"... {cause}")
+        return "\n".join(block)
+    return ""
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Warning)|error):? ")
+
+
+def _exception_after(lines: Sequence[str], start: int, span: int = 120) -> str:
+    """The last Python exception line in the failure starting at ``start`` (a traceback's last
+    line names what was raised), before the next build step."""
+    found = ""
+    for line in lines[start : start + span]:
+        if _NOISE_LINE.match(line) or line.startswith("The command '"):
+            break
+        if _EXCEPTION_LINE.match(line) and not line.lstrip().startswith("error: The build"):
+            found = line.strip()
+    return found
+
+
+def first_error_line(log: str) -> str:
+    """One line for a table: the exception a failure raised, else its first error line."""
+    block = first_error(log, context=0)
+    last = block.splitlines()[-1] if block else ""
+    return last.removeprefix("... ")[:300]
+
+
+_NEEDS_COMPILER = re.compile(
+    r"(gcc|cc|c\+\+|g\+\+|x86_64-linux-gnu-gcc|aarch64-linux-gnu-gcc)['`\"]?:? (failed|not found)"
+    r"|command '[^']*gcc' failed|unable to execute '[^']*(gcc|cc)'|Python\.h: No such file"
+    r"|error: command '.*' failed with exit (code|status)|No such file or directory: '(gcc|cc)'"
+    r"|You need a C compiler|C compiler cannot create|Unknown compiler|compiler not found"
+    r"|Microsoft Visual C\+\+|\bcc1: |could not find a C compiler",
+    re.IGNORECASE,
+)
+
+
+def needs_compiler(log: str) -> bool:
+    """Whether a failed build wanted a C compiler or Python headers (a dependency, or the
+    project itself, with no wheel for this Python)."""
+    return bool(_NEEDS_COMPILER.search(log))
+
+
+def reject_detail(log: str, summary: str, limit: int = 1400) -> str:
+    """The first error ahead of the tail, then the summary: a tail alone is filled by the echoed
+    command and the resolver's last words, and the cause scrolls away."""
+    log = strip_ansi(log)
+    head = first_error(log)[:700]
+    rest = tail(log, max(200, limit - len(head)))
+    if head and head in rest:
+        return f"{rest}\n-- {summary}"
+    return f"first error:\n{head}\n...\n{rest}\n-- {summary}" if head else f"{rest}\n-- {summary}"
 
 
 def env_requirements(rung: rc.Rung, project: rc.Project) -> list[str]:
@@ -191,19 +313,38 @@ def failure_reason(err: eng.BuildFailed) -> Reason:
     return Reason.INSTALL_FAILED if "returned a non-zero code" in str(err) else Reason.BUILD_FAILED
 
 
-def read_recipe_files(root: Path) -> tuple[dict[str, str], list[str]]:
-    """({path: text} of the files recipe inference reads, every path) of a source tree."""
+def read_recipe_files_at(repo: GitRepo, commit: str) -> tuple[dict[str, str], list[str]]:
+    """({path: text} of the files recipe inference reads, every regular file) at ``commit``,
+    from git objects: a symlink in the repository is never followed to a host file."""
+    try:
+        paths = sorted(repo.regular_files(commit))
+    except GitError as e:
+        raise Rejected(Reason.BUILD_FAILED, f"cannot list the files at {commit}: {e}") from None
     files: dict[str, str] = {}
-    paths: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".git"]
-        for name in filenames:
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            paths.append(rel)
-            if rc.wanted(rel) and full.is_file() and full.stat().st_size <= MAX_RECIPE_FILE_BYTES:
-                files[rel] = full.read_text(errors="replace")
-    return files, sorted(paths)
+    for path in paths:
+        if rc.wanted(path):
+            data = repo.read_file(commit, path)
+            if data is not None and len(data) <= MAX_RECIPE_FILE_BYTES:
+                files[path] = data.decode(errors="replace")
+    return files, paths
+
+
+def resolve_date(c: Candidate) -> str:
+    """Dependencies resolve as of the merge: a PR branched long before it landed was made to
+    work against what existed when it was merged, not when its first commit was written."""
+    return c.merged_at or c.created_at
+
+
+def resolver_cutoff(when: str, python: str) -> str:
+    """The resolver's date for a PR on ``python``: the PR's date, but never before that Python
+    had been out for ``pyversion.ADOPTION_LAG``. Packages from before an interpreter existed
+    often break on it (setuptools of 2019 calls ``HTMLParser().unescape``, gone in 3.9; pytest
+    of 2021 fails on 3.11's ``__spec__``), and no older interpreter can be had here, so an old
+    PR resolves as of the earliest date its interpreter was usable."""
+    floor = dt.datetime.combine(
+        pyv.release_date(python) + pyv.ADOPTION_LAG, dt.time(), tzinfo=dt.UTC
+    )
+    return max(_parse_time(when), floor).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- side effects
@@ -253,11 +394,32 @@ class RecipeMemory:
         os.replace(tmp, self._path(repo))  # atomic: concurrent workers never see half a file
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Attempt:
     rung: str
     reason: Reason
     log: str
+    python: str = ""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    env_df: str
+    env_hash: str
+    env_tag: str
+    inst_df: str
+    inst_tag: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What one candidate's builds share: its tree, recipe files and version."""
+
+    tree: Path
+    files: Mapping[str, str]
+    paths: list[str]
+    project: rc.Project
+    scm_version: str
 
 
 @dataclass
@@ -283,111 +445,178 @@ class Builder:
         tmp = Path(tempfile.mkdtemp(prefix="snapshot-", dir=self._tmp_root()))
         try:
             tree = tmp / "testbed"
-            self._export(candidate, tree)
-            files, paths = read_recipe_files(tree)
-            python = rc.choose_python(files, list(self.bases))
-            if python is None:
-                project = rc.project_metadata(files)
+            repo = self._repo(candidate)
+            files, paths = read_recipe_files_at(repo, candidate.base_commit)
+            self._export(repo, candidate, tree)
+            project = rc.project_metadata(files)
+            tag = repo.nearest_tag(candidate.base_commit)
+            scm_version = rc.version_from_tag(tag) or self.config.env_scm_pretend_version
+            src = _Source(tree, files, paths, project, scm_version)
+            versions = self._python_candidates(files, resolve_date(candidate))
+            if not versions:
                 raise Rejected(
                     Reason.NO_PYTHON_VERSION,
                     f"requires-python {project.requires_python!r} admits none of the available "
-                    f"bases ({', '.join(sorted(self.bases)) or 'none'})",
+                    f"bases ({', '.join(self._versions()) or 'none'})",
                 )
-            return self._ladder(candidate, tree, files, paths, python, started)
+            attempts: list[EnvAttempt] = []
+            failures: list[_Attempt] = []
+            for python in versions[: max(1, self.config.env_max_pythons)]:
+                try:
+                    env = self._ladder(
+                        candidate, src, python, versions, attempts, failures, started
+                    )
+                except bi.BaseUnavailable as e:  # this version only: the next one may build
+                    failures.append(_Attempt("base", Reason.BUILD_FAILED, str(e), python))
+                    attempts.append(EnvAttempt(
+                        python_version=python, rung="base", outcome=Reason.BUILD_FAILED.value,
+                        error=str(e)[:300],
+                    ))  # fmt: skip
+                    continue
+                if env is not None:
+                    return env
+            best = max(failures, key=lambda a: _PROGRESS.index(a.reason))
+            tried = ", ".join(f"{a.python_version}/{a.rung}: {a.outcome}" for a in attempts)
+            summary = f"{best.rung} on Python {best.python} failed; tried {tried}"
+            raise Rejected(best.reason, reject_detail(best.log, summary))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # -- steps ---------------------------------------------------------------------------------
+    def _versions(self) -> list[str]:
+        versions = self.bases.versions() if hasattr(self.bases, "versions") else list(self.bases)
+        return sorted(versions, key=rc._vkey)
+
+    def _base(self, version: str) -> bi.BaseImage:
+        """The base image of ``version``, bootstrapped by a lazy provider on first need."""
+        if hasattr(self.bases, "get_base"):
+            return self.bases.get_base(version)  # type: ignore[no-any-return]
+        return self.bases[version]  # type: ignore[index]
+
+    def _python_candidates(self, files: Mapping[str, str], when: str) -> list[str]:
+        return pyv.python_candidates(files, self._versions(), when)
+
     def _tmp_root(self) -> Path:
         root = self.cache_dir / "tmp"
         root.mkdir(parents=True, exist_ok=True)
         return root
 
-    def _export(self, candidate: Candidate, dest: Path) -> None:
+    def _repo(self, candidate: Candidate) -> GitRepo:
         try:
             url = candidate.repo_url
             local = Path(url)
-            repo = (
-                GitRepo(local)
-                if "://" not in url and local.exists()
-                else GitRepo.mirror(url, self.cache_dir / "mirrors")
-            )
+            if "://" not in url and local.exists():
+                return GitRepo(local)
+            return GitRepo.mirror(url, self.cache_dir / "mirrors")
+        except GitError as e:
+            raise Rejected(Reason.BUILD_FAILED, f"repository unavailable: {e}") from None
+
+    def _export(self, repo: GitRepo, candidate: Candidate, dest: Path) -> None:
+        try:
             repo.export_snapshot(candidate.base_commit, dest)
         except GitError as e:
             raise Rejected(Reason.BUILD_FAILED, f"snapshot export failed: {e}") from None
 
     def _ladder(
-        self, c: Candidate, tree: Path, files: Mapping[str, str], paths: list[str],
-        python: str, started: float,
-    ) -> Environment:  # fmt: skip
-        base = self.bases[python]
-        project = rc.project_metadata(files)
-        rungs = rc.order_ladder(rc.install_ladder(files), self.memory.get(c.repo))
+        self, c: Candidate, src: _Source, python: str, versions: Sequence[str],
+        attempts: list[EnvAttempt], failures: list[_Attempt], started: float,
+    ) -> Environment | None:  # fmt: skip
+        """The first rung that builds and checks on ``python``, or None (``attempts`` and
+        ``failures`` say why). A rung whose build wanted a compiler is tried once more with
+        one in its env layer."""
+        base = self._base(python)
+        project = src.project
+        rungs = rc.order_ladder(rc.install_ladder(src.files), self.memory.get(c.repo))
         rungs = rungs[: max(1, self.config.env_max_rungs)]
-        names = rc.import_names(paths, project.name) if project.installable else []
+        names = rc.import_names(src.paths, project.name) if project.installable else []
         collect = [f for f in rc.collectable_test_files(c.test_files)]
-        attempts: list[_Attempt] = []
-        inst_cut = instance_cutoff(c.created_at) if self.config.env_exclude_newer else None
+        when = resolver_cutoff(resolve_date(c), python)
+        inst_cut = instance_cutoff(when) if self.config.env_exclude_newer else None
         env_cuts: list[str | None] = [None]
         if self.config.env_exclude_newer:
-            bucket = env_cutoff(c.created_at, self.config.env_exclude_newer_bucket_days)
-            env_cuts = list(dict.fromkeys([bucket, env_cutoff(c.created_at, 1)]))
+            bucket = env_cutoff(when, self.config.env_exclude_newer_bucket_days)
+            env_cuts = list(dict.fromkeys([bucket, env_cutoff(when, 1)]))
         for rung in rungs:
-            built = self._build_rung(c, project, paths, base, rung, env_cuts, inst_cut, tree)
-            if isinstance(built, _Attempt):
-                attempts.append(built)
-                continue
-            (env_df, env_hash, env_tag, inst_df, _), env_hit, env_log, (alias, inst_log) = built
-            done = False
-            try:
-                check = self._check(alias, c, names, collect)
-                if check is not None and check.reason is not None:
-                    attempts.append(_Attempt(rung.name, check.reason, check.output))
-                    continue
-                self.memory.put(c.repo, rung.name)
-                frozen = eng.read_image_file(self.client, alias, "/opt/smelter/frozen.txt") or b""
-                size = self.client.images.get(alias).attrs.get("Size")
-                install_commands = [
-                    line.removeprefix("RUN ").strip()
-                    for df in (env_df, inst_df)
-                    for line in _logical_lines(df)
-                    if line.startswith("RUN ")
-                ]
-                env = Environment(
-                    python_version=python, base_image=base.tag, env_image=env_tag,
-                    instance_image=alias, env_hash=env_hash, recipe=rung.name,
-                    install_commands=install_commands,
-                    pre_install=[f"{k}={v}" for k, v in sorted(rc.scm_environment(
-                        project, self.config.env_scm_pretend_version).items())],
-                    test_command=list(rc.TEST_COMMAND), test_files=list(c.test_files),
-                    workdir=WORKDIR, test_user=check.user if check else TEST_USER,
-                    exclude_newer=inst_cut,
-                    frozen_requirements=[
-                        ln for ln in frozen.decode(errors="replace").splitlines() if ln.strip()
-                    ],
-                    dockerfiles=Dockerfiles(base=base.dockerfile, env=env_df, instance=inst_df),
-                    build_seconds=round(time.monotonic() - started, 3), env_cache_hit=env_hit,
-                    image_size_bytes=int(size) if size is not None else None,
-                    build_log_tail=tail(env_log + inst_log, 2000),
-                )  # fmt: skip
-                done = True
-                return env
-            finally:
-                # Only our alias goes (a failed rung, or the engine failing midway): another run
-                # holding the same image keeps it.
-                if not done and not self.config.env_keep_instance_images:
-                    eng.remove_image(self.client, alias, force=False, lock_dir=locks_dir())
-        best = max(attempts, key=lambda a: _PROGRESS.index(a.reason))
-        tried = ", ".join(f"{a.rung}: {a.reason.value}" for a in attempts)
-        # The summary goes last: details are cut from the front, and the end is what matters.
-        raise Rejected(
-            best.reason, f"{tail(best.log, 1400)}\n-- {best.rung} log above; tried {tried}"
-        )
+            for system in ((), COMPILER_PACKAGES):
+                label = rung.name + ("+compiler" if system else "")
+                built = self._build_rung(c, src, base, rung, env_cuts, inst_cut, system)
+                if isinstance(built, _Attempt):
+                    built = dataclasses.replace(built, rung=label, python=python)
+                    failures.append(built)
+                    attempts.append(EnvAttempt(
+                        python_version=python, rung=label, outcome=built.reason.value,
+                        error=first_error_line(built.log),
+                    ))  # fmt: skip
+                    if not system and self.config.env_compiler_rung and needs_compiler(built.log):
+                        continue
+                    break
+                plan, env_hit, env_log, (alias, inst_log) = built
+                done = False
+                try:
+                    check = self._check(alias, c, names, collect)
+                    if check is not None and check.reason is not None:
+                        failures.append(_Attempt(label, check.reason, check.output, python))
+                        attempts.append(EnvAttempt(
+                            python_version=python, rung=label, outcome=check.reason.value,
+                            error=first_error_line(check.output),
+                        ))  # fmt: skip
+                        break
+                    attempts.append(EnvAttempt(python_version=python, rung=label, outcome="ok"))
+                    self.memory.put(c.repo, rung.name)
+                    env = self._record(
+                        c, src, python, versions, base, rung, plan, alias, check,
+                        inst_cut, env_hit, env_log + inst_log, attempts, system, started,
+                    )  # fmt: skip
+                    done = True
+                    return env
+                finally:
+                    # Only our alias goes (a failed rung, or the engine failing midway): another
+                    # run holding the same image keeps it.
+                    if not done and not self.config.env_keep_instance_images:
+                        eng.remove_image(self.client, alias, force=False, lock_dir=locks_dir())
+        return None
+
+    def _record(
+        self, c: Candidate, src: _Source, python: str, versions: Sequence[str],
+        base: bi.BaseImage, rung: rc.Rung, plan: _Plan, alias: str, check: _Check | None,
+        inst_cut: str | None, env_hit: bool, build_log: str, attempts: Sequence[EnvAttempt],
+        system: Sequence[str], started: float,
+    ) -> Environment:  # fmt: skip
+        """The Environment of a rung that worked: everything needed to rebuild its image."""
+        frozen = eng.read_image_file(self.client, alias, "/opt/smelter/frozen.txt") or b""
+        mode = eng.read_image_file(self.client, alias, INSTALL_MODE_FILE) or b""
+        size = self.client.images.get(alias).attrs.get("Size")
+        install_commands = [
+            line.removeprefix("RUN ").strip()
+            for df in (plan.env_df, plan.inst_df)
+            for line in _logical_lines(df)
+            if line.startswith("RUN ")
+        ]
+        scm = rc.scm_environment(src.project, src.scm_version)
+        return Environment(
+            python_version=python, base_image=base.tag, env_image=plan.env_tag,
+            instance_image=alias, env_hash=plan.env_hash, recipe=rung.name,
+            install_commands=install_commands,
+            pre_install=[f"{k}={v}" for k, v in sorted(scm.items())],
+            test_command=list(rc.TEST_COMMAND), test_files=list(c.test_files),
+            workdir=WORKDIR, test_user=check.user if check else TEST_USER,
+            exclude_newer=inst_cut,
+            frozen_requirements=[
+                ln for ln in frozen.decode(errors="replace").splitlines() if ln.strip()
+            ],
+            dockerfiles=Dockerfiles(base=base.dockerfile, env=plan.env_df, instance=plan.inst_df),
+            build_seconds=round(time.monotonic() - started, 3), env_cache_hit=env_hit,
+            image_size_bytes=int(size) if size is not None else None,
+            build_log_tail=tail(build_log, 2000),
+            python_candidates=list(versions), attempts=list(attempts),
+            install_mode=mode.decode(errors="replace").strip(),
+            scm_version=src.scm_version if scm else None, system_packages=list(system),
+        )  # fmt: skip
 
     def _build_rung(
-        self, c: Candidate, project: rc.Project, paths: list[str], base: bi.BaseImage,
-        rung: rc.Rung, env_cuts: Sequence[str | None], inst_cut: str | None, tree: Path,
-    ) -> tuple[tuple[str, str, str, str, str], bool, str, tuple[str, str]] | _Attempt:  # fmt: skip
+        self, c: Candidate, src: _Source, base: bi.BaseImage, rung: rc.Rung,
+        env_cuts: Sequence[str | None], inst_cut: str | None, system: Sequence[str],
+    ) -> tuple[_Plan, bool, str, tuple[str, str]] | _Attempt:  # fmt: skip
         """Env + instance images of one rung: (plan, env cache hit, env log, (our alias of the
         instance image, its build log)), or the failure.
 
@@ -395,30 +624,33 @@ class Builder:
         env layer resolves again as of the PR's own day before the rung counts as failed.
         """
         for i, env_cut in enumerate(env_cuts):
-            plan = self._plan(c, project, paths, base, rung, env_cut, inst_cut)
-            env_df, env_hash, env_tag, inst_df, inst_tag = plan
+            plan = self._plan(c, src, base, rung, env_cut, inst_cut, system)
             try:
-                env_hit, env_log = self._ensure_env(env_tag, env_df, c.repo, rung.name, env_hash)
+                env_hit, env_log = self._ensure_env(
+                    plan.env_tag, plan.env_df, c.repo, rung.name, plan.env_hash
+                )
             except eng.BuildFailed as e:
                 if i + 1 < len(env_cuts) and "No solution found" in e.log:
                     continue
-                return _Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}")
+                return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
             try:
-                inst = self._ensure_instance(inst_tag, inst_df, tree, c, rung.name, env_hash)
+                inst = self._ensure_instance(
+                    plan.inst_tag, plan.inst_df, src.tree, c, rung.name, plan.env_hash
+                )
             except eng.BuildFailed as e:
-                return _Attempt(rung.name, failure_reason(e), f"{e}\n{tail(e.log)}")
+                return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
             return plan, env_hit, env_log, inst
         raise AssertionError("env_cuts is never empty")
 
     def _plan(
-        self, c: Candidate, project: rc.Project, paths: list[str], base: bi.BaseImage,
-        rung: rc.Rung, env_cut: str | None, inst_cut: str | None,
-    ) -> tuple[str, str, str, str, str]:  # fmt: skip
-        """(env Dockerfile, env hash, env tag, instance Dockerfile, instance tag) of one rung."""
+        self, c: Candidate, src: _Source, base: bi.BaseImage, rung: rc.Rung,
+        env_cut: str | None, inst_cut: str | None, system: Sequence[str],
+    ) -> _Plan:  # fmt: skip
+        project = src.project
         env_df = render_env_dockerfile(
             repo=c.repo, recipe=rung.name, base_image=base.tag,
             requirements=env_requirements(rung, project), cutoff=env_cut,
-            with_ca=self.ca_bundle is not None,
+            with_ca=self.ca_bundle is not None, system_packages=system,
         )  # fmt: skip
         ca_hash = hashlib.sha256(self.ca_bundle or b"").hexdigest()
         env_hash = stable_hash(rc.RECIPE_VERSION, env_df, ca_hash, length=16)
@@ -426,15 +658,15 @@ class Builder:
         inst_df = render_instance_dockerfile(
             repo=c.repo, instance_id=c.instance_id, base_commit=c.base_commit,
             env_image=env_tag, installable=project.installable, extras=rung.extras,
-            cutoff=inst_cut,
-            install_env=rc.scm_environment(project, self.config.env_scm_pretend_version),
-            source_paths=[] if project.installable else _source_paths(paths),
+            cutoff=inst_cut, install_env=rc.scm_environment(project, src.scm_version),
+            source_paths=[] if project.installable else _source_paths(src.paths),
+            has_setup_py="setup.py" in src.files,
         )  # fmt: skip
         inst_tag = (
             f"{INSTANCE_REPO}:{slug(c.instance_id)}-"
             f"{stable_hash(env_tag, c.base_commit, inst_df, length=16)}"
         )
-        return env_df, env_hash, env_tag, inst_df, inst_tag
+        return _Plan(env_df, env_hash, env_tag, inst_df, inst_tag)
 
     def _buildargs(self) -> dict[str, str]:
         return {"UV_DEFAULT_INDEX": self.index_url} if self.index_url else {}
@@ -565,32 +797,16 @@ def resolve_index_url(setting: str | None) -> str | None:
 
 def available_bases(
     client: docker.DockerClient, config: EnvConfig, cache_dir: Path
-) -> dict[str, bi.BaseImage]:
-    """Python version -> base image for the configured suites, bootstrapping missing ones."""
-    if config.env_base_source not in ("auto", "local", "registry"):
-        raise Fatal(
-            f"env_base_source must be auto, local or registry, not {config.env_base_source!r}"
-        )
-    present: dict[str, bi.BaseImage] = {}
-    for b in bi.list_base_images(client):  # newest first: keep the first per suite
-        if b.suite in config.env_base_suites and (
-            config.env_base_source == "auto" or b.source == config.env_base_source
-        ):
-            present.setdefault(b.suite, b)
-    missing = [s for s in config.env_base_suites if s not in present]
-    if missing and not config.env_bootstrap_missing:
-        raise Fatal(
-            f"no base image for {', '.join(missing)}; run `smelter images bootstrap --suite "
-            f"{' --suite '.join(missing)}`"
-        )
-    if missing:
-        for b in bi.bootstrap(
-            tuple(missing), cache_dir=cache_dir,
-            source=config.env_base_source,  # type: ignore[arg-type]
-            client=client, say=lambda m: log.info("%s", m),
-        ):  # fmt: skip
-            present[b.suite] = b
-    return {b.python_version: b for b in present.values()}
+) -> bi.BaseProvider:
+    """Python version -> base image for every configured suite, built lazily: nothing is
+    bootstrapped here (a debootstrap costs a minute or more, and most runs need one or two
+    interpreters); a suite is built the first time a PR's Python needs it, and with
+    ``env_bootstrap_missing`` off that first need raises ``bi.BaseUnavailable``."""
+    return bi.BaseProvider(
+        config.env_base_suites, client=client, cache_dir=cache_dir,
+        source=config.env_base_source, bootstrap_missing=config.env_bootstrap_missing,
+        say=lambda m: log.info("%s", m),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the stage
@@ -624,8 +840,45 @@ class EnvironmentFn(StageFn):
         if builder is not None:
             builder.client.close()
 
-    def cache_key(self, record: Any) -> str | None:
-        return None  # the image cache is the resume mechanism (see module docstring)
+    def reuse(self, record: Any, cached: list[Any]) -> list[Any] | None:
+        """A cached outcome with a fresh alias of its instance image, or None (rebuild) when
+        that image is gone: validation removed it, or a prune did.
+
+        Served as cached, the record would name the alias of the run that built it, which
+        validation or a prune may remove at any time, or already has: validation would meet a
+        missing image. The tag lock keeps a concurrent removal from dropping the content tag
+        between our look-up and our alias, as in ``Builder._ensure_instance``. A cached engine
+        failure is recomputed: it said nothing about the record.
+        """
+        out: list[Any] = []
+        for outcome in cached:
+            if getattr(outcome, "reason", None) is Reason.ENGINE_ERROR:
+                self._release(out)
+                return None
+            env = outcome.environment if isinstance(outcome, Candidate) else None
+            if env is None:
+                out.append(outcome)
+                continue
+            content = eng.content_tag(env.instance_image)
+            try:
+                with eng.tag_lock(content, locks_dir()):
+                    alias = eng.acquire_alias(self._builder.client, content, self._owner)
+            except (docker.errors.APIError, Retryable):  # recomputing reports engine errors
+                alias = None
+            if alias is None:
+                self._release(out)
+                return None
+            env = env.model_copy(update={"instance_image": alias})
+            out.append(outcome.model_copy(update={"environment": env}))
+        return out
+
+    def _release(self, outcomes: list[Any]) -> None:
+        """Drop the aliases taken for a cached outcome that is not served after all."""
+        for o in outcomes:
+            if isinstance(o, Candidate) and o.environment is not None:
+                with contextlib.suppress(docker.errors.APIError, Retryable):
+                    eng.remove_image(self._builder.client, o.environment.instance_image,
+                                     force=False, lock_dir=locks_dir())  # fmt: skip
 
     def run(self, record: Candidate) -> Iterable[Candidate]:
         try:

@@ -11,9 +11,12 @@ class EnvConfig:
     """Options of the environment stage (flags ``--env-...``, TOML section ``[environment]``)."""
 
     env_base_suites: tuple[str, ...] = field(
-        default=("bookworm",),
-        metadata={"help": "Debian suites whose base images may be used (bullseye=3.9, "
-                          "bookworm=3.11, trixie=3.13); missing ones are bootstrapped"},
+        # Every known suite (transforms.base_images.SUITE_PYTHON; kept literal here so --help
+        # imports nothing heavy): offering a Python costs nothing until a PR needs it.
+        default=("bullseye", "bookworm", "trixie", "forky"),
+        metadata={"help": "Debian suites whose Pythons PRs may get (bullseye=3.9, bookworm=3.11,"
+                          " trixie=3.13, forky=3.14); each is bootstrapped the first time a PR "
+                          "needs its Python, never at start"},
     )  # fmt: skip
     env_base_source: str = field(
         default="auto",
@@ -51,6 +54,16 @@ class EnvConfig:
     env_max_rungs: int = field(
         default=3, metadata={"help": "install-ladder rungs tried per candidate before rejecting"}
     )
+    env_max_pythons: int = field(
+        default=2,
+        metadata={"help": "Python versions tried per candidate (best guess first) when every "
+                          "rung fails on one"},
+    )  # fmt: skip
+    env_compiler_rung: bool = field(
+        default=True,
+        metadata={"help": "retry a rung whose build wanted a C compiler with gcc and the Python "
+                          "headers in its env layer"},
+    )  # fmt: skip
     env_keep_instance_images: bool = field(
         default=False,
         metadata={"help": "keep instance images of rejected candidates (for debugging)"},

@@ -256,6 +256,26 @@ class GitRepo:
         out = self.git("ls-tree", "-r", "-z", "--name-only", commit)
         return [p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p]
 
+    def regular_files(self, commit: str) -> list[str]:
+        """Paths of the regular files at ``commit``: symlinks and submodules left out, since a
+        link is data, never a path to follow (it may point at a host file)."""
+        out = self.git("ls-tree", "-r", "-z", "--full-tree", commit)
+        paths = []
+        for entry in out.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, path = entry.partition(b"\t")
+            if meta.split()[0] in (b"100644", b"100755"):
+                paths.append(path.decode("utf-8", "surrogateescape"))
+        return paths
+
+    def nearest_tag(self, commit: str) -> str | None:
+        """The nearest tag reachable from ``commit`` (``git describe --tags --abbrev=0``), or
+        None when there is none: later tags never count, so the snapshot's past decides."""
+        proc = _run(["-C", str(self.path), "describe", "--tags", "--abbrev=0", commit], check=False)
+        name = proc.stdout.decode("utf-8", "replace").strip()
+        return name if proc.returncode == 0 and name else None
+
     # -- diffs ---------------------------------------------------------------------------------
     @staticmethod
     def _diff_args(force_binary: bool) -> list[str]:

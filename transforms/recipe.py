@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 RECIPE_VERSION = "recipe_v1"
 
@@ -55,11 +56,19 @@ RECIPE_FILES: tuple[str, ...] = (
 
 TEST_EXTRAS = ("test", "tests", "testing")
 DEV_EXTRAS = ("dev", "develop", "development")
-TEST_REQUIREMENT_NAMES = re.compile(
-    r"(^|/)(requirements[-_.]?(test|tests|testing|dev|develop|ci)[^/]*|"
-    r"(test|tests|testing|dev)[-_]?requirements[^/]*|requirements/(test|tests|testing|dev|ci)[^/]*)"
-    r"\.(txt|in)$"
+# Requirement files by role, from the words of their path (``requirements/tests.txt``,
+# ``test-requirements.in``, ``requirements-dev.txt``); files of other roles (docs, typing, lint,
+# build) are never installed: pinned files for different purposes conflict with each other.
+REQUIREMENT_ROLES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("test", frozenset({"test", "tests", "testing"})),
+    ("ci", frozenset({"ci"})),
+    ("dev", frozenset({"dev", "develop", "development"})),
 )
+OTHER_ROLE_WORDS = frozenset({
+    "doc", "docs", "documentation", "typing", "mypy", "lint", "linting", "style", "build",
+    "release", "publish", "deploy", "benchmark", "benchmarks", "bench", "pre", "commit",
+    "precommit", "tox", "nox", "coverage", "pip", "setuptools", "types", "examples",
+})  # fmt: skip
 SCM_MARKERS = (
     "setuptools_scm",
     "setuptools-scm",
@@ -123,22 +132,183 @@ def _ini_list(value: str) -> list[str]:
 
 
 def _setup_py_kwargs(text: str | None) -> dict[str, object]:
-    """Literal keyword arguments of the ``setup(...)`` call; non-literal ones are skipped."""
+    """Keyword arguments of the ``setup(...)`` call that evaluate statically.
+
+    Module-level names (``extras_require=EXTRAS_REQUIRE``, ``install_requires=deps + ["x"]``,
+    ``setup(**kwargs)``) are resolved from the assignments before the call; anything computed
+    at run time (file reads, function calls) is skipped, never executed.
+    """
     if not text:
         return {}
     try:
         tree = ast.parse(text)
     except SyntaxError:
         return {}
+    names = _module_names(tree)
     out: dict[str, object] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", ""))\
                 in ("setup", "setuptools.setup"):  # fmt: skip
             for kw in node.keywords:
+                value = _static_value(kw.value, names)
                 if kw.arg:
-                    with contextlib.suppress(ValueError, SyntaxError, TypeError):
-                        out[kw.arg] = ast.literal_eval(kw.value)
+                    if value is not _UNKNOWN:
+                        out[kw.arg] = value
+                elif isinstance(value, dict):  # setup(**kwargs)
+                    out.update({str(k): v for k, v in value.items()})
     return out
+
+
+_UNKNOWN = object()
+
+
+def _module_names(tree: ast.Module) -> dict[str, object]:
+    """Values of the names a setup.py assigns statically, in source order (top level and inside
+    ``if``/``try`` blocks, later assignments winning as they would when run)."""
+    names: dict[str, object] = {}
+
+    def visit(body: list[ast.stmt]) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.Assign):
+                value = _static_value(stmt.value, names)
+                for target in stmt.targets:
+                    if isinstance(target, ast.Name):
+                        names[target.id] = value
+                    elif (
+                        isinstance(target, ast.Subscript)  # EXTRAS["test"] = [...]
+                        and isinstance(target.value, ast.Name)
+                        and isinstance(names.get(target.value.id), dict)
+                    ):
+                        key = _static_value(target.slice, names)
+                        if key is not _UNKNOWN and value is not _UNKNOWN:
+                            names[target.value.id][key] = value  # type: ignore[index]
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                if stmt.value is not None:
+                    names[stmt.target.id] = _static_value(stmt.value, names)
+            elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
+                names[stmt.target.id] = _combine(
+                    names.get(stmt.target.id, _UNKNOWN), _static_value(stmt.value, names)
+                )
+            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                _mutate(stmt.value, names)  # DEPS.append("x") / EXTRAS.update(...)
+            elif isinstance(stmt, ast.If):
+                visit(stmt.body)
+                visit(stmt.orelse)
+            elif isinstance(stmt, ast.Try):
+                visit(stmt.body)
+
+    visit(tree.body)
+    return names
+
+
+def _mutate(call: ast.Call, names: dict[str, object]) -> None:
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)):
+        return
+    target = names.get(func.value.id)
+    args = [_static_value(a, names) for a in call.args]
+    if _UNKNOWN in args:
+        return
+    if isinstance(target, list) and func.attr in ("append", "extend") and len(args) == 1:
+        target.append(args[0]) if func.attr == "append" else target.extend(args[0])  # type: ignore[arg-type]
+    elif (
+        isinstance(target, dict) and func.attr == "update" and len(args) == 1
+        and isinstance(args[0], dict)
+    ):  # fmt: skip
+        target.update(args[0])
+
+
+def _combine(left: object, right: object) -> object:
+    """``left + right`` for the static values setup.py files concatenate (lists, strings)."""
+    if left is _UNKNOWN or right is _UNKNOWN:
+        return _UNKNOWN
+    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        return [*left, *right]
+    if isinstance(left, str) and isinstance(right, str):
+        return left + right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return {**left, **right}
+    return _UNKNOWN
+
+
+def _static_value(node: ast.expr, names: Mapping[str, object]) -> object:
+    """The value of a literal expression, with names looked up in ``names``; ``_UNKNOWN`` for
+    anything that would need running code."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        value = names.get(node.id, _UNKNOWN)
+        return _copy(value)
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        items: list[object] = []
+        for elt in node.elts:
+            if isinstance(elt, ast.Starred):
+                inner = _static_value(elt.value, names)
+                if not isinstance(inner, list | tuple):
+                    return _UNKNOWN
+                items.extend(inner)
+                continue
+            value = _static_value(elt, names)
+            if value is _UNKNOWN:
+                return _UNKNOWN
+            items.append(value)
+        return items
+    if isinstance(node, ast.Dict):
+        out: dict[object, object] = {}
+        for k, v in zip(node.keys, node.values, strict=True):
+            value = _static_value(v, names)
+            if k is None:  # {**OTHER}
+                if not isinstance(value, dict):
+                    return _UNKNOWN
+                out.update(value)
+                continue
+            key = _static_value(k, names)
+            if key is _UNKNOWN or value is _UNKNOWN:
+                return _UNKNOWN
+            out[key] = value
+        return out
+    if isinstance(node, ast.Subscript):  # EXTRAS["tests"]
+        container, key = _static_value(node.value, names), _static_value(node.slice, names)
+        if isinstance(container, dict) and key in container:
+            return container[key]  # type: ignore[index]
+        return _UNKNOWN
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.BitOr):
+        return _combine(_static_value(node.left, names), _static_value(node.right, names))
+    if (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args
+        and node.func.id == "dict"
+    ):  # fmt: skip  # dict(test=[...], docs=[...])
+        kwargs: dict[object, object] = {}
+        for kw in node.keywords:
+            value = _static_value(kw.value, names)
+            if value is _UNKNOWN:
+                return _UNKNOWN
+            if kw.arg is None:
+                if not isinstance(value, dict):
+                    return _UNKNOWN
+                kwargs.update(value)
+            else:
+                kwargs[kw.arg] = value
+        return kwargs
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("list", "tuple", "sorted", "set")
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        inner = _static_value(node.args[0], names)
+        return list(inner) if isinstance(inner, list | tuple) else _UNKNOWN
+    return _UNKNOWN
+
+
+def _copy(value: object) -> object:
+    """A container copy, so mutating a name's value later never changes an earlier use."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value
 
 
 def _valid_requirements(lines: Iterable[str]) -> list[str]:
@@ -386,8 +556,34 @@ def _join(base: str, rel: str) -> str:
     return "/".join(parts)
 
 
+def requirement_role(path: str) -> str | None:
+    """``test``, ``ci`` or ``dev`` for a requirement file of that purpose, else None."""
+    if not re.search(r"\.(txt|in)$", path) or "requirement" not in path.lower():
+        return None
+    words = set(re.split(r"[^a-z0-9]+", path.lower().rsplit(".", 1)[0]))
+    if words & OTHER_ROLE_WORDS:
+        return None
+    for role, names in REQUIREMENT_ROLES:
+        if words & names:
+            return role
+    return None
+
+
+def requirement_files(files: Mapping[str, str], role: str) -> list[str]:
+    """Files of ``role``, each on its own: a pinned ``.txt`` before its unpinned ``.in``
+    (exact versions of that day first; the looser spec when the pins do not resolve)."""
+    found = [p for p in files if requirement_role(p) == role]
+    return sorted(found, key=lambda p: (p.rsplit(".", 1)[0], not p.endswith(".txt")))
+
+
 def test_requirement_files(files: Mapping[str, str]) -> list[str]:
-    return sorted(p for p in files if TEST_REQUIREMENT_NAMES.search(p))
+    return requirement_files(files, "test")
+
+
+def base_requirements(files: Mapping[str, str]) -> list[str]:
+    """A root ``requirements.txt``: the runtime dependencies of projects whose packaging
+    computes them at run time (or that have no packaging at all)."""
+    return flatten_requirements("requirements.txt", files) if "requirements.txt" in files else []
 
 
 def tox_deps(files: Mapping[str, str]) -> list[str]:
@@ -417,20 +613,34 @@ class Rung:
 
 
 def _with_pytest(lines: Iterable[str]) -> tuple[str, ...]:
+    """The lines plus pytest, and pytest-timeout so one hanging test fails alone (validation
+    passes ``--timeout`` when the plugin imports); neither added when the lines name it."""
     out = list(dict.fromkeys(lines))
     names = set()
     for line in out:
         with contextlib.suppress(InvalidRequirement):
             names.add(Requirement(line).name.lower())
-    if "pytest" not in names:
-        out.append("pytest")
+    for tool in ("pytest", "pytest-timeout"):
+        if tool not in names:
+            out.append(tool)
     return tuple(out)
 
 
+def _pinned(lines: Iterable[str]) -> bool:
+    return any("==" in line for line in lines)
+
+
 def install_ladder(files: Mapping[str, str]) -> list[Rung]:
-    """Every applicable rung, in the order they are tried (before per-repo memory reorders it)."""
+    """Every applicable rung, in the order they are tried (before per-repo memory reorders it).
+
+    Each requirement file is a rung of its own, test files first: merging files written for
+    different purposes pins one package to two versions. ``everything`` merges only unpinned
+    sources, for the same reason.
+    """
     p = project_metadata(files)
     own = list(p.dependencies)
+    if p.dependencies_dynamic or not p.installable:
+        own += [x for x in base_requirements(files) if not _self_reference(x, p.name)]
     rungs: list[Rung] = []
     test_extras = tuple(e for e in p.extras if e.lower() in TEST_EXTRAS)
     dev_extras = tuple(e for e in p.extras if e.lower() in DEV_EXTRAS)
@@ -441,26 +651,49 @@ def install_ladder(files: Mapping[str, str]) -> list[Rung]:
             lines += [x for x in p.extras.get(n, ()) if not _self_reference(x, p.name)]
         return _valid_requirements(lines)
 
+    def file_rungs(role: str) -> list[Rung]:
+        out = []
+        for path in requirement_files(files, role):
+            lines = [x for x in flatten_requirements(path, files) if not _self_reference(x, p.name)]
+            if lines:
+                out.append(Rung(f"requirements:{path}", _with_pytest(own + lines)))
+        return out
+
     if test_extras:
         rungs.append(Rung("extras-test", _with_pytest(own + extra_lines(test_extras)), test_extras))
     group_names = [g for g in p.groups if g.lower() in TEST_EXTRAS + DEV_EXTRAS]
     group_lines = _valid_requirements(x for g in group_names for x in p.groups[g])
     if group_names:
         rungs.append(Rung("dependency-groups", _with_pytest(own + group_lines)))
-    req_files = test_requirement_files(files)
-    req_lines = [x for f in req_files for x in flatten_requirements(f, files)]
-    if req_lines:
-        rungs.append(Rung("requirements-files", _with_pytest(own + req_lines)))
+    rungs += file_rungs("test")
     tox = tox_deps(files)
     if tox:
         rungs.append(Rung("tox-deps", _with_pytest(own + tox)))
     if dev_extras:
         rungs.append(Rung("extras-dev", _with_pytest(own + extra_lines(dev_extras)), dev_extras))
+    rungs += file_rungs("ci") + file_rungs("dev")
+    loose = [
+        x for f in (*requirement_files(files, "test"), *requirement_files(files, "dev"))
+        if not _pinned(flatten_requirements(f, files)) for x in flatten_requirements(f, files)
+    ]  # fmt: skip
     if len(rungs) > 1:
-        everything = own + extra_lines(test_extras + dev_extras) + group_lines + req_lines + tox
+        everything = own + extra_lines(test_extras + dev_extras) + group_lines + loose + tox
+        everything = [x for x in everything if not _self_reference(x, p.name)]
         rungs.append(Rung("everything", _with_pytest(everything), test_extras + dev_extras))
     rungs.append(Rung("plain", _with_pytest(own)))
-    return rungs
+    return _distinct(rungs)
+
+
+def _distinct(rungs: Sequence[Rung]) -> list[Rung]:
+    """Rungs with the same lines and extras build the same images: keep the first."""
+    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    out = []
+    for r in rungs:
+        key = (tuple(sorted(r.requirements)), r.extras)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def _self_reference(line: str, name: str | None) -> bool:
@@ -524,3 +757,19 @@ def scm_environment(project: Project, version: str = "0.0.0") -> dict[str, str]:
         suffix = re.sub(r"[-.]", "_", _norm(project.name)).upper()
         env[f"SETUPTOOLS_SCM_PRETEND_VERSION_FOR_{suffix}"] = version
     return env
+
+
+def version_from_tag(tag: str | None) -> str | None:
+    """The PEP 440 version a release tag names (``v2.3.1``, ``pluggy-1.0.0``, ``release-4.2``),
+    or None. Git-versioned projects get it instead of a made-up ``0.0.0``, which a project
+    checking its own version (``pytest>=2`` in its plugins) refuses."""
+    if not tag:
+        return None
+    m = re.search(r"(\d+(?:\.\d+)+(?:[.-]?(?:a|b|rc|post|dev)\.?\d+)*)$", tag.strip())
+    m = m or re.search(r"(\d+(?:\.\d+)+)", tag)  # 2.0.0-beta.1: its release part
+    if not m:
+        return None
+    try:
+        return str(Version(m.group(1)))
+    except InvalidVersion:
+        return None

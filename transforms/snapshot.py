@@ -72,6 +72,7 @@ def build_candidate(pr: PullRequest, split: SplitDiff) -> Candidate:
         base_commit=pr.base_commit,
         merge_commit=pr.merge_commit,
         created_at=pr.created_at,
+        merged_at=pr.merged_at,
         problem_statement=problem_statement(pr),
         hints_text=hints_text(pr),
         patch=patch,
