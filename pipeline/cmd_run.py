@@ -295,10 +295,6 @@ def _secret_like(arg: str) -> bool:
     return any(word in arg.lower() for word in ("token", "key", "secret", "password"))
 
 
-def _secret_like(arg: str) -> bool:
-    return any(word in arg.lower() for word in ("token", "key", "secret", "password"))
-
-
 def _report(funnel: dict[str, Any], plan: RunPlan) -> int:
     console = Console()
     console.print(funnel_table(funnel))

@@ -375,3 +375,66 @@ def test_no_available_python_is_rejected_before_any_build(
     assert out.value.reason is Reason.NO_PYTHON_VERSION
     assert "'>=2.7,<3.7'" in out.value.detail and "3.11" in out.value.detail
     assert docker_client.images.list(filters={"label": f"{eng.LABEL_REPO}=acme/old"}) == []
+
+
+UV_BUILD_LOG = """\
+Step 7/8 : RUN { uv pip install -e . ; }
+ ---> Running in 69f185da51bc
+\x1b[91mwarning\x1b[0m: `VIRTUAL_ENV=/opt/smelter/venv` is set
+Using Python 3.9.2 environment at: /opt/smelter/venv
+\x1b[91merror\x1b[0m: The build backend returned an error
+  cause: Call to `setuptools.build_meta:__legacy__.get_requires_for_build_editable` failed
+
+         [stderr]
+         Traceback (most recent call last):
+           File "<string>", line 14, in <module>
+             unescape = getattr(html, 'unescape', html_parser.HTMLParser().unescape)
+         AttributeError: 'HTMLParser' object has no attribute 'unescape'
+Removing intermediate container 69f185da51bc
+The command '/bin/sh -c { uv pip install -e . ; }' returned a non-zero code: 1
+""" + "".join(f"echoed line {i} of a long command\n" for i in range(200))
+
+
+def test_reject_detail_keeps_the_first_error_ahead_of_the_tail() -> None:
+    """Regression: the detail kept the last 1,400 characters, which the echoed command filled."""
+    detail = envmod.reject_detail(UV_BUILD_LOG, "extras-test failed")
+    assert detail.startswith("first error:\nerror: The build backend returned an error")
+    assert "AttributeError: 'HTMLParser' object has no attribute 'unescape'" in detail
+    assert "\x1b[" not in detail and detail.endswith("-- extras-test failed")
+    assert len(detail) < 1600
+    line = envmod.first_error_line(UV_BUILD_LOG)
+    assert line == "AttributeError: 'HTMLParser' object has no attribute 'unescape'"
+    assert envmod.first_error("Step 1/2 : RUN echo error: not this\nall good\n") == ""
+
+
+def test_needs_compiler() -> None:
+    assert envmod.needs_compiler("error: command 'gcc' failed: No such file or directory")
+    assert envmod.needs_compiler("src/x.c:1:10: fatal error: Python.h: No such file or directory")
+    assert envmod.needs_compiler("unable to execute 'x86_64-linux-gnu-gcc': No such file")
+    assert not envmod.needs_compiler("No solution found when resolving dependencies")
+
+
+def test_resolver_cutoff_is_the_merge_but_never_before_the_python_was_usable() -> None:
+    assert envmod.resolver_cutoff("2025-03-01T10:00:00Z", "3.11") == "2025-03-01T10:00:00Z"
+    # Python 3.9 came out 2020-10-05: a 2019 PR resolves as of 90 days later
+    assert envmod.resolver_cutoff("2019-05-01T00:00:00Z", "3.9") == "2021-01-03T00:00:00Z"
+    c = Candidate(
+        instance_id="o__r-1", repo="o/r", repo_url="/x", pull_number=1, base_commit="a",
+        merge_commit="b", created_at="2023-01-01T00:00:00Z", merged_at="2026-01-01T00:00:00Z",
+        problem_statement="", patch="", test_patch="",
+    )  # fmt: skip
+    # Regression: a PR branched in 2023 and merged in 2026 resolved 2023 packages
+    assert envmod.resolve_date(c) == "2026-01-01T00:00:00Z"
+
+
+def test_build_context_mtimes_are_zip_safe() -> None:
+    """Regression: files dated 1970 in the build context broke every flit wheel ("ZIP does not
+    support timestamps before 1980")."""
+    import io
+    import tarfile
+
+    data = eng.tar_files({"a.py": "x = 1\n"})
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        (member,) = tar.getmembers()
+    assert member.mtime >= 315_532_800  # 1980-01-01
+    assert data == eng.tar_files({"a.py": "x = 1\n"})  # still byte-stable

@@ -205,3 +205,73 @@ def test_test_command_leaves_junit_and_files_to_validation() -> None:
     assert r.TEST_COMMAND[:3] == ("python", "-m", "pytest")
     assert "no:cacheprovider" in r.TEST_COMMAND
     assert not any(a.startswith("--junit") for a in r.TEST_COMMAND)
+
+
+# --------------------------------------------------------------------------- issue 11 classes
+
+
+def test_extras_in_a_module_level_variable_are_read() -> None:
+    """Regression: ``extras_require=EXTRAS_REQUIRE`` was skipped, so test extras were missed."""
+    setup_py = (
+        "from setuptools import setup\n"
+        "TESTS = ['pytest>=6', 'hypothesis']\n"
+        "EXTRAS_REQUIRE = {'tests': TESTS + ['coverage'], 'docs': ['sphinx']}\n"
+        "EXTRAS_REQUIRE['dev'] = EXTRAS_REQUIRE['tests'] + ['tox']\n"
+        "install = ['six']\n"
+        "install.append('attrs')\n"
+        "kw = dict(name='varpkg', install_requires=install)\n"
+        "setup(extras_require=EXTRAS_REQUIRE, long_description=open('README').read(), **kw)\n"
+    )
+    p = r.project_metadata({"setup.py": setup_py})
+    assert p.name == "varpkg" and p.dependencies == ("six", "attrs")
+    assert p.extras["tests"] == ("pytest>=6", "hypothesis", "coverage")
+    assert p.extras["dev"] == ("pytest>=6", "hypothesis", "coverage", "tox")
+    first = r.install_ladder({"setup.py": setup_py})[0]
+    assert first.name == "extras-test" and first.extras == ("tests",)
+    assert "hypothesis" in first.requirements and "sphinx" not in first.requirements
+
+
+def test_code_that_would_run_is_never_evaluated() -> None:
+    setup_py = "import os\nDEPS = os.environ['X'].split()\nsetup(install_requires=DEPS)\n"
+    assert r.project_metadata({"setup.py": setup_py}).dependencies == ()
+
+
+def test_requirement_files_of_different_purposes_are_never_merged() -> None:
+    """Regression: every requirements/*.txt went into one install, so pinned files for
+    different purposes pinned one package twice (jinja2==3.1.4 and ==3.1.2)."""
+    files = {
+        "pyproject.toml": '[project]\nname = "p"\ndependencies = ["click"]\n',
+        "requirements/tests.txt": "pytest==8.3.2\njinja2==3.1.4\n",
+        "requirements/tests.in": "pytest\njinja2\n",
+        "requirements/docs.txt": "sphinx==7.4.7\njinja2==3.1.2\n",
+        "requirements/typing.txt": "mypy==1.11.1\n",
+        "requirements/dev.txt": "-r docs.txt\n-r tests.txt\ntox==4.16.0\n",
+    }
+    ladder = r.install_ladder(files)
+    names = [g.name for g in ladder]
+    # tests.txt on its own, then its unpinned .in; dev.txt includes docs.txt and tests.txt,
+    # which pin jinja2 twice: no resolver can satisfy it, so it is not worth a build
+    assert names[:2] == [
+        "requirements:requirements/tests.txt",
+        "requirements:requirements/tests.in",
+    ]
+    assert "requirements:requirements/dev.txt" not in names
+    for rung in ladder:
+        assert not r.conflicting_pins(rung.requirements), rung
+    assert "sphinx==7.4.7" not in ladder[0].requirements
+    assert ladder[0].requirements == ("click", "pytest==8.3.2", "jinja2==3.1.4", "pytest-timeout")
+    assert r.requirement_role("requirements/docs.txt") is None
+    assert r.requirement_role("requirements-test.txt") == "test"
+    assert r.requirement_role("test-requirements.in") == "test"
+    assert r.requirement_role("requirements/ci.txt") == "ci"
+    assert r.requirement_role("requirements/typing-tests.txt") is None
+    assert r.requirement_role("docs/requirements.txt") is None
+
+
+def test_version_from_tag() -> None:
+    cases = {
+        "v2.3.1": "2.3.1", "pluggy-1.0.0": "1.0.0", "release-4.2": "4.2", "1.0rc1": "1.0rc1",
+        "v8.0.0.dev1": "8.0.0.dev1", "2.0.0-beta.1": "2.0.0", "latest": None, None: None,
+    }  # fmt: skip
+    for tag, version in cases.items():
+        assert r.version_from_tag(tag) == version, tag

@@ -42,7 +42,11 @@ class MineConfig:
         metadata={"help": "branch-name globs that count as release branches"},
     )  # fmt: skip
     mine_max_prs: int = field(
-        default=0, metadata={"help": "stop after this many kept PRs per repository (0 = all)"}
+        default=0,
+        metadata={
+            "help": "stop after this many kept PRs per repository, walking history oldest "
+            "first (0 = all); combine with --mine-since for recent ones"
+        },
     )
     mine_mirror_dir: str | None = field(
         default=None,

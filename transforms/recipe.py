@@ -626,6 +626,19 @@ def _with_pytest(lines: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def conflicting_pins(lines: Iterable[str]) -> list[str]:
+    """Packages pinned (``==``) to two different versions: no resolver can satisfy such lines,
+    so their rung is not worth a build."""
+    pins: dict[str, set[str]] = {}
+    for line in lines:
+        with contextlib.suppress(InvalidRequirement):
+            req = Requirement(line)
+            for spec in req.specifier:
+                if spec.operator == "==" and not req.marker:
+                    pins.setdefault(_norm(req.name), set()).add(spec.version)
+    return sorted(name for name, versions in pins.items() if len(versions) > 1)
+
+
 def _pinned(lines: Iterable[str]) -> bool:
     return any("==" in line for line in lines)
 
@@ -655,7 +668,7 @@ def install_ladder(files: Mapping[str, str]) -> list[Rung]:
         out = []
         for path in requirement_files(files, role):
             lines = [x for x in flatten_requirements(path, files) if not _self_reference(x, p.name)]
-            if lines:
+            if lines and not conflicting_pins(own + lines):
                 out.append(Rung(f"requirements:{path}", _with_pytest(own + lines)))
         return out
 
