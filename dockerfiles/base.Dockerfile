@@ -11,7 +11,7 @@ ENV LANG=C.UTF-8 \
     UV_PYTHON_DOWNLOADS=never \
     UV_NO_CACHE=1 \
     UV_LINK_MODE=copy
-# apt stays usable for the env layer's compiler rung (apt-get update && apt-get install gcc ...):
+# apt stays usable for the env layer's compiler rung (it installs gcc and python3-dev):
 # a testing suite's Release (forky) is valid for a week only, and a frozen or snapshot mirror
 # serves it long after, so apt would refuse to update. Signatures are still checked.
 # A non-root user for test runs, where the repository allows it. The checks fail the build, not

@@ -61,6 +61,7 @@ def test_base_dockerfile_checks_the_suites_python_and_uv() -> None:
     assert "assert v == '3.9'" in text  # a moving suite's python3 fails the build, not a PR
     assert "uv venv -q --python python3 /tmp/uv-check" in text
     assert "import ensurepip, venv, ssl, sqlite3, ctypes" in text
+    assert 'Acquire::Check-Valid-Until "false";' in text  # forky's week-long Release expires
     registry = bi.render_base_dockerfile("forky", "python:3.14-slim", "registry")
     assert "ln -s /usr/local/bin/python3 /usr/bin/python3" in registry
 
@@ -69,7 +70,7 @@ def test_base_dockerfile_local_and_registry() -> None:
     local = bi.render_base_dockerfile("bookworm", "smelter/rootfs:bookworm-x", "local")
     assert local.splitlines()[0].startswith("# smelter base image: Debian bookworm + Python 3.11")
     assert "FROM smelter/rootfs:bookworm-x" in local
-    assert "apt-get" not in local  # debootstrap already brought git
+    assert "apt-get" not in local  # debootstrap already brought git: no apt step
     assert "COPY uv /usr/local/bin/uv" in local
     assert "$" not in local.replace("${", "")  # every placeholder substituted
     registry = bi.render_base_dockerfile("trixie", "python:3.13-slim", "registry")
