@@ -90,6 +90,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     what = "all smelter images" if args.all else (
         "no images" if args.keep_instances else "instance images")  # fmt: skip
     print(f"removed {removed['containers']} containers and {removed['images']} images ({what})")
+    if removed["containers_spared"]:
+        print(f"kept {removed['containers_spared']} containers of running smelter processes or "
+              "image builds (--all-owners removes them too)")  # fmt: skip
     if removed["spared"]:
         print(f"kept {removed['spared']} instance images that running smelter runs still hold "
               "(--all-owners removes them too)")  # fmt: skip
@@ -141,7 +144,8 @@ def register(sub: Any) -> None:
                     "--keep-instances, the instance images; --all also removes env, base and "
                     "rootfs images. Nothing without smelter's label is touched. Containers and "
                     "instance images held by a smelter process still running (or on another "
-                    "machine) are kept; those of runs that died (e.g. SIGKILLed) go.",
+                    "machine) are kept, and so are the steps of image builds in progress; "
+                    "those of runs that died (e.g. SIGKILLed) go.",
     )  # fmt: skip
     prune.add_argument("--all", action="store_true", help="also env, base and rootfs images")
     prune.add_argument("--keep-instances", action="store_true", help="remove containers only")

@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -164,9 +165,35 @@ def repo_urls(args: argparse.Namespace) -> list[str]:
     return [u if _is_remote(u) else str(Path(u).resolve()) for u in urls]
 
 
+def check_out_dir(out: str) -> None:
+    """Create ``--out`` and prove it writable before Beam starts.
+
+    A folder below a file, under /proc, on a read-only mount or without permission would
+    otherwise fail inside ``execute`` or a Beam worker as a traceback, after minutes of work.
+    Remote folders (``gs://``, ``s3://``) are left to Beam's file systems.
+    """
+    if "://" in out:
+        return
+    path = Path(out)
+    try:
+        if path.exists() and not path.is_dir():
+            raise Fatal(f"--out {out}: is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".smelter-write-check-"):
+            pass
+    except NotADirectoryError:
+        raise Fatal(f"--out {out}: a part of the path is a file, not a folder") from None
+    except OSError as e:
+        raise Fatal(f"--out {out}: not a usable output folder ({e.strerror or e})") from None
+
+
 def make_plan(args: argparse.Namespace, until: str, urls: list[str]) -> RunPlan:
     classes = opts.load_config_classes()
     configs = opts.build_stage_configs(args, classes, opts.read_config_file(args.config))
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise Fatal(f"--workers {workers}: out of range, accepted: >= 1")
+    check_out_dir(args.out)
     name = getattr(args, "repo_name", None)
     if name and len(urls) != 1:
         raise Fatal("--repo-name needs exactly one --repo")
@@ -332,6 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from smelter.pipeline.demo_source import create_demo_repo
 
+    check_out_dir(args.out)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     repo_dir = out / "demo-repo"

@@ -10,6 +10,11 @@ Deliberate choices:
   (a field with ``metadata={"from_section": ...}``): ``[paths]`` holds which paths are tests,
   and the miners and the snapshot stage each carry it, so it is part of their cache keys. Keys
   that moved (``RENAMED``) are a one-line error naming the new place, not a silent default.
+- Every numeric field states its accepted range in its metadata (``"min"``, ``"max"``; a byte
+  size string such as ``"4g"`` has ``"min_bytes"``). ``build_stage_configs`` checks each value
+  from a file or flag against it before Beam starts, so ``--validate-pids-limit -1`` (which
+  Docker would read as "no limit") is one line naming the option and its range, not a silent
+  setting; ``--help`` and the README table show the same range.
 - Nothing here imports Beam at module level (``PipelineOptions`` is imported where Beam flags
   are checked), and the config classes live in Beam-free modules, so ``--help`` and the option
   reference start fast.
@@ -23,6 +28,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
+import re
 import tomllib
 import types
 import typing
@@ -97,6 +104,60 @@ def renamed_message(old_key: str, file_section: str | None = None) -> str:
     )
 
 
+_SIZE = re.compile(r"^(\d+)([bkmg]?)b?$", re.IGNORECASE)  # whole units: tmpfs takes no "1.5g"
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes of a Docker-style size (``512m``, ``4g``, ``1048576``); None if it is not one."""
+    m = _SIZE.match(text.strip())
+    if m is None:
+        return None
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _show_size(n: int) -> str:
+    for unit in ("g", "m", "k"):
+        if n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return str(n)
+
+
+def accepted_range(f: dataclasses.Field[Any]) -> str | None:
+    """The range a field accepts, as shown in errors, ``--help`` and the README; None: any."""
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if "min_bytes" in f.metadata:
+        return f"a size like 512m or 4g, at least {_show_size(f.metadata['min_bytes'])}"
+    if low is not None and high is not None:
+        return f"{low}..{high}"
+    if low is not None:
+        return f">= {low}"
+    if high is not None:
+        return f"<= {high}"
+    return None
+
+
+def range_problem(f: dataclasses.Field[Any], value: Any) -> str | None:
+    """Why ``value`` (already coerced to the field's type) is refused, naming the accepted
+    range; None when the field takes it."""
+    accepted = accepted_range(f)
+    if value is None or accepted is None:
+        return None
+    if "min_bytes" in f.metadata:
+        size = parse_size(str(value))
+        if size is None:
+            return f"not a size, accepted: {accepted}"
+        return None if size >= f.metadata["min_bytes"] else f"out of range, accepted: {accepted}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"not a number, accepted: {accepted}"
+    if not math.isfinite(value):
+        return f"not a finite number, accepted: {accepted}"
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"out of range, accepted: {accepted}"
+    return None
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -124,6 +185,11 @@ def _coerce(tp: Any, value: Any) -> Any:
     return value
 
 
+def _type_name(tp: Any) -> str:
+    base, _ = _unwrap_optional(tp)
+    return {int: "whole number", float: "number", bool: "true/false"}.get(base, "value")
+
+
 def add_stage_arguments(parser: argparse.ArgumentParser, classes: dict[str, type]) -> None:
     """One argument group per stage config; every field becomes a flag defaulting to None."""
     seen: dict[str, str] = {}
@@ -141,7 +207,9 @@ def add_stage_arguments(parser: argparse.ArgumentParser, classes: dict[str, type
             if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                 default = f.default_factory()  # type: ignore[misc]
             help_text = f.metadata.get("help", "")
-            help_text = f"{help_text} (default: {default!r})" if help_text else None
+            accepted = accepted_range(f)
+            shown = f"default: {default!r}" + (f"; accepted: {accepted}" if accepted else "")
+            help_text = f"{help_text} ({shown})" if help_text else None
             if help_text:
                 help_text = help_text.replace("%", "%%")  # argparse %-formats help ("~20%")
             kwargs: dict[str, Any] = {
@@ -194,18 +262,30 @@ def build_stage_configs(
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls) if is_option(f)}
         values: dict[str, Any] = {}
+        where: dict[str, str] = {}  # how an error names the setting: its flag or its file key
         for key, value in file_doc.get(section, {}).items():
             if key in RENAMED:
                 raise Fatal(renamed_message(key, section))
             if key not in names:
                 raise Fatal(f"config file: unknown key {key!r} in [{section}]")
             values[key] = value
+            where[key] = f"config file: [{section}] {key} = {value!r}"
         for name in names:
             flag_value = getattr(args, f"{section}.{name}", None)
             if flag_value is not None:
                 values[name] = flag_value
+                where[name] = f"{flag_name(name)} {flag_value}"
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        coerced: dict[str, Any] = {}
+        for key, value in values.items():
+            try:
+                coerced[key] = _coerce(hints[key], value)
+            except (TypeError, ValueError):
+                raise Fatal(f"{where[key]}: not a valid {_type_name(hints[key])}") from None
+            problem = range_problem(fields[key], coerced[key])
+            if problem is not None:
+                raise Fatal(f"{where[key]}: {problem}")
         try:
-            coerced = {k: _coerce(hints[k], v) for k, v in values.items()}
             configs[section] = cls(**coerced)
         except (TypeError, ValueError) as e:
             raise Fatal(f"bad value in [{section}] options: {e}") from None
@@ -265,7 +345,7 @@ def reference_markdown(classes: dict[str, type] | None = None) -> str:
     classes = classes if classes is not None else load_config_classes()
     parts = []
     for section, cls in classes.items():
-        rows = ["| flag | TOML key | default | meaning |", "|---|---|---|---|"]
+        rows = ["| flag | TOML key | default | accepted | meaning |", "|---|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             if f.metadata.get("cli") is False or not is_option(f):
                 continue
@@ -274,7 +354,10 @@ def reference_markdown(classes: dict[str, type] | None = None) -> str:
                 default = f.default_factory()  # type: ignore[misc]
             shown = "—" if default in (None, "", ()) else f"`{default!r}`"
             help_text = str(f.metadata.get("help", "")).replace("|", "\\|")
-            rows.append(f"| `{flag_name(f.name)}` | `{f.name}` | {shown} | {help_text} |")
+            accepted = accepted_range(f) or ""
+            rows.append(
+                f"| `{flag_name(f.name)}` | `{f.name}` | {shown} | {accepted} | {help_text} |"
+            )
         parts.append(f"### [{section}]\n\n" + "\n".join(rows))
     return "\n\n".join(parts) + "\n"
 

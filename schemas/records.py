@@ -297,6 +297,8 @@ class Reason(enum.StrEnum):
     REPO_UNAVAILABLE = "repo_unavailable"
     DIFF_FAILED = "diff_failed"
     UNDECODABLE_DIFF = "undecodable_diff"
+    # a file name whose bytes are not UTF-8: no JSON line, Parquet column or node id carries it
+    UNDECODABLE_PATH = "undecodable_path"
     PATCH_DOES_NOT_APPLY = "patch_does_not_apply"
     EMPTY_PATCH = "empty_patch"
     # environment

@@ -27,6 +27,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from pydantic_core import PydanticSerializationError
 
 from smelter.schemas import RECORDS, Reason, Record, Rejection
 from smelter.transforms.errors import Fatal, Rejected, Retryable
@@ -225,13 +226,42 @@ class StageFn(beam.DoFn):
             ]
 
     def _emit(self, outcomes: list[Record]) -> Iterator[Any]:
-        for o in outcomes:
+        for o in map(self.writable, outcomes):
             if isinstance(o, Rejection):
                 Metrics.counter(self.STAGE, f"rejected_{o.reason.value}").inc()
                 yield TaggedOutput(REJECTS, o)
             else:
                 Metrics.counter(self.STAGE, "ok").inc()
                 yield o
+
+    def writable(self, outcome: Record) -> Record:
+        """``outcome`` if it can be written as JSON, else a Rejection of that record alone.
+
+        The last line of defence for "any byte, never the run": text holding bytes that were
+        not UTF-8 (lone surrogates) fails only when a writer serialises it, in a Beam step
+        where it would end the whole run, and a cached copy would end every re-run too.
+        Checked on fresh and cached outcomes alike, so an old cache entry is rejected as well.
+        """
+        try:
+            outcome.model_dump_json()
+            return outcome
+        except PydanticSerializationError as e:
+            why = printable(str(e))
+        if isinstance(outcome, Rejection):
+            return outcome.model_copy(
+                update={"instance_id": printable(outcome.instance_id),
+                        "detail": printable(outcome.detail), "repo": printable(outcome.repo)}
+            )  # fmt: skip
+        return Rejection(
+            instance_id=printable(self.instance_id_of(outcome)), stage=self.STAGE,
+            reason=Reason.INTERNAL_ERROR, repo=printable(getattr(outcome, "repo", "")),
+            detail=f"{type(outcome).__name__} holds text that is not UTF-8: {why[:500]}",
+        )  # fmt: skip
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes) spelled out: valid UTF-8 and JSON."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Stage(beam.PTransform):

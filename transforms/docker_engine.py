@@ -21,6 +21,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import io
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -513,6 +514,47 @@ def image_exists(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
+# A build step runs in a container the engine makes from the step's parent image: it inherits
+# that image's labels (a base image's dev.smelter=1) but never the build's own ``labels`` (those
+# reach the final image only; checked on the engine), so it carries no owner. Putting the owner
+# into the Dockerfile instead would change every layer's cache key on every run. So an unowned
+# container is spared while it may be a step of a live build: running, or created / exited
+# within this many seconds (the builder commits a step's container after it exits, then
+# removes it; forcerm removes those of failed builds too, so real leftovers are rare).
+BUILD_GRACE_SECONDS = 600.0
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def _engine_time(text: str) -> float:
+    """Seconds since the epoch of an engine timestamp (``2024-05-01T10:00:00.123456789Z``)."""
+    try:
+        return dt.datetime.fromisoformat(
+            _FRACTION.sub(r"\1", text).replace("Z", "+00:00")
+        ).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def maybe_live_build_step(
+    client: docker.DockerClient, summary: Mapping[str, Any], now: float | None = None
+) -> bool:
+    """True for a container with no owner that may be a step of an image build in progress
+    (see ``BUILD_GRACE_SECONDS``); ``summary`` is an entry of ``client.api.containers()``."""
+    if LABEL_OWNER_HOST in (summary.get("Labels") or {}):
+        return False  # owned: ``owner_alive`` decides
+    now = time.time() if now is None else now
+    state = summary.get("State", "")
+    if state in ("running", "restarting", "paused"):
+        return True
+    if state == "created":
+        return now - float(summary.get("Created") or 0) < BUILD_GRACE_SECONDS
+    try:
+        finished = client.api.inspect_container(summary["Id"])["State"].get("FinishedAt", "")
+    except docker.errors.NotFound:
+        return False
+    return now - _engine_time(finished) < BUILD_GRACE_SECONDS
+
+
 def prune(
     client: docker.DockerClient,
     *,
@@ -524,19 +566,25 @@ def prune(
 ) -> dict[str, int]:
     """Remove leftover smelter containers; with ``images`` also instance images, with
     ``all_images`` every smelter image (env and base too). Only labelled objects are touched,
-    and containers of a live owner process (see ``owner_labels``) only with ``all_owners``;
+    and containers of a live owner process (see ``owner_labels``) or of an image build that may
+    be running (``maybe_live_build_step``) only with ``all_owners`` (counted as
+    ``containers_spared``);
     likewise an instance image one of whose aliases belongs to a live run (see ``new_owner``)
     keeps that alias and its content tag (counted as ``spared``), while aliases of dead runs
     (a SIGKILLed run's leftovers) go. ``match`` narrows everything to objects carrying these
     extra labels (e.g. one repo).
     """
     extra = [f"{k}={v}" for k, v in (match or {}).items()]
-    removed = {"containers": 0, "images": 0, "spared": 0}
+    removed = {"containers": 0, "images": 0, "spared": 0, "containers_spared": 0}
     host = socket.gethostname()
     # Low-level listing: the SDK's list() inspects each container and races with removals.
     for c in client.api.containers(all=True, filters={"label": [f"{LABEL}=1", *extra]}):
-        if not all_owners and owner_alive(c.get("Labels") or {}, host):
-            continue  # a live smelter process (another run, another test) still uses it
+        if not all_owners and (
+            owner_alive(c.get("Labels") or {}, host) or maybe_live_build_step(client, c)
+        ):
+            # A live smelter process (another run, another test) or a live build still uses it.
+            removed["containers_spared"] += 1
+            continue
         try:
             client.api.remove_container(c["Id"], force=True)
             removed["containers"] += 1

@@ -40,24 +40,27 @@ class EnvConfig:
     env_exclude_newer_bucket_days: int = field(
         default=30,
         metadata={"help": "env layers resolve as of the PR date rounded down to buckets of this "
-                          "many days, so neighbouring PRs share one env image (1 = exact day)"},
+                          "many days, so neighbouring PRs share one env image (1 = exact day)",
+                  "min": 1, "max": 3650},
     )  # fmt: skip
     env_build_parallelism: int = field(
-        default=2, metadata={"help": "image builds running at once on this machine"}
+        default=2, metadata={"min": 1, "help": "image builds running at once on this machine"}
     )
     env_build_timeout_seconds: int = field(
-        default=1800, metadata={"help": "wall-clock limit of one image build"}
+        default=1800, metadata={"min": 1, "help": "wall-clock limit of one image build"}
     )
     env_check_timeout_seconds: int = field(
-        default=300, metadata={"help": "limit of the import + pytest --collect-only check"}
+        default=300,
+        metadata={"min": 1, "help": "limit of the import + pytest --collect-only check"},
     )
     env_max_rungs: int = field(
-        default=3, metadata={"help": "install-ladder rungs tried per candidate before rejecting"}
+        default=3,
+        metadata={"min": 1, "help": "install-ladder rungs tried per candidate before rejecting"},
     )
     env_max_pythons: int = field(
         default=2,
         metadata={"help": "Python versions tried per candidate (best guess first) when every "
-                          "rung fails on one"},
+                          "rung fails on one", "min": 1},
     )  # fmt: skip
     env_compiler_rung: bool = field(
         default=True,
@@ -70,8 +73,9 @@ class EnvConfig:
     )
     env_bootstrap_missing: bool = field(
         default=True,
-        metadata={"help": "bootstrap missing base images when the stage starts"},
-    )
+        metadata={"help": "bootstrap a missing base image the first time a PR needs its "
+                          "Python (off: that version is unavailable, the next one is tried)"},
+    )  # fmt: skip
     env_scm_pretend_version: str = field(
         default="0.0.0",
         metadata={"help": "version given to git-versioned projects (setuptools-scm, hatch-vcs)"},

@@ -42,7 +42,8 @@ class GitHubConfig:
                           "(CLI: --github-query)", "cli": False},
     )  # fmt: skip
     github_search_max_repos: int = field(
-        default=10, metadata={"help": "how many repositories a search query may add"}
+        default=10,
+        metadata={"min": 1, "max": 1000, "help": "how many repositories a search query may add"},
     )
     github_since: str | None = field(
         default=None, metadata={"help": "only PRs merged at or after this ISO date/time (UTC)"}
@@ -74,10 +75,15 @@ class GitHubConfig:
         default=True, metadata={"help": "reject PRs that do not change both tests and code"}
     )
     github_max_changed_files: int = field(
-        default=50, metadata={"help": "reject PRs changing more files than this"}
+        default=50,
+        metadata={"min": 0, "help": "reject PRs changing more files than this (0 = no limit)"},
     )
     github_max_changed_lines: int = field(
-        default=2000, metadata={"help": "reject PRs with more added+deleted lines than this"}
+        default=2000,
+        metadata={
+            "min": 0,
+            "help": "reject PRs with more added+deleted lines than this (0 = no limit)",
+        },
     )
     github_mirror_dir: str | None = field(
         default=None,
@@ -85,7 +91,7 @@ class GitHubConfig:
                           "(default ~/.cache/smelter/mirrors)"},
     )  # fmt: skip
     github_max_prs_per_repo: int | None = field(
-        default=None, metadata={"help": "stop after this many listed PRs per repository"}
+        default=None, metadata={"min": 1, "help": "stop after this many listed PRs per repository"}
     )
     github_fetch_pr_comments: bool = field(
         default=True, metadata={"help": "fetch the PR's conversation comments (1 request/PR)"}
@@ -104,32 +110,45 @@ class GitHubConfig:
                           "(default: ~/.cache/smelter/github)"},
     )  # fmt: skip
     github_per_page: int = field(
-        default=100, metadata={"help": "items per page of list requests (GitHub's max is 100)"}
+        default=100,
+        metadata={
+            "min": 1,
+            "max": 100,
+            "help": "items per page of list requests (GitHub's max is 100)",
+        },
     )
     github_max_wait_seconds: float | None = field(
         default=None,
-        metadata={"help": "longest rate-limit wait accepted before stopping (default: no cap)"},
+        metadata={
+            "min": 0,
+            "help": "longest rate-limit wait accepted before stopping (default: no cap)",
+        },
     )
     github_retry_attempts: int = field(
-        default=6, metadata={"help": "attempts per request on 5xx and connection errors"}
+        default=6,
+        metadata={
+            "min": 1,
+            "max": 100,
+            "help": "attempts per request on 5xx and connection errors",
+        },
     )
     github_backoff_seconds: float = field(
-        default=1.0, metadata={"help": "first retry delay on 5xx; doubles per attempt"}
+        default=1.0, metadata={"min": 0, "help": "first retry delay on 5xx; doubles per attempt"}
     )
     github_secondary_wait_seconds: float = field(
         default=60.0,
-        metadata={"help": "wait after a secondary rate limit that gives no Retry-After"},
+        metadata={"min": 0, "help": "wait after a secondary rate limit that gives no Retry-After"},
     )
     github_cache_max_age_seconds: float = field(
         default=0.0,
         metadata={"help": "serve cached responses younger than this without asking GitHub "
-                          "(0: always revalidate; a 304 costs no quota)"},
+                          "(0: always revalidate; a 304 costs no quota)", "min": 0},
     )  # fmt: skip
     github_seconds_between_requests: float = field(
-        default=0.0, metadata={"help": "minimum pause between API requests"}
+        default=0.0, metadata={"min": 0, "help": "minimum pause between API requests"}
     )
     github_request_timeout_seconds: int = field(
-        default=30, metadata={"help": "timeout of one HTTP request"}
+        default=30, metadata={"min": 1, "help": "timeout of one HTTP request"}
     )
     test_paths: PathsConfig = field(default=PathsConfig(), metadata=FROM_PATHS_SECTION)
 

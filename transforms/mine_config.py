@@ -20,11 +20,15 @@ class MineConfig:
         default=None, metadata={"help": "keep PRs merged before this ISO date (UTC)"}
     )
     mine_max_files: int = field(
-        default=50, metadata={"help": "reject PRs changing more files than this (0 = no limit)"}
+        default=50,
+        metadata={"min": 0, "help": "reject PRs changing more files than this (0 = no limit)"},
     )
     mine_max_changed_lines: int = field(
         default=2000,
-        metadata={"help": "reject PRs whose code+test diff adds+removes more lines (0 = no limit)"},
+        metadata={
+            "min": 0,
+            "help": "reject PRs whose code+test diff adds+removes more lines (0 = no limit)",
+        },
     )
     mine_require_tests_and_code: bool = field(
         default=True, metadata={"help": "keep only PRs that change both test and non-test code"}
@@ -44,8 +48,9 @@ class MineConfig:
     mine_max_prs: int = field(
         default=0,
         metadata={
+            "min": 0,
             "help": "stop after this many kept PRs per repository, walking history oldest "
-            "first (0 = all); combine with --mine-since for recent ones"
+            "first (0 = all); combine with --mine-since for recent ones",
         },
     )
     mine_mirror_dir: str | None = field(

@@ -12,7 +12,9 @@ Deliberate choices:
   squash. ``merged_at`` is the committer date of the merge/squash commit; the date range
   filters on it.
 - A section of the diff that is not UTF-8 (a latin-1 source file) is re-taken as a git binary
-  patch (base85, ASCII) so the PR is carried instead of lost; records hold text.
+  patch (base85, ASCII) so the PR is carried instead of lost; records hold text. A file *name*
+  that is not UTF-8 cannot be held as text: that PR alone is rejected (``undecodable_path``).
+  Names with other non-ASCII letters are decoded from git's quoting (``split.unquote_path``).
 - Release branches (by option) are walked after the default branch; a PR number seen before
   is a ``duplicate`` rejection, so backports are counted, not mined twice.
 - Every PR that is filtered out becomes a ``Rejection`` with its own instance_id; commits that
@@ -136,6 +138,11 @@ def filter_reason(split: SplitDiff, config: MineConfig) -> tuple[Reason, str] | 
     return None
 
 
+def undecodable_detail(split: SplitDiff) -> str:
+    """The detail of an ``UNDECODABLE_PATH`` rejection: the names, bytes shown as ``\\xff``."""
+    return "file names that are not UTF-8: " + ", ".join(split.undecodable_paths)
+
+
 def _kinds(split: SplitDiff) -> str:
     kinds = sorted({f.kind.value for f in split.files})
     return " and ".join(kinds) + " files" if kinds else "nothing"
@@ -169,8 +176,14 @@ class MineStats:
 
 def carry_diff(repo: GitRepo, base: str, merge: str, diff: bytes,
                rules: PathRules) -> tuple[str, SplitDiff]:  # fmt: skip
-    """The diff as text, undecodable sections re-taken as git binary patches; and its split."""
+    """The diff as text, undecodable sections re-taken as git binary patches; and its split.
+
+    A file name that is not UTF-8 rejects this PR alone (``UNDECODABLE_PATH``): carried on, it
+    would fail the run where records are written, and again on every re-run from the cache.
+    """
     split = split_diff(diff, rules)
+    if split.undecodable_paths:
+        raise Rejected(Reason.UNDECODABLE_PATH, undecodable_detail(split))
     if split.undecodable:
         paths = sorted({p for f in split.files if not f.decodable
                         for p in (f.path, f.old_path) if p})  # fmt: skip

@@ -31,7 +31,7 @@ class PackConfig:
         },
     )
     pack_max_len: int = dataclasses.field(
-        default=32768, metadata={"help": "tokens per packed sequence"}
+        default=32768, metadata={"min": 1, "help": "tokens per packed sequence"}
     )
     pack_mode: str = dataclasses.field(
         default="drop",
@@ -43,12 +43,13 @@ class PackConfig:
     pack_buckets: int = dataclasses.field(
         default=1,
         metadata={
+            "min": 1,
             "help": "independent packing buckets (parallelism; each may add one partly "
-            "filled sequence)"
+            "filled sequence)",
         },
     )
     shard_rows: int = dataclasses.field(
-        default=1024, metadata={"help": "packed sequences per Parquet shard file"}
+        default=1024, metadata={"min": 1, "help": "packed sequences per Parquet shard file"}
     )
     shard_compression: str = dataclasses.field(
         default="none",

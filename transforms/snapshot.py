@@ -23,7 +23,12 @@ from typing import ClassVar
 from smelter.schemas import Candidate, PullRequest, Reason
 from smelter.transforms.common import Rejected, StageFn
 from smelter.transforms.gitrepo import GitError, GitRepo
-from smelter.transforms.mine_git import carry_diff, default_mirror_dir, utc_iso
+from smelter.transforms.mine_git import (
+    carry_diff,
+    default_mirror_dir,
+    undecodable_detail,
+    utc_iso,
+)
 from smelter.transforms.snapshot_config import SnapshotConfig
 from smelter.transforms.split import DiffParseError, SplitDiff, split_diff
 from smelter.transforms.testpaths import PathKind
@@ -140,6 +145,8 @@ class SnapshotFn(StageFn):
             raise Rejected(Reason.DIFF_FAILED, str(e)) from e
         except GitError as e:
             raise Rejected(Reason.DIFF_FAILED, str(e)) from e
+        if split.undecodable_paths:  # a source that did not check names (the miner does)
+            raise Rejected(Reason.UNDECODABLE_PATH, undecodable_detail(split))
         candidate = build_candidate(record, split)
         if cfg.snapshot_check_apply:
             for label, patch in (("test_patch", split.test_patch), ("patch", split.patch),

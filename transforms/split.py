@@ -11,6 +11,10 @@ Deliberate choices:
   is listed in ``undecodable`` so the miner can re-take that one path as a git binary patch
   (ASCII, applied by ``git apply`` all the same). ``patch_text`` etc. raise only for what is
   still undecodable, which the snapshot stage turns into ``Reason.UNDECODABLE_DIFF``.
+- Paths come out of git's quoting (``unquote_path``: ``tests/test_ünïcode.py`` is a test file
+  like any other). A name whose bytes are not UTF-8 is listed in ``undecodable_paths``: no
+  record field, JSON line or pytest node id can carry it as text, so the stages reject that one
+  PR with ``Reason.UNDECODABLE_PATH`` instead of failing the run when it is written.
 - Pure: no git, no filesystem; unit tests call it directly.
 """
 
@@ -88,6 +92,12 @@ class SplitDiff:
     def undecodable(self) -> list[str]:
         return [f.path for f in self.files if not f.decodable]
 
+    @property
+    def undecodable_paths(self) -> list[str]:
+        """Names (new or old) that are not UTF-8, shown with ``shown_path``."""
+        names = (p for f in self.files for p in (f.path, f.old_path) if p is not None)
+        return sorted({shown_path(p) for p in names if not is_utf8(p)})
+
     def lines(self, kind: PathKind | None = None) -> tuple[int, int]:
         """(added, removed) lines, overall or for one kind."""
         fs = self.files if kind is None else self._of(kind)
@@ -110,25 +120,60 @@ def sections(diff: bytes) -> list[bytes]:
     return [diff[s:e] for s, e in zip(starts, [*starts[1:], len(diff)], strict=True)]
 
 
+_OCTAL3 = re.compile(r"[0-7]{3}")
+
+
 def unquote_path(path: str) -> str:
-    """Undo git's C-style quoting of unusual path names (``"caf\\303\\251.txt"``)."""
+    """Undo git's C-style quoting of unusual path names (``"caf\\303\\251.txt"`` -> ``café.txt``).
+
+    git quotes a name holding bytes >= 0x80, control characters, ``"`` or ``\\`` (unless
+    ``core.quotePath=false``, which still quotes the last three). Bytes that are not UTF-8
+    come back as surrogates (``surrogateescape``), so ``os.fsencode`` restores the exact name;
+    ``is_utf8`` tells such a name apart and ``shown_path`` prints it. The one helper for every
+    stage that reads paths out of git's output.
+    """
     if not (len(path) >= 2 and path[0] == '"' and path[-1] == '"'):
         return path
     body, out, i = path[1:-1], bytearray(), 0
     while i < len(body):
         c = body[i]
         if c == "\\" and i + 1 < len(body):
-            n = body[i + 1]
-            if n in "01234567" and i + 3 < len(body) + 1 and body[i + 1 : i + 4].isdigit():
-                out.append(int(body[i + 1 : i + 4], 8))
+            if _OCTAL3.fullmatch(body, i + 1, i + 4):
+                out.append(int(body[i + 1 : i + 4], 8) & 0xFF)
                 i += 4
                 continue
-            out += _ESCAPES.get(n, n).encode()
+            n = body[i + 1]
+            out += _ESCAPES.get(n, n).encode("utf-8", "surrogateescape")
             i += 2
             continue
-        out += c.encode()
+        out += c.encode("utf-8", "surrogateescape")
         i += 1
     return out.decode("utf-8", "surrogateescape")
+
+
+def diff_path(value: str) -> str | None:
+    """The path of a ``---``/``+++`` header value (``"b/tests/t\\303\\274.py"``, ``a/x.py``,
+    ``/dev/null``): unquoted, ``a/``/``b/`` prefix dropped, git's tab trailer ignored; None for
+    /dev/null."""
+    v = value.rstrip("\n").split("\t")[0]
+    if v == "/dev/null":
+        return None
+    return _strip_prefix(v)
+
+
+def is_utf8(path: str) -> bool:
+    """False for a name that held bytes that are not UTF-8 (surrogates from ``unquote_path``):
+    JSON, Parquet and pytest node ids cannot carry it as text."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: str) -> str:
+    """``path`` as printable, JSON-safe text: undecodable bytes as ``\\xff``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _strip_prefix(p: str) -> str:
@@ -154,11 +199,9 @@ def _header_paths(lines: list[str]) -> tuple[str | None, str | None, str]:
         elif line.startswith(("rename to ", "copy to ")):
             new = unquote_path(line.split(" ", 2)[2].rstrip("\n"))
         elif line.startswith("--- ") and old is None:
-            v = line[4:].rstrip("\n").split("\t")[0]
-            old = None if v == "/dev/null" else _strip_prefix(v)
+            old = diff_path(line[4:])
         elif line.startswith("+++ ") and new is None:
-            v = line[4:].rstrip("\n").split("\t")[0]
-            new = None if v == "/dev/null" else _strip_prefix(v)
+            new = diff_path(line[4:])
         elif line.startswith("old mode") and status == "modified":
             status = "mode"
     if old is None and new is None:

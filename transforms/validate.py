@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-import re
 import shlex
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +53,7 @@ from smelter.transforms.sandbox import (
     SandboxResult,
     install_cleanup_handlers,
 )
+from smelter.transforms.split import diff_path
 from smelter.transforms.validate_config import ValidateConfig
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,13 @@ VOLATILE_ENV_FIELDS: dict[str, Any] = {
 # --------------------------------------------------------------------------- pure parts
 
 
-_PLUS_PATH = re.compile(r"^\+\+\+ (?:\"?b/)?(.*?)\"?(?:\t.*)?$")
-
-
 def touched_test_modules(test_patch: str) -> list[str]:
     """Test modules the test patch adds or modifies (deleted ones cannot run); sorted."""
     out: set[str] = set()
     for line in test_patch.splitlines():
         if not line.startswith("+++ ") or line.startswith("+++ /dev/null"):
             continue
-        m = _PLUS_PATH.match(line)
-        path = m.group(1) if m else ""
+        path = diff_path(line[4:]) or ""  # git quotes non-ASCII names: "b/tests/t\303\274.py"
         name = path.rsplit("/", 1)[-1]
         if name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")):
             out.add(path)

@@ -15,34 +15,56 @@ class ValidateConfig:
     """How the validate stage runs tests; every field is a CLI flag / TOML key."""
 
     validate_reruns_before: int = field(
-        default=2, metadata={"help": "runs with the test patch alone (flaky tests flip between)"}
+        default=2,
+        metadata={
+            "min": 1,
+            "max": 100,
+            "help": "runs with the test patch alone (flaky tests flip between)",
+        },
     )
     validate_reruns_after: int = field(
-        default=3, metadata={"help": "runs with test patch + fix (flaky tests flip between)"}
+        default=3,
+        metadata={
+            "min": 1,
+            "max": 100,
+            "help": "runs with test patch + fix (flaky tests flip between)",
+        },
     )
     validate_timeout_seconds: float = field(
-        default=900.0, metadata={"help": "wall-clock limit of one test run; the task is rejected"}
+        default=900.0,
+        metadata={"min": 1, "help": "wall-clock limit of one test run; the task is rejected"},
     )
     validate_test_timeout_seconds: float = field(
         default=120.0,
         metadata={"help": "limit of one test (pytest-timeout, used when the image has it): a "
-                          "hanging test fails alone and the run goes on; 0 = off"},
+                          "hanging test fails alone and the run goes on; 0 = off", "min": 0},
     )  # fmt: skip
     validate_memory: str = field(
-        default="4g", metadata={"help": "memory limit of a test container (no swap beyond it)"}
+        default="4g",
+        metadata={
+            "min_bytes": 6 * 2**20,
+            "help": "memory limit of a test container (no swap beyond it)",
+        },
     )
-    validate_cpus: float = field(default=1.0, metadata={"help": "CPUs per test container"})
+    validate_cpus: float = field(
+        default=1.0, metadata={"min": 0.01, "help": "CPUs per test container"}
+    )
     validate_pids_limit: int = field(
-        default=1024, metadata={"help": "max processes/threads in a test container"}
+        default=1024, metadata={"min": 16, "help": "max processes/threads in a test container"}
     )
     validate_tmpfs_size: str = field(
-        default="1g", metadata={"help": "size of the tmpfs mounted on /tmp in test containers"}
+        default="1g",
+        metadata={
+            "min_bytes": 2**20,
+            "help": "size of the tmpfs mounted on /tmp in test containers",
+        },
     )
     validate_log_bytes: int = field(
-        default=20_000, metadata={"help": "bytes of each run's output kept (the tail)"}
+        default=20_000, metadata={"min": 1024, "help": "bytes of each run's output kept (the tail)"}
     )
     validate_parallel_runs: int = field(
-        default=2, metadata={"help": "test containers of one task running at the same time"}
+        default=2,
+        metadata={"min": 1, "help": "test containers of one task running at the same time"},
     )
     validate_drop_privileges: bool = field(
         default=True,
