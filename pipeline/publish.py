@@ -15,8 +15,9 @@ Deliberate choices:
   that name, and ``instance_image`` keeps ours. ``build_harness_images`` builds those
   Dockerfiles with the docker SDK, since swebench's own builder needs ``docker buildx``.
 - ``eval.sh`` is self-contained: no conda. Our images put their venv on PATH through the image
-  ENV, which ``docker exec`` inherits; the script resets the test files, applies the test patch
-  from a heredoc, runs the validated test command with ``-rA`` (what ``parse_log_pytest``
+  ENV, which ``docker exec`` inherits; the script resets the test files (those of the test
+  patch, plus any test file or ``conftest.py`` the candidate patch touched), applies the test
+  patch from a heredoc, runs the validated test command with ``-rA`` (what ``parse_log_pytest``
   reads) on the files holding the graded tests, between swebench's start/end markers.
 - ``validation`` is a JSON string column: its per-run statuses are keyed by test id, which no
   fixed Arrow struct can hold. ``environment``, ``quality`` and ``provenance`` are nested
@@ -185,7 +186,10 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
 
     Self-contained (no conda): the image's ENV carries the venv. Test files are reset to
     ``base_commit`` first so a candidate patch cannot edit the tests that grade it, then the
-    test patch is applied. As in validation, the tests run as the owner of the source tree when
+    test patch is applied (``candidate_reset``: the test patch's files as SWE-bench does, and
+    also every test file or ``conftest.py`` the candidate changed elsewhere, since pytest loads
+    each ``conftest.py`` above a test file whether the test patch touched it or not). As in
+    validation, the tests run as the owner of the source tree when
     that is not root (the harness runs everything as root, and a test of file permissions
     passes for a user and fails for root); the tree is chowned back to that owner first, since
     root applied the patches.
@@ -222,6 +226,7 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
         f"git config --global --add safe.directory {shlex.quote(workdir)}",
         "git status",
         "git -c core.fileMode=false diff " + task.base_commit,
+        *candidate_reset(task.base_commit),
         *reset,
         f"git apply --binary -v - <<'{eof}'\n{body}{eof}",
         "export PYTHONDONTWRITEBYTECODE=1",
@@ -232,6 +237,32 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
         *reset,
     ]
     return "\n".join(lines) + "\n"
+
+
+# smelter's default test-path rules (``testpaths.PathRules``) as git pathspecs: a candidate's
+# changes to tracked files there go back to base_commit; untracked files it added go only when
+# they are Python test modules or conftest.py (an image may hold built files in a test folder).
+TEST_DIR_PATHSPECS = tuple(f":(glob)**/{d}/**" for d in ("test", "tests", "testing"))
+TEST_FILE_PATHSPECS = tuple(f":(glob)**/{g}" for g in ("test_*.py", "*_test.py", "conftest.py"))
+
+
+def candidate_reset(base_commit: str) -> list[str]:
+    """Shell lines that undo a candidate patch's changes to tests and ``conftest.py`` files.
+
+    SWE-bench resets only the test patch's files; a candidate could still add a
+    ``tests/conftest.py`` (or edit one the test patch leaves alone) with a hook that turns
+    failures into passes. Tracked files in test folders or named like tests are checked out
+    from ``base_commit`` (modified and deleted ones); untracked test modules and conftest.py
+    files are removed. Reading the paths NUL-separated keeps any byte in a name intact.
+    """
+    tracked = shlex.join([*TEST_DIR_PATHSPECS, *TEST_FILE_PATHSPECS])
+    files = shlex.join(TEST_FILE_PATHSPECS)
+    base = shlex.quote(base_commit)
+    return [
+        f"git diff --name-only --no-renames -z {base} -- {tracked}"
+        f" | xargs -0 -r git checkout {base} --",
+        f"git ls-files -z --others -- {files} | xargs -0 -r rm -f --",
+    ]
 
 
 HARNESS_GITATTRIBUTES = "harness.gitattributes"

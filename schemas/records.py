@@ -209,6 +209,11 @@ class TestRun(Record):
         default=True, description="pytest's JUnit XML came back; False makes the run void"
     )
     log_tail: str = ""
+    result_mismatch: str = Field(
+        default="",
+        description="how the run's result signals (JUnit report, witness plugin, exit code, "
+        "pytest's summary line) disagree; non-empty makes the run void",
+    )
 
 
 class Validation(Record):
@@ -317,6 +322,8 @@ class Reason(enum.StrEnum):
     INFRASTRUCTURE = "infrastructure"
     ALL_FLAKY = "all_flaky"
     NO_TESTS_RUN = "no_tests_run"
+    # a run's report, witness, exit code and summary line disagree: void, possibly forged
+    RESULT_MISMATCH = "result_mismatch"
     # clean
     STATEMENT_TOO_SHORT = "statement_too_short"
     UNDER_SPECIFIED = "under_specified"

@@ -56,7 +56,12 @@ def run_label(run: TestRun) -> str:
 
 
 def run_problem(run: TestRun) -> str | None:
-    """Why this run is not a test result (None when it is one). Timeouts are handled apart."""
+    """Why this run is not a test result (None when it is one). Timeouts are handled apart.
+
+    Signals that disagree come first: validation rejects such a run as ``result_mismatch``
+    before grading, and anything graded directly must not count it either."""
+    if run.result_mismatch:
+        return f"result signals disagree: {run.result_mismatch}"
     if not run.report_found:
         return f"no JUnit report came back (exit code {run.exit_code})"
     code = run.exit_code

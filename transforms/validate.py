@@ -2,16 +2,21 @@
 
 Deliberate choices:
 - One shell script, recorded verbatim on the Task (``validation.test_script``), does all the
-  work inside the container: ``sh run_tests.sh before|after``. With the image and the two patch
-  files anyone can re-validate a task without smelter.
+  work inside the container: ``sh run_tests.sh``, with the side (``before|after``) in the
+  root-only file ``/smelter/side``. With the image and the two patch files anyone can
+  re-validate a task without smelter.
 - Every run is a fresh container from the instance image (no state leaks between runs or
   sides), with ``SMELTER_ATTEMPT`` = the 0-based rerun index of its side, so a test that depends
   on it shows up as flaky reproducibly.
-- The script starts as root only to make the result directory writable, then re-executes
-  itself as the owner of the source tree (the instance image copies it as 1000:1000) via
-  ``setpriv``; a tree owned by root stays root ("non-root where the repo allows").
-- Results come from JUnit XML copied out of the container (``junit.py``); the verdict is the
-  pure ``grading.grade``. Patches that fail to apply in the container get their own exit codes
+- The script's root part keeps the side and the results to itself and runs everything of the
+  repository (patching, the plugin probe, pytest) as the owner of the source tree (the instance
+  image copies it as 1000:1000) via ``setpriv``; a tree owned by root stays root ("non-root
+  where the repo allows"). The test never learns its side and cannot write the verdict: see
+  ``trust.py`` for the boundary and what in-process code can still do.
+- Results come from JUnit XML that root collects from a pipe (``junit.py``), cross-checked
+  against the witness plugin, the exit code and pytest's summary line (``trust.cross_check``);
+  a run whose signals disagree is void (``result_mismatch``). The verdict is the pure
+  ``grading.grade``. Patches that fail to apply in the container get their own exit codes
   and reasons, so they are never mistaken for test results.
 - The runs of one task go to a small thread pool (``validate_parallel_runs``): the engine does
   the work, threads only wait. Containers are removed in ``finally`` and on SIGTERM/SIGINT.
@@ -54,6 +59,15 @@ from smelter.transforms.sandbox import (
     install_cleanup_handlers,
 )
 from smelter.transforms.split import diff_path
+from smelter.transforms.trust import (
+    END_LINE,
+    REPORT_FD,
+    WITNESS_FD,
+    WITNESS_MODULE,
+    WITNESS_SOURCE,
+    cross_check,
+    parse_witness,
+)
 from smelter.transforms.validate_config import ValidateConfig
 
 log = logging.getLogger(__name__)
@@ -62,16 +76,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STAGE = "validate"
-SCRIPT_VERSION = "test_script_v2"  # v2: per-test timeout via pytest-timeout
-INBOX = "/smelter"
+# v2: per-test timeout via pytest-timeout; v3: side and results root-only, witness cross-check
+SCRIPT_VERSION = "test_script_v3"
+INBOX = "/smelter"  # root-only (0700) once the script runs: side, patches, results
 SCRIPT_PATH = f"{INBOX}/run_tests.sh"
+SIDE_PATH = f"{INBOX}/side"
 TEST_PATCH_PATH = f"{INBOX}/test.patch"
 FIX_PATCH_PATH = f"{INBOX}/fix.patch"
 REPORT_PATH = f"{INBOX}/out/report.xml"
+WITNESS_PATH = f"{INBOX}/out/witness.jsonl"
+PLUGIN_DIR = "/smelter-witness"  # root-owned, readable: the witness plugin's module
 DEFAULT_WORKDIR = "/testbed"
 DEFAULT_TEST_COMMAND = ("python", "-m", "pytest", "-rA", "--tb=short")
 
-EXIT_NO_WORKDIR, EXIT_TEST_PATCH, EXIT_FIX_PATCH = 90, 91, 92
+EXIT_NO_WORKDIR, EXIT_TEST_PATCH, EXIT_FIX_PATCH, EXIT_SETUP = 90, 91, 92, 93
 # Environment fields that describe the build, not the image: left out of the cache key.
 VOLATILE_ENV_FIELDS: dict[str, Any] = {
     "build_seconds": 0.0,
@@ -100,12 +118,19 @@ def touched_test_modules(test_patch: str) -> list[str]:
 def pytest_argv(
     test_command: Sequence[str], test_files: Sequence[str], workdir: str, extra: Sequence[str] = ()
 ) -> list[str]:
-    """The full pytest command: the environment's command + what validation needs + files."""
+    """The full pytest command: the environment's command + what validation needs + files.
+
+    The report goes to ``/dev/fd/3``, a pipe root reads (``render_test_script``), and the
+    witness plugin is loaded by name from ``PLUGIN_DIR``: the same argv on both sides, since
+    every process's argv is readable in /proc.
+    """
     argv = list(test_command) or list(DEFAULT_TEST_COMMAND)
     if not _has_plugin_off(argv, "cacheprovider"):
         argv += ["-p", "no:cacheprovider"]  # no .pytest_cache: runs must not influence each other
     argv += [
-        f"--junit-xml={REPORT_PATH}",
+        "-p",
+        WITNESS_MODULE,
+        f"--junit-xml=/dev/fd/{REPORT_FD}",
         "-o",
         "junit_family=xunit1",  # adds file= to each testcase: node ids are recovered exactly
         "--continue-on-collection-errors",  # one broken module must not hide the others
@@ -147,7 +172,15 @@ def probe_python(argv: Sequence[str]) -> str:
 def render_test_script(
     argv: Sequence[str], workdir: str, drop_privileges: bool = True, test_timeout: float = 0
 ) -> str:
-    """The script every test container runs, as recorded on the Task.
+    """The script every test container runs, as root, as recorded on the Task.
+
+    The trust boundary (``trust.py``): the side comes from a root-only file and is deleted once
+    read; the patches reach the test user through stdin; both sides start the same processes
+    with the same argv and environment (the before side runs ``git apply --check`` where the
+    after side applies the fix, and a random number of throwaway processes hides how many
+    processes started before the tests); pytest writes its report and the witness its lines to
+    FIFOs that only root's ``cat`` reads; once pytest exits, every process of the test user is
+    killed before root ends the run, so nothing writes after the fact.
 
     The per-test timeout flags are added only when ``pytest_timeout`` imports in the image:
     passed to a pytest without the plugin, ``--timeout`` is a usage error (exit 4) and every
@@ -155,43 +188,74 @@ def render_test_script(
     loads it through its entry point (named ``timeout``), and registering the module a second
     time under another name aborts pytest with "Plugin already registered".
     """
-    drop = (
-        """if [ "$(id -u)" = 0 ] && [ -z "${SMELTER_DROPPED:-}" ]; then
-  mkdir -p "$out" && chmod 0777 "$out"
-  owner="$(stat -c %u:%g .)"
-  if [ "$owner" != 0:0 ] && command -v setpriv >/dev/null 2>&1; then
-    # Tests run as the owner of the source tree, not root (the tree stays writable for them).
-    export SMELTER_DROPPED=1 HOME=/tmp
-    exec setpriv --reuid="${owner%:*}" --regid="${owner#*:}" --clear-groups -- sh "$0" "$@"
-  fi
+    tester = (
+        """owner="$(stat -c %u:%g .)"
+if [ "$owner" != 0:0 ] && command -v setpriv >/dev/null 2>&1; then
+  # The repository's code (patching, the plugin probe, the tests) runs as the tree's owner.
+  as_tester="setpriv --reuid=${owner%:*} --regid=${owner#*:} --clear-groups -- env HOME=/tmp"
 fi
 """
         if drop_privileges
         else ""
     )
+    out = shlex.quote(REPORT_PATH.rsplit("/", 1)[0])
+    plugin = f"{PLUGIN_DIR}/{WITNESS_MODULE}.py"
+    run = shlex.join(argv) + (' "$@"' if test_timeout > 0 else "")
+    assert "\nEOF_WITNESS\n" not in WITNESS_SOURCE
     return f"""#!/bin/sh
-# smelter {SCRIPT_VERSION}: run the touched tests of one task in a fresh container.
-# usage: sh {SCRIPT_PATH} before|after
-#   before: apply {TEST_PATCH_PATH}; after: also apply {FIX_PATCH_PATH}.
-# Results: pytest JUnit XML at {REPORT_PATH}. Exit: pytest's code, or {EXIT_NO_WORKDIR} (no
-# source tree), {EXIT_TEST_PATCH} (test patch does not apply), {EXIT_FIX_PATCH} (fix does not).
+# smelter {SCRIPT_VERSION}: run the touched tests of one task in a fresh container, as root:
+#   printf after > {SIDE_PATH} && sh {SCRIPT_PATH}
+# before (or no side file): apply {TEST_PATCH_PATH} and check {FIX_PATCH_PATH};
+# after: apply both. The side is never shown to the tests (same argv, environment, processes).
+# Results, root-only, collected from pipes: pytest's JUnit XML at {REPORT_PATH},
+# the witness plugin's per-test outcomes at {WITNESS_PATH},
+# then the line "{END_LINE}N".
+# Exit: pytest's code, or {EXIT_NO_WORKDIR} (no source tree), {EXIT_TEST_PATCH} (test patch does
+# not apply), {EXIT_FIX_PATCH} (fix does not), {EXIT_SETUP} (not root, or the setup failed).
 set -u
-out={shlex.quote(REPORT_PATH.rsplit("/", 1)[0])}
+setup_failed() {{ echo "smelter: $1"; exit {EXIT_SETUP}; }}
+[ "$(id -u)" = 0 ] || setup_failed "the test script must start as root"
+side="$(cat {SIDE_PATH} 2>/dev/null)"
+rm -f {SIDE_PATH} && chown root:root {INBOX} && chmod 0700 {INBOX} || setup_failed "{INBOX}"
+out={out}
+rm -rf "$out" && mkdir -m 0700 "$out" || setup_failed "$out"
+rm -rf {PLUGIN_DIR} && mkdir -m 0755 {PLUGIN_DIR} || setup_failed {PLUGIN_DIR}
+cat > {plugin} <<'EOF_WITNESS'
+{WITNESS_SOURCE}
+EOF_WITNESS
+chmod 0644 {plugin} || setup_failed {plugin}
 cd {shlex.quote(workdir)} || exit {EXIT_NO_WORKDIR}
-{drop}mkdir -p "$out" && rm -f {shlex.quote(REPORT_PATH)}
-git apply --whitespace=nowarn {TEST_PATCH_PATH} || {{
+unset SMELTER_SIDE SMELTER_DROPPED
+as_tester=""
+{tester}$as_tester git apply --whitespace=nowarn - < {TEST_PATCH_PATH} || {{
   echo "smelter: the test patch does not apply"; exit {EXIT_TEST_PATCH}; }}
-if [ "${{1:-before}}" = after ]; then
-  git apply --whitespace=nowarn {FIX_PATCH_PATH} || {{
-    echo "smelter: the fix does not apply"; exit {EXIT_FIX_PATCH}; }}
-fi
-export PYTHONDONTWRITEBYTECODE=1
-{_timeout_block(argv, test_timeout)}exec {shlex.join(argv)}{' "$@"' if test_timeout > 0 else ""}
+check=--check
+[ "$side" = after ] && check=""
+$as_tester git apply $check --whitespace=nowarn - < {FIX_PATCH_PATH} || {{
+  echo "smelter: the fix does not apply"; exit {EXIT_FIX_PATCH}; }}
+# Throwaway processes, 0-63 of them: the tests' PIDs say nothing about what ran before them.
+n="$(od -An -N1 -tu1 /dev/urandom 2>/dev/null | tr -dc 0-9)"
+n=$(( ${{n:-0}} % 64 ))
+while [ "$n" -gt 0 ]; do ( : ); n=$((n - 1)); done
+export PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="{PLUGIN_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"
+mkfifo -m 0622 "$out/report.fifo" && mkfifo -m 0600 "$out/witness.fifo" || setup_failed fifo
+# 0622: pytest reopens /dev/fd/{REPORT_FD} by path; no one but root can read the pipe or reach it.
+cat "$out/report.fifo" > {REPORT_PATH} &
+cat "$out/witness.fifo" > {WITNESS_PATH} &
+{_timeout_block(argv, test_timeout)}$as_tester {run} \\
+  {REPORT_FD}>"$out/report.fifo" {WITNESS_FD}>"$out/witness.fifo"
+code=$?
+# Nothing of the test user's outlives pytest: no late writes to the pipes.
+[ -z "$as_tester" ] || $as_tester sh -c 'kill -9 -1' 2>/dev/null
+wait
+echo "{END_LINE}$code"
+exit "$code"
 """
 
 
 def _timeout_block(argv: Sequence[str], seconds: float) -> str:
-    """Sets "$@" to the per-test timeout flags when the image has pytest-timeout (see above)."""
+    """Sets "$@" to the per-test timeout flags when the image has pytest-timeout (see above);
+    the probe runs as the test user, like everything that imports from the repository."""
     flags = timeout_args(seconds)
     if not flags:
         return ""
@@ -199,7 +263,7 @@ def _timeout_block(argv: Sequence[str], seconds: float) -> str:
     return f"""# Per-test limit: a hanging test fails alone and the others still run
 # (pytest-timeout, signal method); without the plugin only the wall clock bounds the run.
 set --
-if {probe} >/dev/null 2>&1; then
+if $as_tester {probe} >/dev/null 2>&1; then
   set -- {shlex.join(flags)}
 fi
 """
@@ -208,16 +272,28 @@ fi
 def to_test_run(
     side: str, attempt: int, result: SandboxResult, test_files: Sequence[str], log_bytes: int
 ) -> TestRun:
-    """One sandbox run -> a TestRun record; an unreadable report counts as missing."""
+    """One sandbox run -> a TestRun record; an unreadable report counts as missing, and
+    ``result_mismatch`` says how the report, the witness, the exit code and pytest's summary
+    line disagree (``trust.cross_check``), which makes the run void."""
     report = result.files.get(REPORT_PATH)
     statuses: dict[str, Any] = {}
     found = report is not None and not result.timed_out
     note = ""
+    parsed = False
     if found and report is not None:
         try:
             statuses = parse_junit(report, known_files=test_files).statuses
+            parsed = True
         except JUnitError as e:
             found, note = False, f"\n[smelter] {e}"
+    mismatch = ""
+    if not result.timed_out:
+        witness = parse_witness(result.files.get(WITNESS_PATH, b""))
+        mismatch = cross_check(
+            result.exit_code, report, statuses if parsed else None, witness, result.log
+        )
+    if mismatch:
+        note += f"\n[smelter] result signals disagree: {mismatch}"
     if result.oom_killed:
         note += "\n[smelter] the container was killed for exceeding its memory limit"
     if result.timed_out:
@@ -231,6 +307,7 @@ def to_test_run(
         timed_out=result.timed_out,
         report_found=found,
         log_tail=tail(result.log + note, log_bytes),
+        result_mismatch=mismatch,
     )
 
 
@@ -243,7 +320,19 @@ def patch_problem(runs: Iterable[TestRun]) -> Rejected | None:
             return Rejected(Reason.PATCH_DOES_NOT_APPLY, "fix: " + tail(run.log_tail, 800))
         if run.exit_code == EXIT_NO_WORKDIR:
             return Rejected(Reason.INFRASTRUCTURE, "the image has no source tree at its WORKDIR")
+        if run.exit_code == EXIT_SETUP:
+            return Rejected(Reason.INFRASTRUCTURE, "test script setup: " + tail(run.log_tail, 800))
     return None
+
+
+def mismatch_problem(runs: Iterable[TestRun]) -> Rejected | None:
+    """A run whose result signals disagree is void, and so is the task: its outcome cannot be
+    trusted in either direction (``trust.py``)."""
+    bad = [r for r in runs if r.result_mismatch]
+    if not bad:
+        return None
+    detail = "; ".join(f"{r.side} run {r.attempt}: {r.result_mismatch}" for r in bad)
+    return Rejected(Reason.RESULT_MISMATCH, _with_log(detail, bad))
 
 
 def run_all(
@@ -364,10 +453,10 @@ class Validator:
             side, attempt = job
             result = self.sandbox.run(
                 env.instance_image,
-                ["sh", SCRIPT_PATH, side],
-                files=inputs,
-                fetch=[REPORT_PATH],
-                env={"SMELTER_ATTEMPT": str(attempt), "SMELTER_SIDE": side},
+                ["sh", SCRIPT_PATH],  # the side is in a root-only file, never in argv or env
+                files={**inputs, SIDE_PATH: side},
+                fetch=[REPORT_PATH, WITNESS_PATH],
+                env={"SMELTER_ATTEMPT": str(attempt)},
                 labels={eng.LABEL_INSTANCE: candidate.instance_id},
             )
             return to_test_run(side, attempt, result, files, cfg.validate_log_bytes)
@@ -392,6 +481,8 @@ class Validator:
             if not self.config.validate_keep_instance_images:
                 self._remove_image(env.instance_image)
         if (problem := patch_problem(runs)) is not None:
+            raise problem
+        if (problem := mismatch_problem(runs)) is not None:
             raise problem
         verdict = grade(
             [r for r in runs if r.side == "before"], [r for r in runs if r.side == "after"]
