@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # bootstrapped without a registry (debootstrap -> docker import; cached after the first time).
 engine: setup
 	$(BIN)/smelter engine ensure
-	$(BIN)/smelter images bootstrap
+	$(BIN)/smelter images bootstrap --suite bookworm --suite bullseye
 
 demo: engine
 	$(BIN)/smelter demo --out $(OUT)

@@ -226,6 +226,26 @@ setup(
     extras_require={"test": ["pytest"]},
 )
 """
+# The same project with its extension declared in a helper module: nothing in setup.py says
+# it compiles, so the first build goes without a compiler and fails for want of one.
+HIDDEN_C_SETUP_PY = """\
+import sys
+
+sys.path.insert(0, ".")
+from setuptools import setup
+
+from build_helpers import options
+
+setup(name="cpkg", version="1.0", packages=["cpkg"], **options())
+"""
+BUILD_HELPERS = """\
+from setuptools import Extension
+
+
+def options():
+    return {"ext_modules": [Extension("cpkg._speed", ["cpkg/_speed.c"])],
+            "extras_require": {"test": ["pytest"]}}
+"""
 C_SOURCE = """\
 #include <Python.h>
 static PyObject *twice(PyObject *self, PyObject *arg) {
@@ -238,13 +258,19 @@ PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&mod); }
 """
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "hidden"])
 def test_c_extension_gets_the_compiler_rung(
-    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path, declared: bool
 ) -> None:
+    """A project whose setup.py declares an extension gets a compiler from its first build (an
+    optional one would otherwise build without it, quietly); one whose build fails for want of
+    a compiler gets the same rung again with one."""
     init = "from cpkg._speed import twice\n"
+    setup = {"setup.py": C_SETUP_PY} if declared else {
+        "setup.py": HIDDEN_C_SETUP_PY, "build_helpers.py": BUILD_HELPERS}  # fmt: skip
     c = make_pr(
         tmp_path / "cpkg", "cpkg", when="2025-03-01T00:00:00Z",
-        base={"setup.py": C_SETUP_PY, "cpkg/__init__.py": init, "cpkg/_speed.c": C_SOURCE,
+        base={**setup, "cpkg/__init__.py": init, "cpkg/_speed.c": C_SOURCE,
               "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\n'
                                 'build-backend = "setuptools.build_meta"\n'},
         fix={"cpkg/__init__.py": init + "\n\ndef add(a, b):\n    return twice(a) // 2 + b\n"},
@@ -254,11 +280,110 @@ def test_c_extension_gets_the_compiler_rung(
     env = out.environment
     assert env is not None
     assert "gcc" in env.system_packages and "python3-dev" in env.system_packages
-    # the plain rung failed for want of a compiler, then the same rung with one worked
-    assert [(a.rung, a.outcome) for a in env.attempts][-2:] == [
-        ("extras-test", "install_failed"), ("extras-test+compiler", "ok"),
-    ]  # fmt: skip
-    assert env.attempts[-2].error  # the first error line of the failed build is recorded
     assert "apt-get install" in env.dockerfiles.env
+    steps = [(a.rung, a.outcome) for a in env.attempts]
+    if declared:
+        assert steps == [("extras-test+compiler", "ok")]
+    else:  # the plain rung failed for want of a compiler, then the same rung with one worked
+        assert steps == [("plain", "install_failed"), ("plain+compiler", "ok")]
+        assert env.attempts[0].error  # the first error line of the failed build is recorded
     assert "1 passed" in run_tests(docker_client, out, ["tests/test_add.py"])
+    release(docker_client, out)
+
+
+DYNAMIC_SETUP_PY = """\
+from setuptools import setup
+
+setup(
+    name="dynpkg",
+    version="1.0",
+    packages=["dynpkg"],
+    install_requires=open("deps.in").read().split(),  # computed: no static reader sees it
+    extras_require={"test": ["pytest"]},
+)
+"""
+
+
+def test_dependencies_only_setup_py_knows_get_a_new_env_layer(
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The instance layer builds offline; what the project's own back end asks for and the env
+    layer lacks goes into a new env layer (dependency lines only), never network for PR code."""
+    init = "import six\n"
+    c = make_pr(
+        tmp_path / "dynpkg", "dynpkg", when="2025-03-01T00:00:00Z",
+        base={"setup.py": DYNAMIC_SETUP_PY, "deps.in": "six\n", "dynpkg/__init__.py": init,
+              "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\n'
+                                'build-backend = "setuptools.build_meta"\n'},
+        fix={"dynpkg/__init__.py": init + "\n\ndef add(a, b):\n    return a + b\n"},
+        tests={"tests/test_add.py": TEST_ADD.format(mod="dynpkg")},
+    )  # fmt: skip
+    out = build(stage, c)
+    env = out.environment
+    assert env is not None
+    assert env.recipe == "extras-test+pr-deps", env.attempts
+    assert "six" in env.dockerfiles.env  # the env layer installs it, from the index
+    assert any(r.lower().startswith("six==") for r in env.frozen_requirements)
+    assert env.install_mode == "editable"
+    assert "1 passed" in run_tests(docker_client, out, ["tests/test_add.py"])
+    release(docker_client, out)
+
+
+DIALING_SETUP_PY = """\
+import socket
+from setuptools import setup
+
+for _ in range(3):  # a hostile build: phone home, quietly
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+    except OSError:
+        pass
+
+setup(name="dialpkg", version="1.0", packages=["dialpkg"], extras_require={{"test": ["pytest"]}})
+"""
+
+
+def test_pull_request_code_cannot_reach_the_host_during_the_build(
+    stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Regression: the instance layer ran the PR's setup.py with the host network (it connected
+    to a listener on 127.0.0.1 26 times)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    hits: list[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            hits.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        c = make_pr(
+            tmp_path / "dialpkg", "dialpkg", when="2025-03-01T00:00:00Z",
+            base={"setup.py": DIALING_SETUP_PY.format(port=port), "dialpkg/__init__.py": "",
+                  "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\n'
+                                    'build-backend = "setuptools.build_meta"\n'},
+            fix={"dialpkg/__init__.py": "def add(a, b):\n    return a + b\n"},
+            tests={"tests/test_add.py": TEST_ADD.format(mod="dialpkg")},
+        )  # fmt: skip
+        out = build(stage, c)
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert hits == []  # the build ran the setup.py (the package installed) but reached nothing
+    assert out.environment is not None and out.environment.install_mode == "editable"
     release(docker_client, out)

@@ -642,12 +642,15 @@ def build_image(
     buildargs: Mapping[str, str] | None = None,
     timeout: float = 3600.0,
     on_line: Callable[[str], None] | None = None,
+    network: str = "host",
 ) -> tuple[str, str]:
-    """Build ``dockerfile`` with an in-memory context and host networking; returns (id, log).
+    """Build ``dockerfile`` with an in-memory context; returns (id, log).
 
-    Host networking because the engine may have no bridge (``--bridge=none``); the build still
-    reaches the package index. ``buildargs`` carry secrets-free settings such as an index URL;
-    they are not written into the Dockerfile text we record.
+    ``network="host"`` (layers that install dependency lines only) because the engine may have
+    no bridge (``--bridge=none``) and the build must reach the package index; ``"none"`` for
+    layers that run a pull request's code (its ``setup.py``, its build back end), which must not
+    reach the host or anything else. ``buildargs`` carry secrets-free settings such as an index
+    URL; they are not written into the Dockerfile text we record.
     """
     files = {"Dockerfile": dockerfile, **(context_files or {})}
     context = io.BytesIO(tar_files(files, mode=0o755, dirs=context_dirs))
@@ -661,7 +664,7 @@ def build_image(
         labels=dict(image_labels),
         rm=True,
         forcerm=True,
-        network_mode="host",
+        network_mode=network,
         buildargs=dict(buildargs or {}),
         decode=True,
         timeout=int(timeout),

@@ -55,6 +55,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from packaging.requirements import InvalidRequirement, Requirement
 
 from smelter.schemas import Candidate, Dockerfiles, EnvAttempt, Environment, Reason
 from smelter.transforms import base_images as bi
@@ -147,33 +148,92 @@ def render_env_dockerfile(
 
 
 INSTALL_MODE_FILE = "/opt/smelter/install-mode"
-INSTALL_MODES = ("editable", "editable-isolated", "legacy-develop", "none")
+INSTALL_LOG_FILE = "/opt/smelter/install.log"
+PR_METADATA_FILE = "/opt/smelter/pr-metadata.txt"
+INSTALL_MODES = ("editable", "legacy-develop", "none", "failed")
+# Prints the METADATA of the wheel ``uv build`` wrote (its Requires-Dist lines are what the
+# project asks for, computed by its own back end, offline).
+_READ_METADATA = (
+    "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/smelter-wheel/*.whl')[0]); "
+    "print(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode())"
+)
 
 
 def install_script(
     *, installable: bool, extras: Sequence[str], cutoff: str | None,
     install_env: Mapping[str, str], has_setup_py: bool,
 ) -> str:  # fmt: skip
-    """The instance layer's install, as one shell command: the first way that works wins and
-    names itself in ``INSTALL_MODE_FILE``.
+    """The instance layer's install, as one shell command run offline as the test user: the
+    first way that works wins and names itself in ``INSTALL_MODE_FILE``.
 
-    1. editable, no build isolation: the env layer holds the build requirements, so nothing is
-       downloaded and no build env is created;
-    2. editable with an isolated build (the back end needs something the env layer lacks);
-    3. ``setup.py develop``: setuptools older than 64 (what an old PR's date resolves to) has no
+    1. editable, no build isolation: the env layer holds the build requirements and the
+       dependencies, so nothing is downloaded (``--offline`` makes a missing one fail at once);
+    2. ``setup.py develop``: setuptools older than 64 (what an old PR's date resolves to) has no
        PEP 660 hook ("has no attribute 'build_editable'"), but has always had ``develop``, which
-       links the source tree into the venv just the same. Its dependencies are the env layer's.
+       links the source tree into the venv just the same;
+    3. otherwise ``failed``, and the project's metadata as its own back end computes it (a
+       wheel built offline), so the missing dependency lines can go into a new env layer.
     """
     if not installable:
         return f"echo none > {INSTALL_MODE_FILE}"  # the source runs from PYTHONPATH
     target = "." + (f"[{','.join(extras)}]" if extras else "")
     prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(install_env.items()))
-    cmd = f"{prefix}uv pip install {uv_flags(cutoff)} -e {shlex.quote(target)}".replace("  ", " ")
-    no_iso = cmd.replace("uv pip install", "uv pip install --no-build-isolation", 1)
+    cmd = (
+        f"{prefix}uv pip install --offline --no-build-isolation {uv_flags(cutoff)} "
+        f"-e {shlex.quote(target)}"
+    ).replace("  ", " ")
     setup = "setup.py" if has_setup_py else "-c 'import setuptools; setuptools.setup()'"
     legacy = f"{prefix}python {setup} develop --no-deps"
-    ways = [(no_iso, "editable"), (cmd, "editable-isolated"), (legacy, "legacy-develop")]
-    return " \\\n || ".join(f"{{ {c} && echo {mode} > {INSTALL_MODE_FILE}; }}" for c, mode in ways)
+    probe = (
+        f"{prefix}uv build --offline --no-build-isolation --wheel -o /tmp/smelter-wheel . "
+        f"&& python -c {shlex.quote(_READ_METADATA)} > {PR_METADATA_FILE}"
+    )
+    # ``develop --no-deps`` succeeds whatever is missing, so its dependencies are checked
+    # against the metadata as well (``probe`` after it).
+    return (
+        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n"
+        f" || {{ {legacy} && echo legacy-develop > {INSTALL_MODE_FILE}"
+        f" && {{ {probe} || true; }}; }}"
+        f" \\\n || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
+    )
+
+
+def missing_requirements(
+    metadata: str, installed: Iterable[str], extras: Sequence[str], python: str
+) -> list[str]:
+    """``Requires-Dist`` lines of ``metadata`` (for ``extras`` and ``python`` on Linux) whose
+    package is not among ``installed`` names: what a new env layer must add."""
+    have = {rc._norm(n) for n in installed}
+    env = {
+        "python_version": python, "python_full_version": f"{python}.0", "os_name": "posix",
+        "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+        "implementation_name": "cpython", "platform_python_implementation": "CPython",
+    }  # fmt: skip
+    out: list[str] = []
+    for line in metadata.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        try:
+            req = Requirement(line.removeprefix("Requires-Dist:").strip())
+        except InvalidRequirement:
+            continue
+        wanted = req.marker is None or any(
+            req.marker.evaluate({**env, "extra": e}) for e in ("", *extras)
+        )
+        if wanted and rc._norm(req.name) not in have:
+            req.marker = None
+            out.append(str(req))
+    return list(dict.fromkeys(out))
+
+
+def frozen_names(frozen: str) -> list[str]:
+    """Package names of ``uv pip freeze`` output (``name==v``, ``name @ url``, ``-e ...``)."""
+    names = []
+    for line in frozen.splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(==|@)", line.strip())
+        if m:
+            names.append(m.group(1))
+    return names
 
 
 def render_instance_dockerfile(
@@ -296,11 +356,17 @@ def check_script(import_names: Sequence[str], collect_files: Sequence[str], patc
     for i in range(patches):
         lines.append(f"git apply --whitespace=nowarn {CHECK_DIR}/{i}.diff || exit 92")
     if collect_files:
+        # Only the files still there with both patches applied: a PR that deletes a test
+        # module (merged into another, say) has nothing of it to collect.
         files = " ".join(shlex.quote(f) for f in collect_files)
-        lines.append(
-            f"python -m pytest --collect-only -q -p no:cacheprovider -p no:randomly {files}"
-            " || exit 93"
-        )
+        lines += [
+            "set --",
+            f'for f in {files}; do [ -e "$f" ] && set -- "$@" "$f"; done',
+            'if [ "$#" -gt 0 ]; then',
+            "  python -m pytest --collect-only -q -p no:cacheprovider -p no:randomly"
+            ' "$@" || exit 93',
+            "fi",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -536,8 +602,12 @@ class Builder:
         if self.config.env_exclude_newer:
             bucket = env_cutoff(when, self.config.env_exclude_newer_bucket_days)
             env_cuts = list(dict.fromkeys([bucket, env_cutoff(when, 1)]))
+        native = rc.builds_native_code(src.files, src.paths)
+        systems: tuple[tuple[str, ...], ...] = (
+            (COMPILER_PACKAGES,) if native else ((), COMPILER_PACKAGES)
+        )
         for rung in rungs:
-            for system in ((), COMPILER_PACKAGES):
+            for system in systems:
                 label = rung.name + ("+compiler" if system else "")
                 built = self._build_rung(c, src, base, rung, env_cuts, inst_cut, system)
                 if isinstance(built, _Attempt):
@@ -550,7 +620,7 @@ class Builder:
                     if not system and self.config.env_compiler_rung and needs_compiler(built.log):
                         continue
                     break
-                plan, env_hit, env_log, (alias, inst_log) = built
+                plan, env_hit, env_log, (alias, inst_log), rung_built = built
                 done = False
                 try:
                     check = self._check(alias, c, names, collect)
@@ -561,10 +631,11 @@ class Builder:
                             error=first_error_line(check.output),
                         ))  # fmt: skip
                         break
+                    label = label.replace(rung.name, rung_built.name, 1)
                     attempts.append(EnvAttempt(python_version=python, rung=label, outcome="ok"))
                     self.memory.put(c.repo, rung.name)
                     env = self._record(
-                        c, src, python, versions, base, rung, plan, alias, check,
+                        c, src, python, versions, base, rung_built, plan, alias, check,
                         inst_cut, env_hit, env_log + inst_log, attempts, system, started,
                     )  # fmt: skip
                     done = True
@@ -616,31 +687,63 @@ class Builder:
     def _build_rung(
         self, c: Candidate, src: _Source, base: bi.BaseImage, rung: rc.Rung,
         env_cuts: Sequence[str | None], inst_cut: str | None, system: Sequence[str],
-    ) -> tuple[_Plan, bool, str, tuple[str, str]] | _Attempt:  # fmt: skip
+    ) -> tuple[_Plan, bool, str, tuple[str, str], rc.Rung] | _Attempt:  # fmt: skip
         """Env + instance images of one rung: (plan, env cache hit, env log, (our alias of the
-        instance image, its build log)), or the failure.
+        instance image, its build log), the rung as built), or the failure.
 
         The bucketed env cutoff may predate a release the PR's dependency lines need; then the
-        env layer resolves again as of the PR's own day before the rung counts as failed.
+        env layer resolves again as of the PR's own day before the rung counts as failed. An
+        instance whose offline install lacked dependencies (computed by its setup.py, say) gets
+        them in a new env layer, once: dependency lines reach the network, PR code never does.
         """
         for i, env_cut in enumerate(env_cuts):
-            plan = self._plan(c, src, base, rung, env_cut, inst_cut, system)
-            try:
-                env_hit, env_log = self._ensure_env(
-                    plan.env_tag, plan.env_df, c.repo, rung.name, plan.env_hash
+            extended = False
+            while True:
+                plan = self._plan(c, src, base, rung, env_cut, inst_cut, system)
+                try:
+                    env_hit, env_log = self._ensure_env(
+                        plan.env_tag, plan.env_df, c.repo, rung.name, plan.env_hash
+                    )
+                except eng.BuildFailed as e:
+                    if i + 1 < len(env_cuts) and "No solution found" in e.log:
+                        break
+                    return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
+                try:
+                    alias, inst_log = self._ensure_instance(
+                        plan.inst_tag, plan.inst_df, src.tree, c, rung.name, plan.env_hash
+                    )
+                except eng.BuildFailed as e:
+                    return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
+                mode = self._image_text(alias, INSTALL_MODE_FILE).strip()
+                if mode not in ("failed", "legacy-develop"):
+                    return plan, env_hit, env_log, (alias, inst_log), rung
+                installed = frozen_names(
+                    self._image_text(plan.env_tag, "/opt/smelter/env-frozen.txt")
                 )
-            except eng.BuildFailed as e:
-                if i + 1 < len(env_cuts) and "No solution found" in e.log:
-                    continue
-                return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
-            try:
-                inst = self._ensure_instance(
-                    plan.inst_tag, plan.inst_df, src.tree, c, rung.name, plan.env_hash
+                missing = missing_requirements(
+                    self._image_text(alias, PR_METADATA_FILE), installed, rung.extras,
+                    base.python_version,
+                )  # fmt: skip
+                if mode == "legacy-develop" and not missing:
+                    return plan, env_hit, env_log, (alias, inst_log), rung
+                log_text = self._image_text(alias, INSTALL_LOG_FILE) or inst_log
+                if not self.config.env_keep_instance_images:
+                    eng.remove_image(self.client, alias, force=False, lock_dir=locks_dir())
+                if extended or not missing:
+                    why = f"missing after adding {', '.join(missing)}" if extended else ""
+                    return _Attempt(
+                        rung.name, Reason.INSTALL_FAILED,
+                        f"the offline install of the project failed {why}\n{log_text}",
+                    )  # fmt: skip
+                rung = dataclasses.replace(
+                    rung, name=f"{rung.name}+pr-deps", requirements=(*rung.requirements, *missing)
                 )
-            except eng.BuildFailed as e:
-                return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
-            return plan, env_hit, env_log, inst
-        raise AssertionError("env_cuts is never empty")
+                extended = True
+        raise AssertionError("the last env cutoff never breaks out")
+
+    def _image_text(self, image: str, path: str) -> str:
+        data = eng.read_image_file(self.client, image, path)
+        return data.decode(errors="replace") if data else ""
 
     def _plan(
         self, c: Candidate, src: _Source, base: bi.BaseImage, rung: rc.Rung,
@@ -707,7 +810,7 @@ class Builder:
                     image_labels=eng.labels(eng.KIND_INSTANCE, repo=c.repo,
                                             instance=c.instance_id, recipe=rung,
                                             env_hash=env_hash),
-                    buildargs=self._buildargs(), timeout=self.config.env_build_timeout_seconds,
+                    timeout=self.config.env_build_timeout_seconds, network="none",
                 )  # fmt: skip
             alias = eng.acquire_alias(self.client, tag, self.owner, image_id=image_id)
         if alias is None:  # removed by someone else (a prune on another machine) right away

@@ -786,3 +786,22 @@ def version_from_tag(tag: str | None) -> str | None:
         return str(Version(m.group(1)))
     except InvalidVersion:
         return None
+
+
+NATIVE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".pyx", ".pxd")
+NATIVE_BACKENDS = ("mesonpy", "scikit_build_core", "setuptools_rust", "maturin", "cmake")
+
+
+def builds_native_code(files: Mapping[str, str], paths: Iterable[str]) -> bool:
+    """Whether the project compiles an extension of its own. An optional one (markupsafe's
+    speedups) builds quietly without a compiler and its tests then skip or fail on both
+    sides, so such a project gets the compiler from its first build."""
+    setup = files.get("setup.py", "")
+    backend = str(_toml(files).get("build-system", {}).get("build-backend", ""))
+    declared = "Extension(" in setup or "ext_modules" in setup or "cythonize" in setup
+    declared = declared or any(b in backend for b in NATIVE_BACKENDS)
+    if not declared:
+        return False
+    return any(
+        p.endswith(NATIVE_SUFFIXES) and p.split("/", 1)[0] not in NOT_PACKAGES for p in paths
+    ) or any(b in backend for b in NATIVE_BACKENDS)
