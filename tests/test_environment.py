@@ -103,6 +103,7 @@ def test_env_requirements_add_build_requirements_once() -> None:
         "pytest>=7",
         "pytest-timeout",
         "setuptools>=61",
+        "pip",  # setuptools' develop and many setup.py scripts run `python -m pip`
     ]
     legacy = rc.project_metadata({"setup.py": "from setuptools import setup\nsetup()\n"})
     assert legacy.build_requires == ("setuptools>=40.8.0", "wheel")

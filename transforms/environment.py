@@ -339,11 +339,19 @@ def reject_detail(log: str, summary: str, limit: int = 1400) -> str:
 
 
 def env_requirements(rung: rc.Rung, project: rc.Project) -> list[str]:
-    """The env layer's lines: the rung's, plus the build requirements not already named."""
+    """The env layer's lines: the rung's, plus the build requirements not already named, plus
+    pip: a uv venv has none, and setuptools' own ``develop`` (since 80) and many setup.py
+    scripts shell out to ``python -m pip``."""
     lines = list(rung.requirements)
     for req in project.build_requires:
         if req not in lines:
             lines.append(req)
+    named = set()
+    for line in lines:
+        with contextlib.suppress(InvalidRequirement):
+            named.add(rc._norm(Requirement(line).name))
+    if "pip" not in named:
+        lines.append("pip")
     return lines
 
 
