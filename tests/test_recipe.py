@@ -275,3 +275,13 @@ def test_version_from_tag() -> None:
     }  # fmt: skip
     for tag, version in cases.items():
         assert r.version_from_tag(tag) == version, tag
+
+
+def test_pytest_pins_too_old_to_drive_are_relaxed() -> None:
+    """Regression (mahmoud/boltons, 2019): requirements-test.txt pins pytest==3.0.7, which runs on
+    no Python here and refuses validation's flags ("unrecognized arguments: --rootdir")."""
+    rung = r.install_ladder({"requirements-test.txt": "pytest==3.0.7\npytest-cov==2.5.1\n"})[0]
+    assert rung.requirements == ("pytest>=4.6", "pytest-cov==2.5.1", "pytest-timeout")
+    for kept in ("pytest==8.3.2", "pytest>=7", "pytest<9", "pytest; python_version < '3'"):
+        assert r._relax_old_pytest(kept) == kept
+    assert r._relax_old_pytest("pytest<4") == "pytest>=4.6"

@@ -615,7 +615,7 @@ class Rung:
 def _with_pytest(lines: Iterable[str]) -> tuple[str, ...]:
     """The lines plus pytest, and pytest-timeout so one hanging test fails alone (validation
     passes ``--timeout`` when the plugin imports); neither added when the lines name it."""
-    out = list(dict.fromkeys(lines))
+    out = [_relax_old_pytest(line) for line in dict.fromkeys(lines)]
     names = set()
     for line in out:
         with contextlib.suppress(InvalidRequirement):
@@ -624,6 +624,27 @@ def _with_pytest(lines: Iterable[str]) -> tuple[str, ...]:
         if tool not in names:
             out.append(tool)
     return tuple(out)
+
+
+OLDEST_PYTEST = "4.6"
+"""The oldest pytest validation drives (``--rootdir``, ``-o junit_family``, JUnit node ids)."""
+
+
+def _relax_old_pytest(line: str) -> str:
+    """A pin of pytest older than ``OLDEST_PYTEST`` (``pytest==3.0.7`` in a 2017 requirements
+    file) becomes ``pytest>=4.6``: such a pytest neither runs on the Pythons available here nor
+    takes the flags validation needs, and test semantics are stable across these versions."""
+    try:
+        req = Requirement(line)
+    except InvalidRequirement:
+        return line
+    if _norm(req.name) != "pytest" or req.marker is not None:
+        return line
+    pins = [s.version for s in req.specifier if s.operator in ("==", "<", "<=", "~=")]
+    with contextlib.suppress(InvalidVersion):
+        if pins and min(Version(v.rstrip(".*")) for v in pins) < Version(OLDEST_PYTEST):
+            return f"pytest>={OLDEST_PYTEST}"
+    return line
 
 
 def conflicting_pins(lines: Iterable[str]) -> list[str]:
