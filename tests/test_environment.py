@@ -494,3 +494,39 @@ def test_recipe_files_come_from_git_and_symlinks_are_not_followed(tmp_path: Path
     assert files["requirements-dev.txt"] == "coverage\n"
     lines = [x for rung in rc.install_ladder(files) for x in rung.requirements]
     assert "host-only-package==6.6.6" not in lines and "coverage" in lines
+
+
+HATCH_LOG = """\
+  × Failed to build `filelock @ file:///testbed`
+  ├─▶ The build backend returned an error
+  ╰─▶ Call to `hatchling.build.build_editable` failed (exit status: 1)
+      [stderr]
+      Traceback (most recent call last):
+        File "<string>", line 11, in <module>
+        File "/v/lib/python3.13/site-packages/hatchling/builders/wheel.py", line 550, in x
+          from editables import EditableProject
+      ModuleNotFoundError: No module named 'editables'
+Traceback (most recent call last):
+  File "<string>", line 1, in <module>
+setuptools.errors.InvalidConfigError: License classifiers have been superseded
+"""
+
+
+def test_hatchling_gets_editables_and_its_own_error_is_the_first() -> None:
+    """Regression (tox-dev/filelock): hatchling's editable build needs ``editables``, which a
+    build without isolation lacked; and the reject named the error of a setuptools fallback
+    that has no business running on a hatchling project."""
+    pyproject = (
+        '[build-system]\nrequires = ["hatchling", "hatch-vcs"]\n'
+        'build-backend = "hatchling.build"\n[project]\nname = "fl"\ndynamic = ["version"]\n'
+    )
+    project = rc.project_metadata({"pyproject.toml": pyproject})
+    assert project.build_requires == ("hatchling", "hatch-vcs", "editables")
+    assert not project.setuptools_backend
+    text = envmod.render_instance_dockerfile(
+        repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=True,
+        extras=[], cutoff=None, install_env={}, legacy_develop=project.setuptools_backend,
+    )  # fmt: skip
+    assert "develop" not in text
+    assert envmod.first_error_line(HATCH_LOG) == "ModuleNotFoundError: No module named 'editables'"
+    assert rc.project_metadata({"setup.py": "setup()"}).setuptools_backend

@@ -161,7 +161,7 @@ _READ_METADATA = (
 
 def install_script(
     *, installable: bool, extras: Sequence[str], cutoff: str | None,
-    install_env: Mapping[str, str], has_setup_py: bool,
+    install_env: Mapping[str, str], has_setup_py: bool, legacy_develop: bool = True,
 ) -> str:  # fmt: skip
     """The instance layer's install, as one shell command run offline as the test user: the
     first way that works wins and names itself in ``INSTALL_MODE_FILE``.
@@ -189,12 +189,17 @@ def install_script(
         f"&& python -c {shlex.quote(_READ_METADATA)} > {PR_METADATA_FILE}"
     )
     # ``develop --no-deps`` succeeds whatever is missing, so its dependencies are checked
-    # against the metadata as well (``probe`` after it).
-    return (
-        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n"
+    # against the metadata as well (``probe`` after it). Only setuptools has ``develop``: for
+    # other back ends it would run setuptools on their pyproject.toml and bury their own error.
+    develop = (
         f" || {{ {legacy} && echo legacy-develop > {INSTALL_MODE_FILE}"
-        f" && {{ {probe} || true; }}; }}"
-        f" \\\n || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
+        f" && {{ {probe} || true; }}; }} \\\n"
+        if legacy_develop
+        else ""
+    )
+    return (
+        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n{develop}"
+        f" || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
     )
 
 
@@ -239,11 +244,11 @@ def frozen_names(frozen: str) -> list[str]:
 def render_instance_dockerfile(
     *, repo: str, instance_id: str, base_commit: str, env_image: str, installable: bool,
     extras: Sequence[str], cutoff: str | None, install_env: Mapping[str, str],
-    source_paths: Sequence[str] = (), has_setup_py: bool = False,
+    source_paths: Sequence[str] = (), has_setup_py: bool = False, legacy_develop: bool = True,
 ) -> str:  # fmt: skip
     install = install_script(
         installable=installable, extras=extras, cutoff=cutoff, install_env=install_env,
-        has_setup_py=has_setup_py,
+        has_setup_py=has_setup_py, legacy_develop=legacy_develop,
     )  # fmt: skip
     source_env = (
         f"ENV PYTHONPATH={':'.join(source_paths)}"
@@ -292,15 +297,24 @@ def first_error(log: str, context: int = 6) -> str:
 _EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Warning)|error):? ")
 
 
-def _exception_after(lines: Sequence[str], start: int, span: int = 120) -> str:
-    """The last Python exception line in the failure starting at ``start`` (a traceback's last
-    line names what was raised), before the next build step."""
+def _exception_after(lines: Sequence[str], start: int, span: int = 200) -> str:
+    """The exception raised by the first traceback after ``start`` (its first line back at the
+    traceback's indentation), or else the last exception-looking line, before the next build
+    step. The first traceback is the back end's own; later ones belong to fallbacks."""
     found = ""
+    indent: int | None = None
     for line in lines[start : start + span]:
         if _NOISE_LINE.match(line) or line.startswith("The command '"):
             break
-        if _EXCEPTION_LINE.match(line) and not line.lstrip().startswith("error: The build"):
-            found = line.strip()
+        stripped = line.lstrip()
+        depth = len(line) - len(stripped)
+        if stripped.startswith("Traceback (most recent call last)"):
+            indent = depth if indent is None else indent
+            continue
+        if _EXCEPTION_LINE.match(line) and not stripped.startswith("error: The build"):
+            if indent is not None and depth <= indent:
+                return stripped
+            found = found or stripped if indent is None else found
     return found
 
 
@@ -771,7 +785,7 @@ class Builder:
             env_image=env_tag, installable=project.installable, extras=rung.extras,
             cutoff=inst_cut, install_env=rc.scm_environment(project, src.scm_version),
             source_paths=[] if project.installable else _source_paths(src.paths),
-            has_setup_py="setup.py" in src.files,
+            has_setup_py="setup.py" in src.files, legacy_develop=project.setuptools_backend,
         )  # fmt: skip
         inst_tag = (
             f"{INSTANCE_REPO}:{slug(c.instance_id)}-"

@@ -54,6 +54,13 @@ RECIPE_FILES: tuple[str, ...] = (
     ".python-version",
 )
 
+# What a back end's ``get_requires_for_build_editable`` adds to its build requirements: the env
+# layer installs without build isolation, so these must be there ("No module named 'editables'"
+# from hatchling: tox-dev/filelock).
+EDITABLE_REQUIRES: dict[str, tuple[str, ...]] = {
+    "hatchling.build": ("editables",),
+    "pdm.pep517.api": ("editables",),
+}
 TEST_EXTRAS = ("test", "tests", "testing")
 DEV_EXTRAS = ("dev", "develop", "development")
 # Requirement files by role, from the words of their path (``requirements/tests.txt``,
@@ -342,6 +349,12 @@ class Project:
     classifier_versions: tuple[str, ...] = ()
     uses_scm_version: bool = False
     build_requires: tuple[str, ...] = ()  # PEP 517 build requirements (setuptools if legacy)
+    build_backend: str = "setuptools.build_meta:__legacy__"
+
+    @property
+    def setuptools_backend(self) -> bool:
+        """Whether ``setup.py develop`` is a way to install it (never for hatchling & co.)."""
+        return self.build_backend.startswith("setuptools.")
 
 
 def project_metadata(files: Mapping[str, str]) -> Project:
@@ -406,7 +419,10 @@ def project_metadata(files: Mapping[str, str]) -> Project:
         build_requires = _valid_requirements(str(x) for x in build.get("requires") or [])
     else:  # PEP 517's fallback for projects without a build-system table
         build_requires = ["setuptools>=40.8.0", "wheel"] if installable else []
+    backend = str(build.get("build-backend") or "setuptools.build_meta:__legacy__")
+    build_requires += [x for x in EDITABLE_REQUIRES.get(backend, ()) if x not in build_requires]
     return Project(
+        build_backend=backend,
         build_requires=tuple(build_requires),
         name=str(name) if name else None, installable=installable,
         requires_python=str(requires_python) if requires_python else None,
