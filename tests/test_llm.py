@@ -12,14 +12,14 @@ from smelter.transforms.common import Fatal
 from smelter.transforms.llm import (
     ChatRequest,
     LLMError,
-    MalformedResponse,
     OpenAIChatClient,
+    UnusableReply,
     cache_key,
     extract_json_object,
     request_body,
     retry_after_seconds,
 )
-from tests.fixtures.llm_standin import LLMStandIn, Reply
+from tests.fixtures.llm_standin import LLAMA_CPP_REFUSAL, LLMStandIn, Reply
 
 SECRET = "sk-test-Zq81mVx0secret"
 SCHEMA = {
@@ -51,6 +51,7 @@ class Sleeps:
 def _client(server: LLMStandIn, tmp_path: Path | None = None, **kw) -> OpenAIChatClient:
     kw.setdefault("sleep", Sleeps())
     kw.setdefault("timeout_seconds", 5.0)
+    kw.setdefault("response_format", "json_schema")  # known: no probe unless a test wants one
     return OpenAIChatClient(
         server.base_url,
         "standin-1",
@@ -84,7 +85,7 @@ def test_extract_json_object_braces_and_commas_inside_strings() -> None:
 
 @pytest.mark.parametrize("text", ["", "no json here", '{"a": ', "[1, 2]"])
 def test_extract_json_object_refuses(text: str) -> None:
-    with pytest.raises(MalformedResponse):
+    with pytest.raises(UnusableReply):
         extract_json_object(text)
 
 
@@ -96,7 +97,7 @@ def test_retry_after_forms() -> None:
 
 
 def test_cache_key_ignores_dict_order_but_not_prompt_version() -> None:
-    body = request_body(_request(), "m", use_schema=True)
+    body = request_body(_request(), "m", "json_schema")
     shuffled = json.loads(json.dumps(dict(reversed(list(body.items())))))
     assert cache_key("m", "clean_v1", body) == cache_key("m", "clean_v1", shuffled)
     assert cache_key("m", "clean_v1", body) != cache_key("m", "clean_v2", body)
@@ -174,8 +175,10 @@ def test_malformed_http_body_retried_once(llm_standin: LLMStandIn) -> None:
 def test_malformed_content_twice_is_an_error(llm_standin: LLMStandIn, tmp_path: Path) -> None:
     llm_standin.script("clean", Reply(content="I cannot do that."), Reply(content="Nope {"))
     client = _client(llm_standin, tmp_path)
-    with pytest.raises(MalformedResponse, match="no JSON object"):
+    with pytest.raises(UnusableReply, match="no JSON object"):
         client.complete(_request())
+    assert client.usage.snapshot()["refused"] == 1
+    assert client.usage.snapshot()["errors"] == 0  # the server answered: no outage
     # a failure is not cached: the next call asks again
     assert client.complete(_request()).data is not None
     assert len(llm_standin.chat_requests()) == 3
@@ -192,14 +195,18 @@ def test_response_format_refused_falls_back(tmp_path: Path) -> None:
         first = client.complete(_request("one"))
         second = client.complete(_request("two"))
         assert first.data and second.data
-        assert not client.schema_supported
-        bodies = [r.body for r in server.chat_requests()]
-        assert ["response_format" in (b or {}) for b in bodies] == [True, False, False]
-        # the cache key is the logical request: a new client re-reads both with no request
-        again = _client(server, tmp_path)
+        assert not client.schema_supported and client.response_format == "text"
+        bodies = [r.body or {} for r in server.chat_requests()]
+        sent = [b.get("response_format", {}).get("type") for b in bodies]
+        # a 400 naming the format steps down at once (no retry, no backoff): json_schema,
+        # json_object, then plain text for the rest of the run
+        assert sent == ["json_schema", "json_object", None, None]
+        # the cache key is the request in the form used: a new client that knows the form
+        # re-reads both with no request
+        again = _client(server, tmp_path, response_format="text")
         assert again.complete(_request("one")).cached
         assert again.complete(_request("two")).cached
-        assert len(server.chat_requests()) == 3
+        assert len(server.chat_requests()) == 4
 
 
 def test_auth_failure_is_fatal(llm_standin: LLMStandIn) -> None:
@@ -263,3 +270,80 @@ def test_no_key_no_authorization_header(llm_standin: LLMStandIn, monkeypatch) ->
     monkeypatch.delenv("SMELTER_LLM_API_KEY", raising=False)
     _client(llm_standin).complete(_request())
     assert "Authorization" not in llm_standin.chat_requests()[0].headers
+
+
+# ------------------------------------------------------------------------------------ formats
+
+
+def test_request_body_forms() -> None:
+    schema = request_body(_request(), "m", "json_schema")["response_format"]
+    assert schema["type"] == "json_schema" and schema["json_schema"]["schema"] == SCHEMA
+    obj = request_body(_request(), "m", "json_object")["response_format"]
+    assert obj == {"type": "json_object", "schema": SCHEMA}
+    assert "response_format" not in request_body(_request(), "m", "text")
+    assert "response_format" not in request_body(_request(schema=False), "m", "json_schema")
+
+
+def test_probe_keeps_json_object_when_json_schema_gets_llama_cpp_500() -> None:
+    """Regression (issue 13): llama-cpp-python's server answers json_schema with HTTP 500
+    "Input should be 'text' or 'json_object'"; that was retried 4 times per request as an
+    outage and every task ended as llm_error. It is a capability answer."""
+    with LLMStandIn(accept_formats=("json_object",)) as server:
+        sleeps = Sleeps()
+        client = _client(server, sleep=sleeps, response_format=None)
+        assert client.probe() == "json_object"
+        assert client.probe_notes[0].startswith("json_schema: refused (HTTP 500")
+        assert client.probe_notes[1] == "json_object: accepted"
+        resp = client.complete(_request("x"))
+        assert resp.data is not None
+        sent = [(r.body or {}).get("response_format", {}).get("type") for r in
+                server.chat_requests()]  # fmt: skip
+        assert sent == ["json_schema", "json_object", "json_object"]
+        assert sleeps.calls == []  # no backoff: nothing was treated as an outage
+        assert client.usage.snapshot()["format_json_object"] == 2  # probe + request
+
+
+def test_probe_falls_to_text_and_first_request_probes_lazily() -> None:
+    with LLMStandIn(accept_formats=(), refuse_status=422) as server:
+        client = _client(server, response_format=None)
+        assert client.response_format is None
+        assert client.complete(_request("x")).data is not None  # probes first
+        assert client.response_format == "text"
+        kinds = [r.kind for r in server.chat_requests()]
+        assert kinds == ["probe", "probe", "clean"]
+
+
+def test_500_naming_the_format_mid_run_steps_down_without_retry(llm_standin: LLMStandIn) -> None:
+    refusal = json.dumps({"error": {"message": LLAMA_CPP_REFUSAL}}).encode()
+    llm_standin.script("clean", Reply(status=500, raw=refusal))
+    sleeps = Sleeps()
+    client = _client(llm_standin, sleep=sleeps)
+    assert client.complete(_request()).data is not None
+    assert client.response_format == "json_object"
+    assert sleeps.calls == [] and client.usage.snapshot()["retries"] == 0
+
+
+def test_500_about_something_else_is_still_an_outage(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", *[Reply.server_error()] * 2)
+    client = _client(llm_standin, max_retries=1)
+    with pytest.raises(LLMError, match="HTTP 500"):
+        client.complete(_request())
+    assert client.response_format == "json_schema"
+
+
+def test_reply_cut_at_max_tokens_says_so(llm_standin: LLMStandIn) -> None:
+    cut = {
+        "choices": [{"message": {"content": '{"statement": "abc'}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 9},
+    }
+    llm_standin.script("clean", *[Reply(raw=json.dumps(cut).encode())] * 2)
+    with pytest.raises(UnusableReply, match="cut at max_tokens"):
+        _client(llm_standin).complete(_request())
+
+
+def test_empty_content_is_unusable_not_an_outage(llm_standin: LLMStandIn) -> None:
+    llm_standin.script("clean", Reply(content=""), Reply(content=""))
+    client = _client(llm_standin)
+    with pytest.raises(UnusableReply, match="empty reply"):
+        client.complete(_request())
+    assert client.usage.snapshot()["errors"] == 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from smelter.transforms.github_config import GitHubConfig
+
 # The LLM client reads the same default (``smelter.transforms.llm`` imports it from here).
 DEFAULT_API_KEY_ENV = "SMELTER_LLM_API_KEY"
 
@@ -38,7 +40,9 @@ class CleanConfig:
     llm_temperature: float = _f(0.0, "sampling temperature of both prompts", min=0, max=2)
     llm_max_tokens: int = _f(1536, "completion token limit per request", min=1)
     llm_json_schema: bool = _f(
-        True, "ask for JSON-schema structured output (falls back when the server refuses)"
+        True,
+        "ask for structured output: the pre-flight probe keeps the first form the endpoint "
+        "accepts (json_schema, json_object with a schema), else plain JSON in text",
     )
     llm_cache_dir: str | None = _f(
         None, "directory of cached LLM replies; unset = <stage cache>/llm, i.e. OUT/.cache/llm"
@@ -58,6 +62,26 @@ class CleanConfig:
     llm_judge: bool = _f(True, "score specification and test alignment (reject below minimums)")
     clean_prompt: str = _f("clean_v1", "rewrite prompt: a packaged name or a path to a .md file")
     judge_prompt: str = _f("judge_v1", "judge prompt: a packaged name or a path to a .md file")
+    llm_synthesize: bool = _f(
+        True,
+        "write a statement from the failing tests, their output before the fix and the test "
+        "patch when a task has none, a too short one, or a title alone (needs --llm-base-url)",
+    )
+    synthesize_prompt: str = _f(
+        "synthesize_v1", "synthesis prompt: a packaged name or a path to a .md file"
+    )
+    clean_fetch_issues: bool = _f(
+        True,
+        "a git-mined task whose PR closes an issue takes the issue's text from GitHub when the "
+        "token named by [github] github_token_env is set (cached client of the GitHub source)",
+    )
+    outage_share: float = _f(
+        0.5,
+        "end the run non-zero when more than this share of one stage's records failed for one "
+        "infrastructure reason (llm_error, engine_error); their records stay resumable",
+        min=0,
+        max=1,
+    )
     min_statement_chars: int = _f(
         40, "statements shorter than this after normalising reject", min=0
     )
@@ -73,6 +97,11 @@ class CleanConfig:
         "refuse a rewrite when this share of its n-grams (or the patch's) is patch code",
         min=0,
         max=1,
+    )
+
+    github: GitHubConfig = field(
+        default=GitHubConfig(),
+        metadata={"from_section": "github", "help": "GitHub API settings, from [github]"},
     )
 
     @property

@@ -12,9 +12,18 @@ Deliberate choices:
 - Retries: 429 / 503 wait for ``Retry-After`` (capped), other 5xx, 408, timeouts and dropped
   connections back off exponentially with jitter. 401 / 403 / 404 stop the run (``Fatal``):
   every later request would fail the same way.
-- Structured output: ``response_format = json_schema`` where the server takes it; a 400 that
-  names ``response_format`` switches it off for the rest of the run and parsing becomes tolerant
-  (first JSON object in the text, code fences and trailing commas allowed).
+- Structured output comes in three forms, best first (``RESPONSE_FORMATS``): ``json_schema``
+  (OpenAI, vLLM, SGLang), ``json_object`` with a ``schema`` (llama.cpp's servers, which answer
+  ``json_schema`` with HTTP 500 "Input should be 'text' or 'json_object'"), and plain JSON in the
+  text. ``probe`` asks the endpoint once with a tiny request per form and keeps the first it
+  accepts; a 4xx or 5xx whose body names the response format is a capability answer (the next
+  form is tried at once), not an outage to retry. Parsing is tolerant in every form (first JSON
+  object in the text, code fences and trailing commas allowed).
+- Two kinds of failure: ``LLMError`` (no answer: timeouts, 5xx, a body that is no chat
+  completion; retried, never cached, ``llm_error`` upstream) and ``UnusableReply`` (the endpoint
+  answered, the model's content is unusable: empty, cut at ``max_tokens``, no JSON object). The
+  second is the model's fault, not the infrastructure's: the caller refuses the record with the
+  stated reason.
 - The API key is read from the environment at each request and exists only in the
   ``Authorization`` header: never an attribute, never in a cache entry, a log line or an error.
 """
@@ -52,7 +61,23 @@ class LLMError(Retryable):
 
 
 class MalformedResponse(LLMError):
-    """The reply had no JSON object where one was asked for."""
+    """The HTTP body was not a chat completion (truncated, an HTML error page)."""
+
+
+class UnusableReply(Exception):
+    """The endpoint answered, but the model's content cannot be used; ``str(e)`` says why.
+
+    Not an ``LLMError``: a server that answers is up, and retrying a deterministic model gives
+    the same reply, so the record is refused (``reply_refused``) rather than failed."""
+
+
+# Structured-output forms, best first; ``probe`` keeps the first the endpoint accepts.
+RESPONSE_FORMATS = ("json_schema", "json_object", "text")
+PROBE_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+}
 
 
 # ------------------------------------------------------------------------------------ records
@@ -88,7 +113,9 @@ class ChatModel(Protocol):
 
     def complete(self, request: ChatRequest) -> ChatResponse: ...
 
-    def complete_many(self, requests: Sequence[ChatRequest]) -> list[ChatResponse | LLMError]: ...
+    def complete_many(
+        self, requests: Sequence[ChatRequest]
+    ) -> list[ChatResponse | LLMError | UnusableReply]: ...
 
 
 @dataclass
@@ -104,6 +131,11 @@ class Usage:
     completion_tokens: int = 0
     seconds: float = 0.0  # wall seconds spent waiting for the endpoint (retries included)
     cost: float = 0.0
+    refused: int = 0  # answers whose content was unusable (UnusableReply)
+    # answers obtained per structured-output form (what the report names as the mode used)
+    format_json_schema: int = 0
+    format_json_object: int = 0
+    format_text: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: float) -> None:
@@ -177,7 +209,7 @@ def _strip_trailing_commas(candidate: str) -> str:
 def extract_json_object(text: str) -> dict[str, Any]:
     """First JSON object in a model's reply: bare, in a code fence, or amid prose.
 
-    Tolerates code fences and trailing commas; raises ``MalformedResponse`` when no object parses.
+    Tolerates code fences and trailing commas; raises ``UnusableReply`` when no object parses.
     """
     sources = [m.group(1) for m in _FENCED_JSON.finditer(text)] + [text]
     for source in sources:
@@ -193,7 +225,9 @@ def extract_json_object(text: str) -> dict[str, Any]:
                 if isinstance(value, dict):
                     return value
     snippet = text.strip().replace("\n", " ")[:120]
-    raise MalformedResponse(f"no JSON object in the model's reply: {snippet!r}")
+    if not snippet:
+        raise UnusableReply("empty reply")
+    raise UnusableReply(f"no JSON object in the model's reply: {snippet!r}")
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -212,14 +246,18 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def request_body(request: ChatRequest, model: str, use_schema: bool) -> dict[str, Any]:
+def request_body(request: ChatRequest, model: str, response_format: str) -> dict[str, Any]:
+    """The JSON body of one request, with ``response_format`` in the given form (see
+    ``RESPONSE_FORMATS``); a request without a schema never carries one."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": r, "content": c} for r, c in request.messages],
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
     }
-    if request.json_schema is not None and use_schema:
+    if request.json_schema is None or response_format == "text":
+        return body
+    if response_format == "json_schema":
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {
@@ -228,6 +266,12 @@ def request_body(request: ChatRequest, model: str, use_schema: bool) -> dict[str
                 "strict": True,
             },
         }
+    elif response_format == "json_object":
+        # llama.cpp's servers (llama-cpp-python's and llama-server) turn this schema into a
+        # grammar; servers that ignore the extra key still return a JSON object.
+        body["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
+    else:
+        raise ValueError(f"unknown response format {response_format!r}")
     return body
 
 
@@ -294,6 +338,7 @@ class OpenAIChatClient:
         max_backoff_seconds: float = 30.0,
         concurrency: int = 4,
         json_schema: bool = True,
+        response_format: str | None = None,
         cache_dir: str | None = None,
         cost_per_1k_prompt_tokens: float = 0.0,
         cost_per_1k_completion_tokens: float = 0.0,
@@ -315,7 +360,12 @@ class OpenAIChatClient:
         self._max_backoff = max_backoff_seconds
         self._slots = threading.BoundedSemaphore(max(1, concurrency))
         self._concurrency = max(1, concurrency)
-        self._use_schema = json_schema
+        if response_format is not None and response_format not in RESPONSE_FORMATS:
+            raise Fatal(f"unknown response format {response_format!r}")
+        # None: not known yet; the first request with a schema probes (once, under the lock).
+        self._format: str | None = response_format if json_schema else "text"
+        self._format_lock = threading.Lock()
+        self.probe_notes: list[str] = []
         self._cache = ResponseCache(cache_dir) if cache_dir else None
         self._cost_prompt = cost_per_1k_prompt_tokens
         self._cost_completion = cost_per_1k_completion_tokens
@@ -330,13 +380,77 @@ class OpenAIChatClient:
 
     @property
     def schema_supported(self) -> bool:
-        """False once the server refused ``response_format``; parsing is then tolerant."""
-        return self._use_schema
+        """False once the server refused every structured-output form."""
+        return self._format != "text"
+
+    @property
+    def response_format(self) -> str | None:
+        """The structured-output form in use (``RESPONSE_FORMATS``); None until probed."""
+        return self._format
+
+    def probe(self) -> str:
+        """Which structured-output form the endpoint accepts: one tiny request per form, best
+        first, until one comes back as a JSON object. A refusal that names the response format
+        (any 4xx/5xx) or a 200 without JSON moves on to the next form; an answer that says
+        nothing about formats (a timeout, a 5xx about something else) stops the probe at the
+        best form not yet refused, whose real requests then retry or fall back as usual.
+        ``probe_notes`` says what each form got. Never cached: servers change."""
+        request = ChatRequest(
+            messages=(
+                ("system", "You answer with one JSON object and nothing else."),
+                ("user", 'Answer with this JSON object: {"ok": true}'),
+            ),
+            prompt_version="probe_v1",
+            json_schema=PROBE_SCHEMA,
+            max_tokens=24,
+        )
+        notes: list[str] = []
+        chosen = "text"
+        for form in RESPONSE_FORMATS[:-1]:
+            body = request_body(request, self._model, form)
+            started = self._clock()
+            try:
+                reply = self._post(body)
+            finally:
+                self.usage.add(seconds=self._clock() - started, requests=1)
+            if isinstance(reply, requests.RequestException):
+                notes.append(f"{form}: no answer ({_short(reply)}), kept untested")
+                chosen = form
+                break
+            status = reply.status_code
+            if status in (401, 403, 404):
+                self._classify(reply, body, self._max_retries)  # raises Fatal
+            if status == 200:
+                try:
+                    self._parse(reply, request, form)
+                except (MalformedResponse, UnusableReply) as e:
+                    notes.append(f"{form}: answered without a JSON object ({e})")
+                    continue
+                notes.append(f"{form}: accepted")
+                chosen = form
+                break
+            detail = _error_text(reply)
+            if _mentions_format(detail) or _mentions_format(reply.text):
+                notes.append(f"{form}: refused (HTTP {status}: {detail[:100]})")
+                continue
+            notes.append(f"{form}: HTTP {status} about something else ({detail[:80]}), kept")
+            chosen = form
+            break
+        with self._format_lock:
+            self._format = chosen
+            self.probe_notes = notes
+        return chosen
 
     # -- public --------------------------------------------------------------------------------
     def complete(self, request: ChatRequest) -> ChatResponse:
         """One answer, from the cache or the endpoint; raises ``LLMError`` when none comes."""
-        logical = request_body(request, self._model, use_schema=True)
+        if request.json_schema is not None and self._format is None:
+            with self._format_lock:
+                unknown = self._format is None
+            if unknown:
+                self.probe()
+        # Keyed by the form asked for: the same prompt under another form may answer otherwise.
+        logical = request_body(request, self._model, self._format or "text")
         key = cache_key(self._model, request.prompt_version, logical)
         if self._cache is not None:
             hit = self._cache.get(key)
@@ -356,7 +470,16 @@ class OpenAIChatClient:
         except LLMError:
             self.usage.add(errors=1)
             raise
+        except UnusableReply:
+            self.usage.add(refused=1)
+            raise
         if self._cache is not None:
+            # Under the form that answered: a refusal may have stepped it down mid-request.
+            key = cache_key(
+                self._model,
+                request.prompt_version,
+                request_body(request, self._model, self._format or "text"),
+            )
             doc = {
                 "model": response.model,
                 "prompt_version": request.prompt_version,
@@ -368,7 +491,9 @@ class OpenAIChatClient:
             self._cache.put(key, doc)
         return response
 
-    def complete_many(self, requests_: Sequence[ChatRequest]) -> list[ChatResponse | LLMError]:
+    def complete_many(
+        self, requests_: Sequence[ChatRequest]
+    ) -> list[ChatResponse | LLMError | UnusableReply]:
         """Answers in order, at most ``concurrency`` in flight; a failure is returned, not raised.
 
         ``Fatal`` (bad key, unknown model) is raised: the run cannot go on.
@@ -409,10 +534,10 @@ class OpenAIChatClient:
         return self.usage.snapshot()
 
     # -- internals -----------------------------------------------------------------------------
-    def _guarded(self, request: ChatRequest) -> ChatResponse | LLMError:
+    def _guarded(self, request: ChatRequest) -> ChatResponse | LLMError | UnusableReply:
         try:
             return self.complete(request)
-        except LLMError as e:
+        except (LLMError, UnusableReply) as e:
             return e
 
     def _headers(self) -> dict[str, str]:
@@ -426,7 +551,8 @@ class OpenAIChatClient:
         malformed_retries = 1  # temperature 0 repeats itself; one more try catches a fluke only
         attempt = 0
         while True:
-            body = request_body(request, self._model, use_schema=self._use_schema)
+            form = self._format or "text"
+            body = request_body(request, self._model, form)
             started = self._clock()
             try:
                 with self._slots:
@@ -443,8 +569,8 @@ class OpenAIChatClient:
                 continue
             assert isinstance(reply, requests.Response)
             try:
-                return self._parse(reply, request)
-            except MalformedResponse:
+                return self._parse(reply, request, form)
+            except (MalformedResponse, UnusableReply):
                 if malformed_retries <= 0 or attempt >= self._max_retries:
                     raise
                 malformed_retries -= 1
@@ -481,9 +607,14 @@ class OpenAIChatClient:
         if status == 200:
             return "ok", 0.0
         detail = _error_text(reply)
-        if status == 400 and "response_format" in body and _mentions_format(detail):
-            log.warning("endpoint refused response_format (%s); parsing replies tolerantly", detail)
-            self._use_schema = False
+        if (
+            400 <= status < 600
+            and "response_format" in body
+            and (_mentions_format(detail) or _mentions_format(reply.text))
+        ):
+            # A capability answer, whatever the status (llama.cpp says it with a 500): step
+            # down to the next form for the rest of the run instead of retrying an outage.
+            self._downgrade(body, f"HTTP {status}: {detail[:100]}")
             return "schema_refused", 0.0
         if status in (401, 403):
             raise Fatal(
@@ -503,27 +634,49 @@ class OpenAIChatClient:
             return "retry", wait
         raise LLMError(f"HTTP {status}: {detail}")
 
-    def _parse(self, reply: requests.Response, request: ChatRequest) -> ChatResponse:
+    def _downgrade(self, body: Mapping[str, Any], why: str) -> None:
+        sent = str((body.get("response_format") or {}).get("type", "json_schema"))
+        with self._format_lock:
+            if self._format != sent:
+                return  # another thread stepped down already
+            self._format = RESPONSE_FORMATS[RESPONSE_FORMATS.index(sent) + 1]
+            log.warning("endpoint refused response_format %s (%s); using %s", sent, why,
+                        self._format)  # fmt: skip
+            self.probe_notes.append(f"{sent}: refused ({why})")
+
+    def _parse(self, reply: requests.Response, request: ChatRequest, form: str) -> ChatResponse:
         elapsed = reply.elapsed.total_seconds() if reply.elapsed else 0.0
         try:
             doc = reply.json()
-            text = doc["choices"][0]["message"]["content"] or ""
+            choice = doc["choices"][0]
+            text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             snippet = reply.text[:120].replace("\n", " ")
             raise MalformedResponse(f"not a chat completion: {snippet!r}") from None
         usage = doc.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
-        data = extract_json_object(text) if request.json_schema is not None else None
         cost = (
             prompt_tokens * self._cost_prompt + completion_tokens * self._cost_completion
         ) / 1000.0
+        # Counted before parsing the content: the tokens were spent whether or not it is usable.
         self.usage.add(
             completions=1,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost=cost,
+            **{f"format_{form if request.json_schema is not None else 'text'}": 1},
         )
+        data = None
+        if request.json_schema is not None:
+            try:
+                data = extract_json_object(text)
+            except UnusableReply as e:
+                if isinstance(choice, dict) and choice.get("finish_reason") == "length":
+                    raise UnusableReply(
+                        f"reply cut at max_tokens={request.max_tokens} before its JSON closed"
+                    ) from None
+                raise e from None
         return ChatResponse(
             text=text,
             data=data,
@@ -556,14 +709,21 @@ def _error_text(reply: requests.Response) -> str:
 
 
 def _mentions_format(detail: str) -> bool:
+    """Whether an error body is about the response format (a capability answer)."""
     low = detail.lower()
-    return "response_format" in low or "json_schema" in low or "response format" in low
+    return any(
+        word in low
+        for word in ("response_format", "json_schema", "json_object", "response format", "grammar")
+    )
 
 
 def usage_counters(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, int]:
     """Integer deltas between two ``Usage.snapshot()``s, as Beam counters want them."""
     out: dict[str, int] = {}
-    for name in ("requests", "completions", "cached", "retries", "errors"):
+    for name in (
+        "requests", "completions", "cached", "retries", "errors", "refused",
+        "format_json_schema", "format_json_object", "format_text",
+    ):  # fmt: skip
         out[name] = int(after[name] - before[name])
     out["prompt_tokens"] = int(after["prompt_tokens"] - before["prompt_tokens"])
     out["completion_tokens"] = int(after["completion_tokens"] - before["completion_tokens"])

