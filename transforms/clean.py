@@ -665,7 +665,10 @@ class CleanFn(StageFn):
     ) -> CleanFn:
         """As ``StageFn.attach``; LLM replies default to ``<cache_root>/llm`` beside the stage
         cache, so a re-run of a run directory makes no request without any extra flag."""
-        super().attach(cache_root, progress_dir, run=run)
+        if run is None:  # works with a StageFn.attach that takes no run, too
+            super().attach(cache_root, progress_dir)
+        else:
+            super().attach(cache_root, progress_dir, run=run)
         if cache_root and not self._config.llm_cache_dir:
             self._llm_cache_dir = cache_root.rstrip("/") + "/llm"
         return self
