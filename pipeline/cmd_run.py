@@ -7,6 +7,8 @@ Deliberate choices:
   on stderr, not a worker traceback.
 - ``run.json`` records the resolved configuration (never a secret: configs hold the *names* of
   environment variables, not their values), versions and per-stage time.
+- A run holds its output folder for its whole length and first collects what a killed run left
+  (``beam-temp-*`` folders there; its containers and image aliases on the engine).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rich.console import Console
 from smelter.pipeline import options as opts
 from smelter.pipeline.outputs import ProgressWatcher, compute_funnel, funnel_table, write_json
 from smelter.pipeline.plan import STAGES, RunPlan
+from smelter.transforms import lifeline
 from smelter.transforms.errors import Fatal
 
 DEFAULT_OUT = "out"
@@ -288,7 +291,11 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
         # traceback from a worker process later.
         console.print(f"clean: {check_endpoint(clean_cfg)}")
     start = time.time()
-    with ProgressWatcher(plan.progress_dir, stages, console, show=plan.progress):
+    with (
+        lifeline.claim_out_dir(out) as stale,
+        ProgressWatcher(plan.progress_dir, stages, console, show=plan.progress),
+    ):
+        _collect_leftovers(plan, stale, console)
         p = beam.Pipeline(options=options)
         graph.build(p, plan)
         result = p.run()
@@ -316,6 +323,18 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
         },
     )
     return funnel
+
+
+def _collect_leftovers(plan: RunPlan, stale: list[Path], console: Console) -> None:
+    """What killed runs left: their temp folders here (already removed), and on the engine."""
+    found = [f"{len(stale)} beam-temp folder(s)"] if stale else []
+    if plan.includes("environment"):
+        from smelter.transforms.sandbox import collect_dead_runs
+
+        gone = collect_dead_runs()
+        found += [f"{n} {what}" for what, n in gone.items() if n]
+    if found:
+        console.print(f"collected a killed run's leftovers: {', '.join(found)}")
 
 
 def _secret_like(arg: str) -> bool:

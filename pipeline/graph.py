@@ -6,6 +6,10 @@ Deliberate choices:
 - Stages after ``plan.until`` are not added at all, so ``smelter mine`` never touches Docker.
 - Outputs are plain JSONL of the record models (one file each), written through Beam's sinks so
   the same graph writes to GCS/S3 on a cluster.
+- Every stage learns the run it serves (this process, ``lifeline.this_run``): workers tie
+  themselves to it and die with it.
+- The environment stage gets validation's cache probe: a candidate whose validation is cached
+  needs no image, so a resumed run rebuilds nothing it validated.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import apache_beam as beam
 
 from smelter.pipeline.plan import STAGES, RunPlan
+from smelter.transforms import lifeline
 from smelter.transforms.common import Stage, StageFn
 
 __all__ = ["STAGES", "RunPlan", "WriteJsonl", "build"]
@@ -35,8 +40,12 @@ class WriteJsonl(beam.PTransform):
         )
 
 
+def _attach(plan: RunPlan, fn: StageFn) -> StageFn:
+    return fn.attach(plan.cache_dir, plan.progress_dir, run=lifeline.this_run())
+
+
 def _stage(plan: RunPlan, fn: StageFn) -> Stage:
-    return Stage(fn.attach(plan.cache_dir, plan.progress_dir))
+    return Stage(_attach(plan, fn))
 
 
 def build(p: beam.Pipeline, plan: RunPlan) -> None:
@@ -76,13 +85,15 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
     tasks = None
     if plan.includes("environment"):
         from smelter.transforms.environment import EnvironmentFn
+        from smelter.transforms.validate import ValidateFn
 
-        built, rej = candidates | "environment" >> _stage(plan, EnvironmentFn(cfg["environment"]))
+        validate = _attach(plan, ValidateFn(cfg["validate"])) if plan.includes("validate") else None
+        probe = validate.has_cached if validate is not None else None
+        environment = EnvironmentFn(cfg["environment"], validated=probe)
+        built, rej = candidates | "environment" >> _stage(plan, environment)
         rejects.append(rej)
-        if plan.includes("validate"):
-            from smelter.transforms.validate import ValidateFn
-
-            tasks, rej = built | "validate" >> _stage(plan, ValidateFn(cfg["validate"]))
+        if validate is not None:
+            tasks, rej = built | "validate" >> Stage(validate)
             rejects.append(rej)
     if tasks is not None and plan.includes("clean"):
         from smelter.transforms.clean import CleanFn

@@ -214,6 +214,11 @@ class TestRun(Record):
         description="how the run's result signals (JUnit report, witness plugin, exit code, "
         "pytest's summary line) disagree; non-empty makes the run void",
     )
+    selected: list[str] = Field(
+        default_factory=list,
+        description="node ids this run was limited to (a flakiness rerun of the fail-to-pass "
+        "candidates); empty: every test of the test files ran",
+    )
 
 
 class Validation(Record):
@@ -221,6 +226,21 @@ class Validation(Record):
     flaky: list[str] = Field(default_factory=list)
     reruns_before: int = 2
     reruns_after: int = 3
+    flaky_bound: float = Field(
+        default=0.0,
+        description="target: chance that a test failing at random (in 10-90% of runs) ends in "
+        "FAIL_TO_PASS; 0: no extra runs were planned for it",
+    )
+    extra_runs_before: int = Field(
+        default=0, description="runs of the fail-to-pass candidates alone, test patch only"
+    )
+    extra_runs_after: int = Field(
+        default=0, description="runs of the fail-to-pass candidates alone, with the fix"
+    )
+    flaky_risk: float = Field(
+        default=1.0,
+        description="that chance with the runs made: max over q of q^before * (1-q)^after",
+    )
     parser: str = "junit_v1"
     test_script: str = Field(default="", description="exact script run in the container")
     seconds: float = 0.0

@@ -72,7 +72,11 @@ def test_every_demo_pr_ends_where_expected(demo_out: Path) -> None:
         assert task.validation.flaky == sorted(pr.flaky), pr.number
         assert task.environment.instance_image and task.environment.dockerfiles.instance
         assert task.validation.test_script
-        assert len(task.validation.runs) == 5  # 2 before + 3 after, the defaults
+        v = task.validation
+        assert len([r for r in v.runs if not r.selected]) == 5  # 2 before + 3 after, defaults
+        # plus the flakiness reruns of the fail-to-pass candidates (1 + 1 for the 1% bound)
+        assert (v.extra_runs_before, v.extra_runs_after) == (1, 1), pr.number
+        assert len(v.runs) == 7 and v.flaky_risk < v.flaky_bound == 0.01, pr.number
     # Nothing lost, nothing counted twice: each PR is a task or exactly one rejection.
     ended = collections.Counter([*(t.instance_id for t in tasks.values()), *rejects])
     assert sorted(ended) == sorted(pr.instance_id for pr in DEMO_PRS)

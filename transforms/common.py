@@ -10,6 +10,12 @@ Deliberate choices:
   re-run with the same inputs does no work, a changed input or config recomputes. Outcomes are
   written with Beam's FileSystems so the cache may live on GCS/S3 as well as on local disk.
 - ``StageFn`` keeps only picklable state; subclasses open their clients in ``setup_stage``.
+- A stage knows the run that launched it (``attach(run=...)``) and ties its worker process to
+  it in ``setup`` (``lifeline``): a SIGKILLed ``smelter run`` takes its workers along, and a
+  record is neither started nor cached once the run is gone (a cut-short outcome cached as
+  ``internal_error`` would be served to the next run).
+- ``has_cached`` lets the graph hand a stage's cache probe to the stage before it: the
+  environment stage need not rebuild an image for a candidate whose validation is cached.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from apache_beam.pvalue import TaggedOutput
 from pydantic_core import PydanticSerializationError
 
 from smelter.schemas import RECORDS, Reason, Record, Rejection
+from smelter.transforms import lifeline
 from smelter.transforms.errors import Fatal, Rejected, Retryable
 from smelter.transforms.helpers import stable_hash, tail
 
@@ -110,13 +117,33 @@ class StageFn(beam.DoFn):
         self._config = config
         self._cache_root = cache_root
         self._progress_dir: str | None = None
+        self._run: lifeline.Run | None = None
         self._config_hash = stable_hash(self.STAGE, self.VERSION, config)
 
-    def attach(self, cache_root: str | None, progress_dir: str | None = None) -> StageFn:
-        """Set where outcomes are cached and progress is ticked; called by the graph builder."""
+    def attach(
+        self,
+        cache_root: str | None,
+        progress_dir: str | None = None,
+        run: lifeline.Run | None = None,
+    ) -> StageFn:
+        """Set where outcomes are cached and progress is ticked, and which run (host, pid of
+        the launching process) the workers serve; called by the graph builder."""
         self._cache_root = cache_root
         self._progress_dir = progress_dir
+        self._run = run
         return self
+
+    def has_cached(self, record: Any) -> bool:
+        """Whether this stage has a cached outcome for ``record``: a picklable probe (as a bound
+        method) for the stage before it. Reads the cache only, no ``setup`` needed; it does not
+        ask ``reuse``, so it suits stages that serve every cache entry they find."""
+        if not self._cache_root:
+            return False
+        key = self.cache_key(record)
+        cache = StageCache(self._cache_root)
+        return (
+            key is not None and cache.get(self.STAGE, self.instance_id_of(record), key) is not None
+        )
 
     # -- hooks ---------------------------------------------------------------------------------
     def setup_stage(self) -> None:
@@ -147,6 +174,8 @@ class StageFn(beam.DoFn):
 
     # -- Beam ----------------------------------------------------------------------------------
     def setup(self) -> None:
+        # First: a worker started for a run that is already gone dies here, before any work.
+        lifeline.tie_to_run(getattr(self, "_run", None))
         self._cache = StageCache(self._cache_root) if self._cache_root else None
         self._ticks = None
         if self._progress_dir:
@@ -184,12 +213,15 @@ class StageFn(beam.DoFn):
         return instance_id, key, cached
 
     def process(self, record: Any) -> Iterator[Any]:
+        lifeline.check()  # the run is gone: start nothing for it
         instance_id, key, cached = self.lookup(record)
         if cached is not None:
             yield from self._emit(cached)
             return
         start = time.monotonic()
         outcomes = self._outcomes(record, instance_id)
+        # Died meanwhile: the outcome may be an error the dying run caused; never cache it.
+        lifeline.check()
         self._seconds.update(int((time.monotonic() - start) * 1000))
         if self._cache and key:
             self._cache.put(self.STAGE, instance_id, key, outcomes)

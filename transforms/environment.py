@@ -46,7 +46,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -943,7 +943,11 @@ class EnvironmentFn(StageFn):
     STAGE = STAGE
 
     def __init__(
-        self, config: EnvConfig, cache_root: str | None = None, owner: str | None = None
+        self,
+        config: EnvConfig,
+        cache_root: str | None = None,
+        owner: str | None = None,
+        validated: Callable[[Candidate], bool] | None = None,
     ) -> None:
         super().__init__(config, cache_root)
         # Made here, in the launching process, when the graph does not pass the run's token:
@@ -963,11 +967,17 @@ class EnvironmentFn(StageFn):
     def teardown_stage(self) -> None:
         builder = getattr(self, "_builder", None)
         if builder is not None:
+        # Picklable probe from the graph: does validation already have this output's outcome?
+        self._validated = validated
             builder.client.close()
 
     def reuse(self, record: Any, cached: list[Any]) -> list[Any] | None:
         """A cached outcome with a fresh alias of its instance image, or None (rebuild) when
-        that image is gone: validation removed it, or a prune did.
+        that image is gone: validation removed it, or a prune did. Except when validation
+        already has the outcome for that record (``validated``): then nothing will run the
+        image, and the record is served as cached, image or not, so a resumed or repeated run
+        rebuilds nothing it validated (validation's cache hit releases the alias the record
+        names, and a missing one is no error there).
 
         Served as cached, the record would name the alias of the run that built it, which
         validation or a prune may remove at any time, or already has: validation would meet a
@@ -1004,6 +1014,9 @@ class EnvironmentFn(StageFn):
                 with contextlib.suppress(docker.errors.APIError, Retryable):
                     eng.remove_image(self._builder.client, o.environment.instance_image,
                                      force=False, lock_dir=locks_dir())  # fmt: skip
+            if alias is None and self._validated is not None and self._validated(outcome):
+                out.append(outcome)
+                continue
 
     def run(self, record: Candidate) -> Iterable[Candidate]:
         try:

@@ -14,6 +14,15 @@ Deliberate choices:
 - Flaky means the pass/not-pass verdict of a test differs between runs of the same side. Flaky
   tests are excluded from both lists and recorded. A change between failed and error is not a
   flip: both are "not passed".
+- A flaky test can still look fail-to-pass by chance: failing at random with probability q per
+  run, it fails all b before-runs and passes all a after-runs with probability q^b (1-q)^a
+  (3.5% for 2+3 runs at q = 0.4). ``extra_runs`` says how many more runs of the candidates
+  bring the worst case over q in ``FLAKY_RATES`` below a bound. The rates are symmetric,
+  10% to 90%: "up to 50% flaky" is a test whose rarer outcome, failing *or passing*, comes up
+  in 10-50% of runs; a range ending at 0.5 would always pick before-runs only and leave a test
+  that passes 1 run in 3 barely checked on the after side. A rerun names its tests
+  (``TestRun.selected``) and counts only for them: a test it did not select is neither absent
+  nor failing there.
 - Any test that passed in every before-run and failed or errored in every after-run rejects
   the task (``pass_to_fail``): the gold patch breaks something. A test whose module stops
   importing after the patch counts as failing there. A test that passed before and is absent
@@ -34,6 +43,10 @@ from smelter.transforms.junit import is_test_id
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = range(6)
 
 _NOT_PASSED_BAD = (TestStatus.FAILED, TestStatus.ERROR)
+# Per-run failure rates of the random flakes the extra runs guard against: 10-50% flaky, the
+# rarer outcome being a failure (q <= 0.5) or a pass (q >= 0.5).
+FLAKY_RATES = (0.1, 0.9)
+MAX_EXTRA_RUNS = 64  # a bound so small that it needs more is a configuration mistake
 
 
 @dataclass(frozen=True)
@@ -87,12 +100,53 @@ def run_problem(run: TestRun) -> str | None:
     return f"unexpected exit code {code} (killed, out of memory, or the script failed)"
 
 
+def flake_risk(before: int, after: int, rates: tuple[float, float] = FLAKY_RATES) -> float:
+    """The worst chance, over per-run failure rates q in ``rates``, that a test failing at
+    random fails ``before`` runs in a row and passes ``after`` runs: max q^b (1-q)^a.
+
+    q^b (1-q)^a rises up to q = b / (a + b) and falls after it, so the maximum over an
+    interval is at that point clipped into the interval.
+    """
+    lo, hi = rates
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"flake rates must satisfy 0 < low <= high < 1, not {rates}")
+    if before + after == 0:
+        return 1.0
+    q = min(max(before / (before + after), lo), hi)
+    return q**before * (1.0 - q) ** after
+
+
+def extra_runs(
+    before: int, after: int, bound: float, rates: tuple[float, float] = FLAKY_RATES
+) -> tuple[int, int]:
+    """The fewest extra (before, after) runs that bring ``flake_risk`` under ``bound``.
+
+    Among splits with the same total, the one with the lowest risk wins, then the most even
+    one (for symmetric rates the best split is even: both sides are rerun). (0, 0) when
+    the planned runs already suffice; ``ValueError`` for a bound outside (0, 1] or one that
+    needs more than ``MAX_EXTRA_RUNS``.
+    """
+    if not 0.0 < bound <= 1.0:
+        raise ValueError(f"the flakiness bound must be in (0, 1], not {bound}")
+    for total in range(MAX_EXTRA_RUNS + 1):
+        risks = [(flake_risk(before + b, after + total - b, rates), b) for b in range(total + 1)]
+        risk, b = min(risks, key=lambda rb: (round(rb[0], 12), abs(2 * rb[1] - total)))
+        if risk < bound:
+            return b, total - b
+    raise ValueError(f"the flakiness bound {bound} needs more than {MAX_EXTRA_RUNS} extra runs")
+
+
+def _covers(run: TestRun, test: str) -> bool:
+    """Whether ``run`` ran ``test``: a rerun of selected tests says nothing about the others."""
+    return not run.selected or test in run.selected or _module(test) in run.selected
+
+
 def _passed_everywhere(runs: Sequence[TestRun], test: str) -> bool:
-    return all(r.statuses.get(test) is TestStatus.PASSED for r in runs)
+    return all(r.statuses.get(test) is TestStatus.PASSED for r in runs if _covers(r, test))
 
 
 def _passed_somewhere(runs: Sequence[TestRun], test: str) -> bool:
-    return any(r.statuses.get(test) is TestStatus.PASSED for r in runs)
+    return any(r.statuses.get(test) is TestStatus.PASSED for r in runs if _covers(r, test))
 
 
 def flaky_tests(runs: Sequence[TestRun]) -> set[str]:
@@ -107,6 +161,7 @@ def _module(test: str) -> str:
 
 def _failing_after(runs: Sequence[TestRun], test: str) -> bool:
     """Failed or errored in every after-run, counting a module collection error as an error."""
+    runs = [r for r in runs if _covers(r, test)]
     for r in runs:
         status = r.statuses.get(test)
         if status is None and r.statuses.get(_module(test)) is TestStatus.ERROR:

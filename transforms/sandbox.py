@@ -19,6 +19,12 @@ Deliberate choices:
   handlers only in the main thread, so callers must not block it indefinitely (validate.py
   polls its futures). After a SIGKILL nothing in the process runs, so ``prune_containers``
   removes containers whose owner is dead.
+- Containers also carry the pid of the *run* (``LABEL_RUN_PID``, the launching ``smelter run``),
+  and no container is created or started once that run is gone (``lifeline.check``): a worker
+  outliving a SIGKILLed run must not start tests for it. When the run dies, the worker's
+  lifeline removes this process's live containers before killing it; ``collect_dead_runs``, at
+  the start of the next run, removes what is left: containers of a dead worker or dead run, and
+  instance image aliases of dead runs.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ import requests.exceptions
 from docker.types import LogConfig
 
 from smelter.transforms import docker_engine as eng
+from smelter.transforms import lifeline
 
 log = logging.getLogger(__name__)
 
 LABEL_OWNER_HOST = eng.LABEL_OWNER_HOST
 LABEL_OWNER_PID = eng.LABEL_OWNER_PID
+LABEL_RUN_PID = f"{eng.LABEL}.run-pid"  # the launching process; same host as the owner
 INBOX = "/smelter"  # where put_archive drops files; outside /tmp, which is a tmpfs at run time
 MAX_FETCH_BYTES = 64 * 1024 * 1024
 NEEDED_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
@@ -106,6 +114,22 @@ class SandboxClosed(RuntimeError):
     """The process is shutting down (a signal arrived); no new test container starts."""
 
 
+def _on_run_death() -> None:
+    """The run ended (its lifeline fired): start nothing more, remove what runs."""
+    _closing.set()
+    removed = remove_live_containers()
+    if removed:
+        log.warning("run ended: removed %d test container(s)", removed)
+
+
+lifeline.at_run_death(_on_run_death)
+
+
+def run_labels() -> dict[str, str]:
+    """Which run a container serves: the next run collects it once that run is gone."""
+    return {LABEL_RUN_PID: str(lifeline.current_run()[1])}
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     _closing.set()
     removed = remove_live_containers()
@@ -159,6 +183,46 @@ def prune_containers(client: docker.DockerClient, *, all_owners: bool = False) -
                 if not isinstance(e, docker.errors.NotFound) and e.status_code != 409:
                     raise
     return removed
+
+
+def collect_dead_runs(client: docker.DockerClient | None = None) -> dict[str, int]:
+    """Remove what killed runs on this host left: smelter containers whose owning process or
+    run is gone, and instance image aliases of runs that are gone (their content tag too once
+    no live alias holds it). Called by a run at its start, before it makes anything.
+
+    Only objects with an owner on this host are judged, and a live owner's are kept, so runs
+    and tests sharing the engine are safe; an image a container still uses stays.
+    """
+    from smelter.transforms.environment import locks_dir  # the environment stage's tag locks
+
+    own = client is None
+    client = client or eng.connect()
+    host, out = socket.gethostname(), {"containers": 0, "aliases": 0}
+    try:
+        flt = {"label": [f"{eng.LABEL}=1", f"{LABEL_OWNER_HOST}={host}"]}
+        for c in client.api.containers(all=True, filters=flt):
+            labels = c.get("Labels") or {}
+            pids = [labels.get(LABEL_OWNER_PID, ""), labels.get(LABEL_RUN_PID, "")]
+            if all(not p.isdigit() or lifeline.pid_alive(int(p)) for p in pids):
+                continue
+            try:
+                client.api.remove_container(c["Id"], force=True)
+                out["containers"] += 1
+            except docker.errors.APIError as e:  # gone, or being removed by someone else
+                if not isinstance(e, docker.errors.NotFound) and e.status_code != 409:
+                    raise
+        for img in client.images.list(filters={"label": f"{eng.LABEL_KIND}={eng.KIND_INSTANCE}"}):
+            for tag in img.tags:
+                owner = eng.owner_of(tag)
+                if owner is None or eng.owner_token_alive(owner, host):
+                    continue
+                with contextlib.suppress(docker.errors.APIError):  # 409: a container uses it
+                    if eng.remove_image(client, tag, force=False, lock_dir=locks_dir()):
+                        out["aliases"] += 1
+    finally:
+        if own:
+            client.close()
+    return out
 
 
 # --------------------------------------------------------------------------- tar helpers
@@ -232,6 +296,7 @@ class Sandbox:
         """
         lim = self.limits
         log_cap = max(4 * lim.log_bytes, 1 << 20)
+        lifeline.check()  # no container for a run that is gone
         container = eng.retry(
             lambda: self._client.containers.create(
                 image,
@@ -257,6 +322,7 @@ class Sandbox:
                 labels={
                     **eng.labels(eng.KIND_TEST),
                     **owner_labels(),
+                    **run_labels(),
                     **(labels or {}),
                 },
             )
@@ -284,10 +350,12 @@ class Sandbox:
         lim = self.limits
         if files:
             container.put_archive("/", eng.tar_files(files, mode=0o755))
+        lifeline.check()  # the run may have ended while the files went in
         started = self._clock()
         container.start()
         if _closing.is_set():  # the signal came while we were starting: the handler missed it
             raise SandboxClosed("shutting down; test container stopped")
+        lifeline.check()
         timed_out, exit_code = False, None
         try:
             status = container.wait(timeout=lim.timeout_seconds)

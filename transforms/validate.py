@@ -18,6 +18,10 @@ Deliberate choices:
   a run whose signals disagree is void (``result_mismatch``). The verdict is the pure
   ``grading.grade``. Patches that fail to apply in the container get their own exit codes
   and reasons, so they are never mistaken for test results.
+- After the planned runs, the fail-to-pass candidates alone (node ids) are rerun on both sides
+  as often as ``grading.extra_runs`` needs for ``validate_flaky_bound`` (2 + 3 runs let a
+  40%-flaky test through 3.5% of the time; one more run per side brings any 10-90% flake
+  under 1%). The bound, the extra runs and the risk left are recorded on the Validation.
 - The runs of one task go to a small thread pool (``validate_parallel_runs``): the engine does
   the work, threads only wait. Containers are removed in ``finally`` and on SIGTERM/SIGINT.
 - ``Environment.instance_image`` is this record's own alias of the content-tagged image (see
@@ -49,9 +53,10 @@ from smelter.schemas.records import (
     Validation,
 )
 from smelter.transforms import docker_engine as eng
+from smelter.transforms import lifeline
 from smelter.transforms.common import Rejected, StageFn, stable_hash, tail
 from smelter.transforms.environment import locks_dir
-from smelter.transforms.grading import grade
+from smelter.transforms.grading import extra_runs, flake_risk, grade
 from smelter.transforms.junit import PARSER, JUnitError, parse_junit
 from smelter.transforms.sandbox import (
     Sandbox,
@@ -379,6 +384,46 @@ def interleaved_jobs(before: int, after: int) -> list[tuple[str, int]]:
     return jobs
 
 
+def side_counts(runs: Iterable[TestRun]) -> tuple[int, int]:
+    """(before-runs, after-runs)."""
+    runs = list(runs)
+    return sum(r.side == "before" for r in runs), sum(r.side == "after" for r in runs)
+
+
+def flaky_rerun_plan(
+    runs: Sequence[TestRun], bound: float
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """Which tests to rerun and the (side, attempt) jobs, after the planned ``runs``.
+
+    Only the fail-to-pass candidates, on both sides, as many times as ``extra_runs`` needs for
+    ``bound``: a rerun can only take a test out of FAIL_TO_PASS (a flip makes it flaky), and
+    every other test is already decided. Nothing when the planned runs reject the task or
+    already meet the bound. Attempts continue each side's numbering, so ``SMELTER_ATTEMPT``
+    stays unique per side.
+    """
+    verdict = grade([r for r in runs if r.side == "before"], [r for r in runs if r.side == "after"])
+    if not verdict.ok or not verdict.fail_to_pass:
+        return [], []
+    before, after = side_counts(runs)
+    more_before, more_after = extra_runs(before, after, bound)
+    jobs = interleaved_jobs(more_before, more_after)
+    jobs = [(side, i + (before if side == "before" else after)) for side, i in jobs]
+    return (verdict.fail_to_pass if jobs else []), jobs
+
+
+def rerun_targets(selected: Sequence[str], runs: Sequence[TestRun]) -> list[str]:
+    """What pytest is given to rerun ``selected``: a test's node id where every planned run
+    collected it, else its module. A candidate whose module does not import without the fix
+    has no node id there (pytest: "not found", usage error, a void run); named by its module,
+    the rerun reports the collection error, which grading reads as not passed."""
+    out: list[str] = []
+    for test in selected:
+        target = test if all(test in r.statuses for r in runs) else test.split("::", 1)[0]
+        if target not in out:
+            out.append(target)
+    return out
+
+
 def in_side_order(runs: Iterable[TestRun]) -> list[TestRun]:
     return sorted(runs, key=lambda r: (r.side != "before", r.attempt))
 
@@ -429,8 +474,19 @@ class Validator:
             ) from None
         return (attrs.get("Config") or {}).get("WorkingDir") or DEFAULT_WORKDIR
 
-    def runs(self, candidate: Candidate) -> tuple[list[TestRun], str]:
-        """All before/after runs of one candidate, and the script they ran."""
+    def runs(
+        self,
+        candidate: Candidate,
+        selected: Sequence[str] = (),
+        jobs: Sequence[tuple[str, int]] | None = None,
+        targets: Sequence[str] = (),
+    ) -> tuple[list[TestRun], str]:
+        """All before/after runs of one candidate, and the script they ran.
+
+        ``selected`` node ids and ``jobs`` (side, attempt) make a flakiness rerun: pytest gets
+        ``targets`` (see ``rerun_targets``), and each run records ``selected``, so grading
+        counts it for those tests alone.
+        """
         env = candidate.environment
         assert env is not None
         cfg = self.config
@@ -438,7 +494,8 @@ class Validator:
         if not files:
             raise Rejected(Reason.NO_TESTS_RUN, "the test patch touches no test module")
         workdir = self.workdir_of(env.instance_image)
-        argv = pytest_argv(env.test_command, files, workdir, cfg.validate_pytest_args)
+        tests = targets or selected or files
+        argv = pytest_argv(env.test_command, tests, workdir, cfg.validate_pytest_args)
         script = render_test_script(
             argv, workdir, cfg.validate_drop_privileges, cfg.validate_test_timeout_seconds
         )
@@ -447,7 +504,8 @@ class Validator:
             TEST_PATCH_PATH: candidate.test_patch,
             FIX_PATCH_PATH: candidate.patch,
         }
-        jobs = interleaved_jobs(cfg.validate_reruns_before, cfg.validate_reruns_after)
+        if jobs is None:
+            jobs = interleaved_jobs(cfg.validate_reruns_before, cfg.validate_reruns_after)
 
         def one(job: tuple[str, int]) -> TestRun:
             side, attempt = job
@@ -459,10 +517,11 @@ class Validator:
                 env={"SMELTER_ATTEMPT": str(attempt)},
                 labels={eng.LABEL_INSTANCE: candidate.instance_id},
             )
-            return to_test_run(side, attempt, result, files, cfg.validate_log_bytes)
+            run = to_test_run(side, attempt, result, files, cfg.validate_log_bytes)
+            return run.model_copy(update={"selected": list(selected)}) if selected else run
 
         parallel = cfg.validate_parallel_runs
-        if cfg.validate_early_stop:
+        if cfg.validate_early_stop and not selected:
             first = run_all(one, jobs[:2], parallel, stop=decisive)
             if any(decisive(r) for r in first) or not fail_to_pass_possible(first):
                 return in_side_order(first), script
@@ -477,9 +536,15 @@ class Validator:
         started = time.monotonic()
         try:
             runs, script = self.runs(candidate)
+            if patch_problem(runs) is None:
+                runs = in_side_order(runs + self.flaky_reruns(candidate, runs))
         finally:
-            if not self.config.validate_keep_instance_images:
-                self._remove_image(env.instance_image)
+            # A run that died mid-way leaves the alias: its containers may still hold the
+            # image, and the next run's ``collect_dead_runs`` removes alias and image together.
+            if not lifeline.run_gone():
+                release_image(
+                    self._client, env.instance_image, self.config.validate_keep_instance_images
+                )
         if (problem := patch_problem(runs)) is not None:
             raise problem
         if (problem := mismatch_problem(runs)) is not None:
@@ -495,6 +560,10 @@ class Validator:
             flaky=verdict.flaky,
             reruns_before=self.config.validate_reruns_before,
             reruns_after=self.config.validate_reruns_after,
+            flaky_bound=self.config.validate_flaky_bound,
+            extra_runs_before=sum(1 for r in runs if r.selected and r.side == "before"),
+            extra_runs_after=sum(1 for r in runs if r.selected and r.side == "after"),
+            flaky_risk=flake_risk(*side_counts(runs)),
             parser=PARSER,
             test_script=script,
             seconds=round(time.monotonic() - started, 3),
@@ -533,16 +602,27 @@ class Validator:
             ),
         )
 
-    def _remove_image(self, image: str) -> None:
-        """Our alias only (and the content tag once no run holds the image any more)."""
-        release_image(self._client, image)
+    def flaky_reruns(self, candidate: Candidate, runs: Sequence[TestRun]) -> list[TestRun]:
+        """The extra runs ``flaky_rerun_plan`` asks for (none when it asks for none)."""
+        selected, jobs = flaky_rerun_plan(runs, self.config.validate_flaky_bound)
+        if not jobs:
+            return []
+        targets = rerun_targets(selected, runs)
+        extra, _ = self.runs(candidate, selected=selected, jobs=jobs, targets=targets)
+        return extra
 
 
-def release_image(client: docker.DockerClient, image: str) -> None:
-    """Remove a validated record's alias; an image a container still uses stays (the alias
-    then goes with ``smelter images prune`` once this run has ended)."""
+def release_image(client: docker.DockerClient, image: str, keep: bool = False) -> None:
+    """Remove a validated record's alias, and its image with it unless ``keep``; an image a
+    container still uses stays (the alias then goes with ``smelter images prune`` once this
+    run has ended). Kept, the content tag the task names stays and only the alias goes: an
+    alias of a run that has ended then always means a killed run, which the next run's
+    ``collect_dead_runs`` may remove with its image. A missing alias is no error."""
     with contextlib.suppress(docker.errors.APIError):
-        eng.remove_image(client, image, force=False, lock_dir=locks_dir())
+        if not keep:
+            eng.remove_image(client, image, force=False, lock_dir=locks_dir())
+        elif eng.owner_of(image) is not None:  # never a plain tag someone passed in
+            eng.retry(lambda: client.images.remove(image, force=False))
 
 
 def _with_log(detail: str, runs: Sequence[TestRun]) -> str:
@@ -598,8 +678,8 @@ class ValidateFn(StageFn):
         instance_id, key, cached = super().lookup(record)
         env = getattr(record, "environment", None)
         keep = self._config.validate_keep_instance_images
-        if cached is not None and env is not None and not keep:
-            release_image(self._client, env.instance_image)
+        if cached is not None and env is not None:
+            release_image(self._client, env.instance_image, keep)
         return instance_id, key, cached
 
     def run(self, record: Candidate) -> Iterable[Task]:

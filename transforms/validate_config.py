@@ -30,6 +30,13 @@ class ValidateConfig:
             "help": "runs with test patch + fix (flaky tests flip between)",
         },
     )
+    validate_flaky_bound: float = field(
+        default=0.01,
+        metadata={"help": "after the runs above, the fail-to-pass candidates alone are rerun "
+                          "on both sides until a test failing at random in 10-50% (or "
+                          "passing in 10-50%) of runs ends in FAIL_TO_PASS with at most this "
+                          "probability; 1 = no extra runs", "min": 0.0001, "max": 1},
+    )  # fmt: skip
     validate_timeout_seconds: float = field(
         default=900.0,
         metadata={"min": 1, "help": "wall-clock limit of one test run; the task is rejected"},
