@@ -125,3 +125,11 @@ def test_corpus_lists_enough_distinct_repos() -> None:
     names = [e.name for e in load_corpus(CORPUS)]
     assert len(names) >= 15 and len(set(names)) == len(names)
     assert all(e.backend and e.layout for e in load_corpus(CORPUS))
+
+
+def test_the_cause_named_by_the_environment_stage_wins() -> None:
+    detail = (
+        "first error:\nerror: Failed to build `x @ file:///testbed`\n  cause: backend\n"
+        "... ModuleNotFoundError: No module named 'editables'\n...\ntail\n"
+    )
+    assert first_error_line(detail + SUMMARY) == "ModuleNotFoundError: No module named 'editables'"

@@ -71,12 +71,16 @@ def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> 
         " \\"
     )
     assert ways[1].startswith(
-        "|| { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -c 'import setuptools; "
-        "setuptools.setup()' develop --no-deps && echo legacy-develop > /opt/smelter/install-mode"
-        " && { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv build --offline"
+        "|| { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -m pip install --no-index "
+        "--no-build-isolation --no-deps -e '.[test]' && echo editable-pip > "
     )
     assert ways[2].startswith(
-        "|| { echo failed > /opt/smelter/install-mode; SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0"
+        "|| { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -c 'import setuptools; "
+        "setuptools.setup()' develop --no-deps && echo legacy-develop > /opt/smelter/install-mode"
+        " && { { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv build --offline"
+    )
+    assert ways[3].startswith(
+        "|| { echo failed > /opt/smelter/install-mode; { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0"
         " uv build --offline --no-build-isolation --wheel"
     )
     # the PR's code runs as the test user, and the build has no network (see _ensure_instance)

@@ -150,7 +150,9 @@ def render_env_dockerfile(
 INSTALL_MODE_FILE = "/opt/smelter/install-mode"
 INSTALL_LOG_FILE = "/opt/smelter/install.log"
 PR_METADATA_FILE = "/opt/smelter/pr-metadata.txt"
-INSTALL_MODES = ("editable", "legacy-develop", "none", "failed")
+INSTALL_MODES = ("editable", "editable-pip", "legacy-develop", "none", "failed")
+# Modes that install without dependencies: the project's metadata says what is missing.
+UNCHECKED_MODES = ("editable-pip", "legacy-develop")
 # Prints the METADATA of the wheel ``uv build`` wrote (its Requires-Dist lines are what the
 # project asks for, computed by its own back end, offline).
 _READ_METADATA = (
@@ -168,10 +170,11 @@ def install_script(
 
     1. editable, no build isolation: the env layer holds the build requirements and the
        dependencies, so nothing is downloaded (``--offline`` makes a missing one fail at once);
-    2. ``setup.py develop``: setuptools older than 64 (what an old PR's date resolves to) has no
-       PEP 660 hook ("has no attribute 'build_editable'"), but has always had ``develop``, which
-       links the source tree into the venv just the same;
-    3. otherwise ``failed``, and the project's metadata as its own back end computes it (a
+    2. the same with pip, where uv is stricter than the back end (see below);
+    3. ``setup.py develop`` (setuptools back ends only): setuptools older than 64 (what an old
+       PR's date resolves to) has no PEP 660 hook ("has no attribute 'build_editable'"), but
+       has always had ``develop``, which links the source tree into the venv just the same;
+    4. otherwise ``failed``, and the project's metadata as its own back end computes it (a
        wheel built offline), so the missing dependency lines can go into a new env layer.
     """
     if not installable:
@@ -185,8 +188,16 @@ def install_script(
     setup = "setup.py" if has_setup_py else "-c 'import setuptools; setuptools.setup()'"
     legacy = f"{prefix}python {setup} develop --no-deps"
     probe = (
-        f"{prefix}uv build --offline --no-build-isolation --wheel -o /tmp/smelter-wheel . "
+        f"{{ {prefix}uv build --offline --no-build-isolation --wheel -o /tmp/smelter-wheel . "
+        f"|| {prefix}python -m pip wheel --no-index --no-build-isolation --no-deps "
+        f"-w /tmp/smelter-wheel . ; }} "
         f"&& python -c {shlex.quote(_READ_METADATA)} > {PR_METADATA_FILE}"
+    )
+    # pip where uv is stricter than the back end (uv refuses a pre-PEP 621 ``[project]`` table
+    # such as old pdm's ``version = {from = ...}``); ``--no-deps``, so checked like develop.
+    pip = (
+        f"{prefix}python -m pip install --no-index --no-build-isolation --no-deps "
+        f"-e {shlex.quote(target)}"
     )
     # ``develop --no-deps`` succeeds whatever is missing, so its dependencies are checked
     # against the metadata as well (``probe`` after it). Only setuptools has ``develop``: for
@@ -198,8 +209,9 @@ def install_script(
         else ""
     )
     return (
-        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n{develop}"
-        f" || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
+        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n"
+        f" || {{ {pip} && echo editable-pip > {INSTALL_MODE_FILE} && {{ {probe} || true; }}; }}"
+        f" \\\n{develop} || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
     )
 
 
@@ -266,7 +278,9 @@ _ERROR_LINE = re.compile(
     r"(^|\s)(×|error:|ERROR:|Error:|fatal:|FAILED|No solution found|Traceback \(most recent"
     r"|[A-Z]\w*(Error|Exception)\b:?|Because .* (depends|requires)|hint:)"
 )
-_NOISE_LINE = re.compile(r"^\s*(Step \d+/\d+|RUN |---> |Removing intermediate|#\d+ )")
+_NOISE_LINE = re.compile(
+    r"^\s*(Step \d+/\d+|RUN |---> |Removing intermediate|#\d+ )|^first error:$"
+)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -737,7 +751,7 @@ class Builder:
                 except eng.BuildFailed as e:
                     return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
                 mode = self._image_text(alias, INSTALL_MODE_FILE).strip()
-                if mode not in ("failed", "legacy-develop"):
+                if mode != "failed" and mode not in UNCHECKED_MODES:
                     return plan, env_hit, env_log, (alias, inst_log), rung
                 installed = frozen_names(
                     self._image_text(plan.env_tag, "/opt/smelter/env-frozen.txt")
@@ -746,7 +760,7 @@ class Builder:
                     self._image_text(alias, PR_METADATA_FILE), installed, rung.extras,
                     base.python_version,
                 )  # fmt: skip
-                if mode == "legacy-develop" and not missing:
+                if mode in UNCHECKED_MODES and not missing:
                     return plan, env_hit, env_log, (alias, inst_log), rung
                 log_text = self._image_text(alias, INSTALL_LOG_FILE) or inst_log
                 if not self.config.env_keep_instance_images:

@@ -202,6 +202,12 @@ def first_error_line(detail: str) -> str:
     build-log prefixes; for a Python traceback, the exception line that ends it (the header says
     nothing about the cause). Empty when no line looks like an error."""
     lines = [_clean(ln) for ln in detail.splitlines()]
+    if lines and lines[0] == "first error:":  # the environment stage named the cause already
+        for line in lines[1:]:
+            if line == "...":
+                break
+            if line.startswith("... "):
+                return line.removeprefix("... ").strip()[:MAX_LINE]
     for i, line in enumerate(lines):
         text = line.strip()
         if not text or _SUMMARY.match(text) or not _ERROR.search(text):
