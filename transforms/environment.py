@@ -967,6 +967,8 @@ class EnvironmentFn(StageFn):
         # Made here, in the launching process, when the graph does not pass the run's token:
         # the pickled copies on every worker then carry the same value.
         self._owner = owner or eng.new_owner()
+        # Picklable probe from the graph: does validation already have this output's outcome?
+        self._validated = validated
 
     def setup_stage(self) -> None:
         config: EnvConfig = self._config
@@ -981,8 +983,6 @@ class EnvironmentFn(StageFn):
     def teardown_stage(self) -> None:
         builder = getattr(self, "_builder", None)
         if builder is not None:
-        # Picklable probe from the graph: does validation already have this output's outcome?
-        self._validated = validated
             builder.client.close()
 
     def reuse(self, record: Any, cached: list[Any]) -> list[Any] | None:
@@ -1014,6 +1014,9 @@ class EnvironmentFn(StageFn):
                     alias = eng.acquire_alias(self._builder.client, content, self._owner)
             except (docker.errors.APIError, Retryable):  # recomputing reports engine errors
                 alias = None
+            if alias is None and self._validated is not None and self._validated(outcome):
+                out.append(outcome)
+                continue
             if alias is None:
                 self._release(out)
                 return None
@@ -1028,9 +1031,6 @@ class EnvironmentFn(StageFn):
                 with contextlib.suppress(docker.errors.APIError, Retryable):
                     eng.remove_image(self._builder.client, o.environment.instance_image,
                                      force=False, lock_dir=locks_dir())  # fmt: skip
-            if alias is None and self._validated is not None and self._validated(outcome):
-                out.append(outcome)
-                continue
 
     def run(self, record: Candidate) -> Iterable[Candidate]:
         try:
