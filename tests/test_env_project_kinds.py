@@ -96,6 +96,9 @@ def release(client: docker.DockerClient, out: Candidate) -> None:
     eng.remove_image(client, out.environment.instance_image)
 
 
+SETUPTOOLS_PYPROJECT = (
+    '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+)
 TEST_ADD = "from {mod} import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
 
 
@@ -271,8 +274,7 @@ def test_c_extension_gets_the_compiler_rung(
     c = make_pr(
         tmp_path / "cpkg", "cpkg", when="2025-03-01T00:00:00Z",
         base={**setup, "cpkg/__init__.py": init, "cpkg/_speed.c": C_SOURCE,
-              "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\n'
-                                'build-backend = "setuptools.build_meta"\n'},
+              "pyproject.toml": SETUPTOOLS_PYPROJECT},
         fix={"cpkg/__init__.py": init + "\n\ndef add(a, b):\n    return twice(a) // 2 + b\n"},
         tests={"tests/test_add.py": TEST_ADD.format(mod="cpkg")},
     )  # fmt: skip
@@ -313,8 +315,7 @@ def test_dependencies_only_setup_py_knows_get_a_new_env_layer(
     c = make_pr(
         tmp_path / "dynpkg", "dynpkg", when="2025-03-01T00:00:00Z",
         base={"setup.py": DYNAMIC_SETUP_PY, "deps.in": "six\n", "dynpkg/__init__.py": init,
-              "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\n'
-                                'build-backend = "setuptools.build_meta"\n'},
+              "pyproject.toml": SETUPTOOLS_PYPROJECT},
         fix={"dynpkg/__init__.py": init + "\n\ndef add(a, b):\n    return a + b\n"},
         tests={"tests/test_add.py": TEST_ADD.format(mod="dynpkg")},
     )  # fmt: skip
@@ -374,8 +375,7 @@ def test_pull_request_code_cannot_reach_the_host_during_the_build(
         c = make_pr(
             tmp_path / "dialpkg", "dialpkg", when="2025-03-01T00:00:00Z",
             base={"setup.py": DIALING_SETUP_PY.format(port=port), "dialpkg/__init__.py": "",
-                  "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\n'
-                                    'build-backend = "setuptools.build_meta"\n'},
+                  "pyproject.toml": SETUPTOOLS_PYPROJECT},
             fix={"dialpkg/__init__.py": "def add(a, b):\n    return a + b\n"},
             tests={"tests/test_add.py": TEST_ADD.format(mod="dialpkg")},
         )  # fmt: skip

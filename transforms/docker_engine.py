@@ -44,6 +44,7 @@ import docker.errors
 import requests.exceptions
 
 from smelter.transforms.errors import Fatal, Retryable
+from smelter.transforms.lifeline import pid_alive as _pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,6 @@ def owner_alive(container_labels: Mapping[str, str], host: str | None = None) ->
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
-        return True
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # alive, but someone else's
         return True
     return True
 
