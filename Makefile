@@ -27,8 +27,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 llama-cpp:
-	@tag=$$($(BIN)/python -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
-	whl=$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-$$tag-*.whl 2>/dev/null | head -n1); \
+	@# py3-none-<platform>: the library is loaded through ctypes, so one wheel fits any Python.
+	@whl=$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl 2>/dev/null | head -n1); \
 	if [ -z "$$whl" ]; then \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once for this machine -> $(WHEELS)"; \
 	  $(BIN)/python -m pip --version >/dev/null 2>&1 || \
@@ -39,7 +39,7 @@ llama-cpp:
 	    llama-cpp-python==$(LLAMA_CPP_VERSION) -w $$tmp || { rm -rf $$tmp; exit 1; }; \
 	  mv $$tmp/*.whl $(WHEELS)/ && rm -rf $$tmp; \
 	  echo "built in $$(( $$(date +%s) - start )) s"; \
-	  whl=$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-$$tag-*.whl | head -n1); \
+	  whl=$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl | head -n1); \
 	fi; \
 	$(BIN)/uv pip install --quiet --python $(BIN)/python "llama-cpp-python[server] @ file://$$whl"
 

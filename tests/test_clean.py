@@ -366,7 +366,7 @@ def test_title_only_task_gets_a_synthesized_statement(llm_standin: LLMStandIn) -
 @pytest.mark.parametrize(
     ("reply", "why"),
     [
-        ("<the issue text>", "placeholder"),
+        ("<the issue text>", "placeholder"),  # a placeholder of any prompt
         ("", "empty reply"),
         ("`power(2, -1)` is wrong; add `if exp < 0: return 1 / power(base, -exp)` to power.",
          "overlap with the patch"),

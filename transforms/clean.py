@@ -135,6 +135,17 @@ CLEAN_SCHEMA: Mapping[str, Any] = {
     "required": ["statement"],
     "additionalProperties": False,
 }
+# The synthesis schema sets a minimum length: a grammar-constrained server (llama.cpp, vLLM,
+# SGLang) then cannot answer a bare test name, as SmolLM2 did; the reply's length is checked
+# again for servers that read the schema as a hint. No maxLength: llama.cpp expands it into
+# that many nested optional rules, and a grammar of 2000 crashed its server.
+SYNTHESIS_MIN_CHARS = 80
+SYNTHESIZE_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {"statement": {"type": "string", "minLength": SYNTHESIS_MIN_CHARS}},
+    "required": ["statement"],
+    "additionalProperties": False,
+}
 JUDGE_SCHEMA: Mapping[str, Any] = {
     "type": "object",
     "properties": {
@@ -294,7 +305,7 @@ def synthesize_request(task: Task, config: CleanConfig, prompt: Prompt) -> ChatR
     return ChatRequest(
         messages=messages,
         prompt_version=prompt.version,
-        json_schema=CLEAN_SCHEMA,
+        json_schema=SYNTHESIZE_SCHEMA,
         temperature=config.llm_temperature,
         max_tokens=config.llm_max_tokens,
     )
