@@ -676,3 +676,28 @@ def test_no_api_key_in_any_output(
     for path in written:
         assert SECRET not in path.read_text(errors="replace"), path
     assert SECRET not in json.dumps(dataclasses.asdict(cfg))
+
+
+def test_run_ends_non_zero_on_an_outage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's closing report: exit 1 and one line when most of a stage failed for one
+    infrastructure reason (issue 13: every task was llm_error and the run exited 0)."""
+    from smelter.pipeline.cmd_run import _report
+    from smelter.pipeline.plan import RunPlan
+
+    def funnel(rejected: dict[str, int]) -> dict[str, Any]:
+        return {
+            "stages": [{"stage": "clean", "in": 4, "out": 4 - sum(rejected.values()),
+                        "rejected": rejected}],
+            "files": {"pull_requests": 4, "candidates": 4, "tasks": 4 - sum(rejected.values())},
+            "unaccounted": [],
+            "duplicated": [],
+        }  # fmt: skip
+
+    plan = RunPlan(out_dir=str(tmp_path), until="clean", repo_specs=(),
+                   configs={"clean": CleanConfig()})  # fmt: skip
+    assert _report(funnel({"llm_error": 3}), plan) == 1
+    assert "run failed: clean: 3 of 4 records failed with llm_error" in capsys.readouterr().out
+    assert _report(funnel({"llm_error": 2}), plan) == 0  # half is not "more than" 50%
+    assert _report(funnel({"under_specified": 4}), plan) == 0  # a result, not an outage
+    strict = dataclasses.replace(plan, configs={"clean": CleanConfig(outage_share=0.25)})
+    assert _report(funnel({"llm_error": 2}), strict) == 1
