@@ -231,6 +231,8 @@ def eval_script(task: Task, workdir: str = WORKDIR) -> str:
         f"git apply --binary -v - <<'{eof}'\n{body}{eof}",
         "export PYTHONDONTWRITEBYTECODE=1",
         *(as_owner if _drops_privileges(task) else ['as_owner=""']),
+        # compiled extensions are built again from the patched source, as in validation
+        "if [ -f /opt/smelter/rebuild.sh ]; then $as_owner sh /opt/smelter/rebuild.sh; fi",
         f": '{START_MARKER}'",
         f"$as_owner {run}",
         f": '{END_MARKER}'",

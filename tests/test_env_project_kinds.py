@@ -79,8 +79,12 @@ def run_tests(client: docker.DockerClient, out: Candidate, files: list[str]) -> 
     """The candidate's own tests in its image, offline, with the fix and the test patch."""
     env = out.environment
     assert env is not None
-    script = "git apply /p/fix.diff && git apply /p/test.diff && " + " ".join(
-        env.test_command + files
+    # as validation does: a compiled extension is built again from the patched source
+    rebuild = "if [ -f /opt/smelter/rebuild.sh ]; then sh /opt/smelter/rebuild.sh; fi && "
+    script = (
+        "git apply /p/fix.diff && git apply /p/test.diff && "
+        + rebuild
+        + " ".join(env.test_command + files)
     )
     res = eng.run_container(
         client, env.instance_image, ["sh", "-c", script], user=env.test_user or "root",
@@ -261,6 +265,18 @@ PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&mod); }
 """
 
 
+C_SOURCE_FIXED = C_SOURCE.replace(
+    'static PyMethodDef methods[] = {{"twice", twice, METH_O, ""}, ',
+    "static PyObject *add(PyObject *self, PyObject *args) {\n"
+    "    long a, b;\n"
+    '    if (!PyArg_ParseTuple(args, "ll", &a, &b)) return NULL;\n'
+    "    return PyLong_FromLong(a + b);\n"
+    "}\n"
+    'static PyMethodDef methods[] = {{"twice", twice, METH_O, ""}, '
+    '{"add", add, METH_VARARGS, ""}, ',
+)
+
+
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "hidden"])
 def test_c_extension_gets_the_compiler_rung(
     stage: EnvironmentFn, docker_client: docker.DockerClient, tmp_path: Path, declared: bool
@@ -275,7 +291,9 @@ def test_c_extension_gets_the_compiler_rung(
         tmp_path / "cpkg", "cpkg", when="2025-03-01T00:00:00Z",
         base={**setup, "cpkg/__init__.py": init, "cpkg/_speed.c": C_SOURCE,
               "pyproject.toml": SETUPTOOLS_PYPROJECT},
-        fix={"cpkg/__init__.py": init + "\n\ndef add(a, b):\n    return twice(a) // 2 + b\n"},
+        # the fix is in the C source: its tests pass only once the extension is built again
+        fix={"cpkg/_speed.c": C_SOURCE_FIXED,
+             "cpkg/__init__.py": "from cpkg._speed import add, twice\n"},
         tests={"tests/test_add.py": TEST_ADD.format(mod="cpkg")},
     )  # fmt: skip
     out = build(stage, c)
@@ -283,6 +301,7 @@ def test_c_extension_gets_the_compiler_rung(
     assert env is not None
     assert "gcc" in env.system_packages and "python3-dev" in env.system_packages
     assert "apt-get install" in env.dockerfiles.env
+    assert "/opt/smelter/rebuild.sh" in env.dockerfiles.instance  # validation rebuilds after
     steps = [(a.rung, a.outcome) for a in env.attempts]
     if declared:
         assert steps == [("extras-test+compiler", "ok")]

@@ -150,6 +150,7 @@ def render_env_dockerfile(
 INSTALL_MODE_FILE = "/opt/smelter/install-mode"
 INSTALL_LOG_FILE = "/opt/smelter/install.log"
 PR_METADATA_FILE = "/opt/smelter/pr-metadata.txt"
+REBUILD_FILE = "/opt/smelter/rebuild.sh"  # validation runs it after the patches, when present
 INSTALL_MODES = ("editable", "editable-pip", "legacy-develop", "none", "failed")
 # Modes that install without dependencies: the project's metadata says what is missing.
 UNCHECKED_MODES = ("editable-pip", "legacy-develop")
@@ -164,6 +165,7 @@ _READ_METADATA = (
 def install_script(
     *, installable: bool, extras: Sequence[str], cutoff: str | None,
     install_env: Mapping[str, str], has_setup_py: bool, legacy_develop: bool = True,
+    rebuild: bool = False,
 ) -> str:  # fmt: skip
     """The instance layer's install, as one shell command run offline as the test user: the
     first way that works wins and names itself in ``INSTALL_MODE_FILE``.
@@ -208,11 +210,17 @@ def install_script(
         if legacy_develop
         else ""
     )
-    return (
+    chain = (
         f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n"
         f" || {{ {pip} && echo editable-pip > {INSTALL_MODE_FILE} && {{ {probe} || true; }}; }}"
         f" \\\n{develop} || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
     )
+    if not rebuild:
+        return chain
+    # A compiled extension is built at install time: a fix to its C source reaches the tests
+    # only if validation builds it again after applying the patch (offline, as the test user).
+    again = " || ".join([cmd, pip, *([legacy] if legacy_develop else [])])
+    return f"{chain}; \\\n echo {shlex.quote(again)} > {REBUILD_FILE}"
 
 
 def missing_requirements(
@@ -257,10 +265,11 @@ def render_instance_dockerfile(
     *, repo: str, instance_id: str, base_commit: str, env_image: str, installable: bool,
     extras: Sequence[str], cutoff: str | None, install_env: Mapping[str, str],
     source_paths: Sequence[str] = (), has_setup_py: bool = False, legacy_develop: bool = True,
+    rebuild: bool = False,
 ) -> str:  # fmt: skip
     install = install_script(
         installable=installable, extras=extras, cutoff=cutoff, install_env=install_env,
-        has_setup_py=has_setup_py, legacy_develop=legacy_develop,
+        has_setup_py=has_setup_py, legacy_develop=legacy_develop, rebuild=rebuild,
     )  # fmt: skip
     source_env = (
         f"ENV PYTHONPATH={':'.join(source_paths)}"
@@ -391,6 +400,8 @@ def check_script(import_names: Sequence[str], collect_files: Sequence[str], patc
         lines.append(f"python -c {shlex.quote(stmt)} || exit 91")
     for i in range(patches):
         lines.append(f"git apply --whitespace=nowarn {CHECK_DIR}/{i}.diff || exit 92")
+    if patches:  # the patched C source of a compiled extension, built as validation will
+        lines.append(f"if [ -f {REBUILD_FILE} ]; then sh {REBUILD_FILE} > /dev/null 2>&1; fi")
     if collect_files:
         # Only the files still there with both patches applied: a PR that deletes a test
         # module (merged into another, say) has nothing of it to collect.
@@ -800,6 +811,7 @@ class Builder:
             cutoff=inst_cut, install_env=rc.scm_environment(project, src.scm_version),
             source_paths=[] if project.installable else _source_paths(src.paths),
             has_setup_py="setup.py" in src.files, legacy_develop=project.setuptools_backend,
+            rebuild=bool(system),
         )  # fmt: skip
         inst_tag = (
             f"{INSTANCE_REPO}:{slug(c.instance_id)}-"

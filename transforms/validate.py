@@ -55,6 +55,7 @@ from smelter.schemas.records import (
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import lifeline
 from smelter.transforms.common import Rejected, StageFn, stable_hash, tail
+from smelter.transforms.environment import REBUILD_FILE as REBUILD_PATH
 from smelter.transforms.environment import locks_dir
 from smelter.transforms.grading import extra_runs, flake_risk, grade
 from smelter.transforms.junit import PARSER, JUnitError, parse_junit
@@ -238,6 +239,10 @@ check=--check
 [ "$side" = after ] && check=""
 $as_tester git apply $check --whitespace=nowarn - < {FIX_PATCH_PATH} || {{
   echo "smelter: the fix does not apply"; exit {EXIT_FIX_PATCH}; }}
+# A compiled extension is built again from the patched source (both sides, as the same steps).
+if [ -f {REBUILD_PATH} ]; then
+  $as_tester sh {REBUILD_PATH} > /dev/null 2>&1 || echo "smelter: the rebuild failed"
+fi
 # Throwaway processes, 0-63 of them: the tests' PIDs say nothing about what ran before them.
 n="$(od -An -N1 -tu1 /dev/urandom 2>/dev/null | tr -dc 0-9)"
 n=$(( ${{n:-0}} % 64 ))
