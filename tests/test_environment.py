@@ -71,13 +71,13 @@ def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> 
         " \\"
     )
     assert ways[1].startswith(
-        "|| { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -m pip install --no-index "
-        "--no-build-isolation --no-deps -e '.[test]' && echo editable-pip > "
-    )
-    assert ways[2].startswith(
         "|| { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -c 'import setuptools; "
         "setuptools.setup()' develop --no-deps && echo legacy-develop > /opt/smelter/install-mode"
         " && { { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 uv build --offline"
+    )
+    assert ways[2].startswith(
+        "|| { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0 python -m pip install --no-index "
+        "--no-build-isolation --no-deps -e '.[test]' && echo editable-pip > "
     )
     assert ways[3].startswith(
         "|| { echo failed > /opt/smelter/install-mode; { SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0"

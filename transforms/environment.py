@@ -172,10 +172,10 @@ def install_script(
 
     1. editable, no build isolation: the env layer holds the build requirements and the
        dependencies, so nothing is downloaded (``--offline`` makes a missing one fail at once);
-    2. the same with pip, where uv is stricter than the back end (see below);
-    3. ``setup.py develop`` (setuptools back ends only): setuptools older than 64 (what an old
+    2. ``setup.py develop`` (setuptools back ends only): setuptools older than 64 (what an old
        PR's date resolves to) has no PEP 660 hook ("has no attribute 'build_editable'"), but
        has always had ``develop``, which links the source tree into the venv just the same;
+    3. pip's editable install, where uv is stricter than the back end (see below);
     4. otherwise ``failed``, and the project's metadata as its own back end computes it (a
        wheel built offline), so the missing dependency lines can go into a new env layer.
     """
@@ -211,15 +211,15 @@ def install_script(
         else ""
     )
     chain = (
-        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n"
+        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n{develop}"
         f" || {{ {pip} && echo editable-pip > {INSTALL_MODE_FILE} && {{ {probe} || true; }}; }}"
-        f" \\\n{develop} || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
+        f" \\\n || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
     )
     if not rebuild:
         return chain
     # A compiled extension is built at install time: a fix to its C source reaches the tests
     # only if validation builds it again after applying the patch (offline, as the test user).
-    again = " || ".join([cmd, pip, *([legacy] if legacy_develop else [])])
+    again = " || ".join([cmd, *([legacy] if legacy_develop else []), pip])
     return f"{chain}; \\\n echo {shlex.quote(again)} > {REBUILD_FILE}"
 
 
