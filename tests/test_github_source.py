@@ -397,7 +397,10 @@ def test_cli_source_flags(tmp_path: Path) -> None:
     [
         (["--github", "not-a-repo"], "not a GitHub repository name"),
         (["--github", "a/b", "--github-since", "yesterday"], "not an ISO date"),
-        (["--github", "a/b", "--github-per-page", "500"], "github_per_page must be 1..100"),
+        (
+            ["--github", "a/b", "--github-per-page", "500"],
+            "--github-per-page 500: out of range, accepted: 1..100",
+        ),
     ],
 )
 def test_cli_bad_github_input_is_one_line(argv: list[str], message: str, tmp_path, capsys):
