@@ -327,11 +327,17 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
 
 def _collect_leftovers(plan: RunPlan, stale: list[Path], console: Console) -> None:
     """What killed runs left: their temp folders here (already removed), and on the engine."""
+    import docker.errors  # only runs that reach the engine import docker
+
     found = [f"{len(stale)} beam-temp folder(s)"] if stale else []
     if plan.includes("environment"):
         from smelter.transforms.sandbox import collect_dead_runs
 
-        gone = collect_dead_runs()
+        try:
+            gone = collect_dead_runs()
+        except docker.errors.APIError as e:  # housekeeping: a failure must not stop the run
+            console.print(f"could not collect a killed run's leftovers: {e.explanation or e}")
+            gone = {}
         found += [f"{n} {what}" for what, n in gone.items() if n]
     if found:
         console.print(f"collected a killed run's leftovers: {', '.join(found)}")

@@ -211,8 +211,11 @@ def collect_dead_runs(client: docker.DockerClient | None = None) -> dict[str, in
             except docker.errors.APIError as e:  # gone, or being removed by someone else
                 if not isinstance(e, docker.errors.NotFound) and e.status_code != 409:
                     raise
-        for img in client.images.list(filters={"label": f"{eng.LABEL_KIND}={eng.KIND_INSTANCE}"}):
-            for tag in img.tags:
+        # The low-level listing: ``images.list`` inspects each image after listing, and one
+        # removed in between by a concurrent run raised ImageNotFound and stopped this run.
+        images = client.api.images(filters={"label": f"{eng.LABEL_KIND}={eng.KIND_INSTANCE}"})
+        for img in images:
+            for tag in img.get("RepoTags") or []:
                 owner = eng.owner_of(tag)
                 if owner is None or eng.owner_token_alive(owner, host):
                     continue
