@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from smelter.pipeline import card as card_mod
 from smelter.pipeline import publish
 from smelter.pipeline.cli import main
 from smelter.schemas import (
@@ -204,9 +205,9 @@ def test_arrow_schema_is_fixed_even_when_a_block_is_null_everywhere(
 
 
 def test_size_category() -> None:
-    assert publish.size_category(3) == "n<1K"
-    assert publish.size_category(1000) == "1K<n<10K"
-    assert publish.size_category(250_000) == "100K<n<1M"
+    assert card_mod.size_category(3) == "n<1K"
+    assert card_mod.size_category(1000) == "1K<n<10K"
+    assert card_mod.size_category(250_000) == "100K<n<1M"
 
 
 # -------------------------------------------------------------------------- swebench's checks
@@ -406,7 +407,7 @@ def test_hub_folder_loads_offline_and_card_round_trips(
     folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/calc-tasks")
     assert (folder.tasks, folder.shard_files) == (3, 1)
 
-    meta = publish.parse_card(folder.card.read_text())
+    meta = card_mod.parse_card(folder.card.read_text())
     assert meta["license"] == "other"
     assert meta["size_categories"] == ["n<1K"]
     configs = {c["config_name"]: c for c in meta["configs"]}
@@ -445,7 +446,7 @@ def test_hub_folder_without_shards_has_only_the_tasks_config(
     with jsonlines.open(out / "tasks.jsonl", "w") as w:
         w.write_all(t.model_dump(mode="json") for t in tasks)
     folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/x", tasks_split="train")
-    meta = publish.parse_card(folder.card.read_text())
+    meta = card_mod.parse_card(folder.card.read_text())
     assert [c["config_name"] for c in meta["configs"]] == ["tasks"]
     loaded = datasets.load_dataset(str(folder.path), "tasks", cache_dir=str(offline))
     assert loaded["train"].num_rows == 3
