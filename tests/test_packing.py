@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smelter.transforms.packing import PackResult, pack, pack_arrays
+from smelter.transforms.packing import PackResult, martello_toth_l2, pack, pack_arrays
 
 
 def brute_force_bfd(lengths: list[int], max_len: int) -> list[list[int]]:
@@ -154,3 +154,60 @@ def test_all_fitting_is_one_bin_and_empty_is_none() -> None:
 def test_bad_input_is_a_value_error(lengths: list[int], max_len: int, mode: str) -> None:
     with pytest.raises(ValueError):
         pack_arrays(lengths, max_len, mode=mode)  # type: ignore[arg-type]
+
+
+def optimal_bins(sizes: list[int], capacity: int) -> int:
+    """The optimum by exhaustive search (tiny instances only): items in decreasing order, each
+    tried in every open bin with room and in one new bin."""
+    items = sorted(sizes, reverse=True)
+    best = len(items)
+
+    def place(i: int, rooms: list[int]) -> None:
+        nonlocal best
+        if len(rooms) >= best:
+            return
+        if i == len(items):
+            best = len(rooms)
+            return
+        for b in range(len(rooms)):
+            if rooms[b] >= items[i] and rooms[b] not in rooms[:b]:  # equal rooms: try one
+                rooms[b] -= items[i]
+                place(i + 1, rooms)
+                rooms[b] += items[i]
+        place(i + 1, [*rooms, capacity - items[i]])
+
+    place(0, [])
+    return best
+
+
+@pytest.mark.parametrize(
+    ("sizes", "capacity", "l1", "l2"),
+    [
+        # K = 4: the two 7s need a bin each (> 10 - 4) and the three 4s cannot join them: 2 + 2.
+        ([7, 7, 4, 4, 4], 10, 3, 4),
+        # K = 0: four items > 5 each need a bin; the 3s fit in their room.
+        ([6, 6, 6, 6, 3, 3], 10, 3, 4),
+        ([51, 51, 51], 100, 2, 3),
+        ([5, 5, 5, 5], 10, 2, 2),
+        ([1], 1, 1, 1),
+        ([], 10, 0, 0),
+    ],
+)
+def test_martello_toth_l2_on_known_instances(
+    sizes: list[int], capacity: int, l1: int, l2: int
+) -> None:
+    assert math.ceil(sum(sizes) / capacity) == l1
+    assert martello_toth_l2(sizes, capacity) == l2 == optimal_bins(sizes, capacity)
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 30), data=st.data())
+def test_martello_toth_l2_between_l1_and_the_optimum(capacity: int, data: st.DataObject) -> None:
+    sizes = data.draw(st.lists(st.integers(1, capacity), max_size=7))
+    bound = martello_toth_l2(sizes, capacity)
+    assert math.ceil(sum(sizes) / capacity) <= bound <= optimal_bins(sizes, capacity)
+
+
+def test_martello_toth_l2_refuses_items_larger_than_a_bin() -> None:
+    with pytest.raises(ValueError):
+        martello_toth_l2([11], 10)

@@ -164,6 +164,40 @@ def pack_arrays(
     )
 
 
+def martello_toth_l2(sizes: Sequence[int] | np.ndarray, capacity: int) -> int:
+    """Martello-Toth lower bound L2 on the number of bins (Martello & Toth 1990, "Lower bounds
+    and reduction procedures for the bin packing problem").
+
+    ``ceil(sum / capacity)`` ignores that two items larger than half a bin never share one; L2
+    adds that: for each K in [0, capacity / 2], items > capacity - K each need a bin of their own,
+    items in (capacity / 2, capacity - K] too, and items in [K, capacity / 2] can only use the room
+    those leave, so L(K) = |J1| + |J2| + max(0, ceil((sum J3 - free room of J2) / capacity)).
+    L2 = max over K, which is reached at K = 0 or at an item size <= capacity / 2, so those are
+    the only K tried. Vectorised, O(n log n). Every size must be in 1..capacity (pieces, not
+    documents, in split mode).
+    """
+    w = np.sort(np.asarray(sizes, dtype=np.int64).reshape(-1))
+    n = len(w)
+    if n == 0:
+        return 0
+    if int(w[0]) < 1 or int(w[-1]) > capacity:
+        raise ValueError(f"every size must be in 1..{capacity}")
+    prefix = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(w, out=prefix[1:])
+    half = capacity // 2  # integer sizes: w <= capacity / 2 <=> w <= capacity // 2
+    k = np.unique(np.concatenate(([0], w[w <= half])))
+    at_half = int(np.searchsorted(w, half, side="right"))
+    big = np.searchsorted(w, capacity - k, side="right")  # J1 = w[big:]
+    n1 = n - big
+    s1 = prefix[n] - prefix[big]
+    n2 = (n - at_half) - n1
+    s2 = (prefix[n] - prefix[at_half]) - s1
+    s3 = prefix[at_half] - prefix[np.searchsorted(w, k, side="left")]
+    rest = s3 - (n2 * capacity - s2)
+    bound = n1 + n2 + np.maximum(0, -(-rest // capacity))
+    return int(bound.max())
+
+
 class _CapacityTree:
     """Max segment tree over capacities 0..L in one flat list: leaf c holds c if some open
     sequence has exactly c tokens of room, else -1."""
