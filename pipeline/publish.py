@@ -105,6 +105,31 @@ def harness_image_name(instance_id: str, namespace: str = HARNESS_NAMESPACE) -> 
     return f"{namespace}/{key}".replace("__", "_1776_")
 
 
+def evaluate_argv(
+    dataset: str | Path,
+    predictions: str | Path | None = None,
+    run_id: str = "smelter-gold",
+    workers: int = 1,
+) -> list[str]:
+    """swebench 5.x's evaluation of an exported ``tasks.jsonl``, as argv (gold when no
+    predictions file is given).
+
+    ``swebench eval DATASET`` is ``swebench.harness.run_evaluation.main``: a local ``.jsonl``
+    is read as is, each row's ``image`` is used when the engine has it (pulled otherwise) and
+    only containers are removed afterwards. No ``--task-repo``: that makes swebench delete the
+    images and rebuild them with ``docker buildx``, which engines without the plugin lack.
+    """
+    argv = ["swebench", "eval", str(dataset)]
+    argv += ["--predictions", str(predictions)] if predictions else ["--gold"]
+    return [*argv, "--run-id", run_id, "--workers", str(workers)]
+
+
+def evaluate_command(dest: str | Path, predictions: str | Path | None = None) -> str:
+    """The shell line that evaluates ``DEST/tasks.jsonl`` after ``smelter export OUT --dest
+    DEST --harness-images``: what the export prints and the card shows."""
+    return shlex.join(evaluate_argv(Path(dest) / "tasks.jsonl", predictions))
+
+
 @dataclasses.dataclass(frozen=True)
 class PatchedFile:
     path: str
@@ -519,11 +544,21 @@ def export_tasks(
     dest: str | Path,
     dataset_name: str = DEFAULT_DATASET_NAME,
     split: str = DEFAULT_TASKS_SPLIT,
+    harness_images: bool = False,
 ) -> ExportPaths:
-    """Everything ``smelter export`` writes: tasks.jsonl, tasks.parquet and task_repo/."""
+    """Everything ``smelter export`` writes: tasks.jsonl, tasks.parquet and task_repo/.
+
+    With ``harness_images`` the rows' ``image`` is the harness image name (built by
+    ``build_harness_images`` from the task repo's Dockerfile), so the flat JSONL uses the
+    image that carries the task's fixes for swebench (gitattributes for non-UTF-8 files,
+    /testbed); otherwise it names our instance image.
+    """
     dest = Path(dest)
     tasks = sorted(tasks, key=lambda t: t.instance_id)  # stable files for stable diffs
-    rows = [swebench_row(t) for t in tasks]
+    rows = [
+        swebench_row(t, image=harness_image_name(t.instance_id) if harness_images else None)
+        for t in tasks
+    ]
     return ExportPaths(
         jsonl=write_rows_jsonl(rows, dest / "tasks.jsonl"),
         parquet=write_rows_parquet(rows, dest / "tasks.parquet"),
@@ -679,9 +714,122 @@ def build_harness_images(task_repo: str | Path, client: Any) -> dict[str, str]:
         raise Fatal(
             f"{len(failed)} harness image(s) not built, their instance images are missing: "
             + ", ".join(failed)
-            + "; re-run with --validate-keep-instance-images"
+            + "; removed since the run (e.g. by `smelter images prune`): run `smelter run` "
+            "again to rebuild them (validation keeps the images of the tasks it keeps)"
         )
     return built
+
+
+ARCHIVE_MANIFEST = "manifest.json"
+
+
+def archive_groups(tasks: Sequence[Task]) -> dict[str, list[Task]]:
+    """Tasks by env image, sorted: one ``docker save`` archive each, so the layers an env's
+    tasks share (base, env) are stored once per archive, not once per task."""
+    groups: dict[str, list[Task]] = {}
+    for t in sorted(tasks, key=lambda t: t.instance_id):
+        groups.setdefault(t.environment.env_image, []).append(t)
+    return dict(sorted(groups.items()))
+
+
+def archive_file_name(env_image: str) -> str:
+    """A file name for an env image's archive: its tag with ``/``, ``:`` and the like as ``-``."""
+    return re.sub(r"[^\w.-]+", "-", env_image).strip("-") + ".tar"
+
+
+def save_docker_archives(
+    tasks: Sequence[Task], dest: str | Path, client: Any, chunk: int = 2**20
+) -> Path:
+    """``docker save`` archives of the tasks' images, one per env image, plus a manifest.
+
+    Each archive holds the harness images of its tasks (what ``swebench eval`` on the exported
+    JSONL runs; ``build_harness_images`` must have made them), their instance images and the
+    env image under their tags where the engine still has them, so ``docker load -i FILE`` on
+    another machine restores every name the exported rows use. Written to a temporary name
+    and renamed, with size and sha256 in the manifest, so a half-written archive never looks
+    complete. Returns the manifest's path.
+    """
+    import hashlib
+
+    import docker.errors
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    archives = []
+    for env_image, group in archive_groups(tasks).items():
+        harness = [harness_image_name(t.instance_id) for t in group]
+        missing = [h for h in harness if not _image_present(client, h)]
+        if missing:
+            raise Fatal(
+                f"{len(missing)} harness image(s) missing for {env_image}: "
+                + ", ".join(missing)
+                + "; export with --harness-images first"
+            )
+        optional = [env_image, *(t.environment.instance_image for t in group)]
+        names = [*[n for n in optional if _image_present(client, n)], *harness]
+        path = dest / archive_file_name(env_image)
+        part = path.with_name(path.name + ".part")
+        digest, size = hashlib.sha256(), 0
+        # docker-py saves one image per call (``Image.save``); the engine's /images/get takes
+        # several names and writes shared layers once, which is the point of one archive.
+        try:
+            res = client.api._get(client.api._url("/images/get"), params={"names": names},
+                                  stream=True)  # fmt: skip
+            client.api._raise_for_status(res)
+            with open(part, "wb") as f:
+                for block in res.iter_content(chunk_size=chunk):
+                    f.write(block)
+                    digest.update(block)
+                    size += len(block)
+        except docker.errors.APIError as e:
+            part.unlink(missing_ok=True)
+            raise Fatal(f"docker save of {env_image} failed: {str(e).splitlines()[0]}") from None
+        part.replace(path)
+        archives.append(
+            {
+                "file": path.name,
+                "env_image": env_image,
+                "images": names,
+                "tasks": [t.instance_id for t in group],
+                "bytes": size,
+                "sha256": digest.hexdigest(),
+            }
+        )
+    manifest = {
+        "format": "docker save (docker load -i FILE restores every image named below)",
+        "archives": archives,
+    }
+    path = dest / ARCHIVE_MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def load_docker_archives(folder: str | Path, client: Any) -> list[str]:
+    """``docker load`` of every archive a manifest lists, after checking its size; the image
+    names loaded. The same as ``docker load -i FILE`` per file, for hosts without the CLI."""
+    folder = Path(folder)
+    manifest = json.loads((folder / ARCHIVE_MANIFEST).read_text())
+    loaded: list[str] = []
+    for entry in manifest["archives"]:
+        path = folder / entry["file"]
+        if path.stat().st_size != entry["bytes"]:
+            raise Fatal(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
+        with open(path, "rb") as f:
+            for line in client.api.load_image(f):
+                if "error" in line:
+                    raise Fatal(f"docker load {path} failed: {line['error']}")
+        loaded += entry["images"]
+    return loaded
+
+
+def _image_present(client: Any, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -691,7 +839,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     dest = Path(args.dest) if args.dest else out / "export"
     tasks = read_tasks(out / "tasks.jsonl")
-    paths = export_tasks(tasks, dest, dataset_name=args.dataset_name, split=args.split)
+    harness = args.harness_images or bool(args.docker_archive)
+    paths = export_tasks(
+        tasks, dest, dataset_name=args.dataset_name, split=args.split, harness_images=harness
+    )
     warn = [(t.instance_id, ungradable_tests(t)) for t in tasks if ungradable_tests(t)]
     for iid, ids in warn:
         print(
@@ -700,11 +851,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"exported {paths.count} tasks: {paths.jsonl}, {paths.parquet}, {paths.task_repo}/")
-    if args.harness_images:
+    if harness:
         from smelter.transforms.docker_engine import connect
 
-        built = build_harness_images(paths.task_repo, connect())
-        print(f"built {len(built)} harness image(s) named as in task_repo/tasks/*/task.yaml")
+        client = connect()
+        built = build_harness_images(paths.task_repo, client)
+        print(f"built {len(built)} harness image(s), named in {paths.jsonl.name} and task.yaml")
+        if args.docker_archive:
+            manifest = save_docker_archives(tasks, args.docker_archive, client)
+            n = len(json.loads(manifest.read_text())["archives"])
+            print(f"wrote {n} docker save archive(s) and {manifest}; load each with docker load -i")
+        print(f"evaluate with: {evaluate_command(dest)}")
     return 0
 
 
@@ -752,8 +909,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--harness-images",
         action="store_true",
-        help="also tag each instance image under the name swebench's harness derives "
-        "(so `swebench eval` with --task-repo finds it locally); needs the Docker engine",
+        help="also build each task's harness image (its instance image under the name "
+        "swebench derives, ready for non-UTF-8 sources) and name it in tasks.jsonl, so "
+        "`swebench eval DEST/tasks.jsonl --gold` runs as printed; needs the Docker engine",
+    )
+    p.add_argument(
+        "--docker-archive",
+        metavar="DIR",
+        help="also write `docker save` archives of the harness, instance and env images (one "
+        "per env image) and a manifest.json to DIR, for `docker load` elsewhere; implies "
+        "--harness-images",
     )
     p.set_defaults(func=_cmd_export)
 
