@@ -290,6 +290,12 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
         # One GET /models before Beam starts: a wrong URL or key is one line here, not a
         # traceback from a worker process later.
         console.print(f"clean: {check_endpoint(clean_cfg)}")
+    registry = plan.configs.get("registry")
+    if registry is not None and registry.image_registry and plan.includes("environment"):
+        from smelter.transforms.registry import Registry
+
+        # One GET /v2/ before Beam starts, like the LLM endpoint's check above.
+        console.print(Registry.parse(registry.image_registry).check())
     start = time.time()
     with (
         lifeline.claim_out_dir(out) as stale,

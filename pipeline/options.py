@@ -49,6 +49,7 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "mine": ("smelter.transforms.mine_config", "MineConfig"),
     "github": ("smelter.transforms.github_config", "GitHubConfig"),
     "snapshot": ("smelter.transforms.snapshot_config", "SnapshotConfig"),
+    "registry": ("smelter.transforms.environment_config", "RegistryConfig"),
     "environment": ("smelter.transforms.environment_config", "EnvConfig"),
     "validate": ("smelter.transforms.validate_config", "ValidateConfig"),
     "clean": ("smelter.transforms.clean_config", "CleanConfig"),

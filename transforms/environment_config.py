@@ -1,9 +1,54 @@
-"""The ``[environment]`` options, apart from the Beam stage so the CLI can list them without
-importing Beam. ``smelter.transforms.environment`` re-exports ``EnvConfig``."""
+"""The ``[environment]`` and ``[registry]`` options, apart from the Beam stage so the CLI can
+list them without importing Beam. ``smelter.transforms.environment`` re-exports ``EnvConfig``.
+
+``[registry]`` is its own section because two stages read it (environment pushes and pulls env
+images, validate pushes kept instance images) and each receives it whole (``from_section``), so
+only the registry, not the other stage's options, enters their cache keys."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+# HOST[:PORT]/prefix as Docker parses a reference: a host is the first component when it has a
+# dot or a port or is "localhost"; the prefix is lowercase path components.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = re.compile(
+    rf"^(?P<host>(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?)"
+    rf"/(?P<prefix>{_COMPONENT}(?:/{_COMPONENT})*)$"
+)
+REGISTRY_FORM = "HOST:PORT/prefix, e.g. 127.0.0.1:5000/smelter or registry.example.com/team/smelter"
+
+
+def parse_registry(text: str) -> tuple[str, str]:
+    """(host, prefix) of ``HOST[:PORT]/prefix``; ``ValueError`` naming the form otherwise."""
+    m = _REGISTRY.match(text.strip().rstrip("/"))
+    host = m.group("host") if m else ""
+    if not m or not ("." in host or ":" in host or host == "localhost"):
+        # Without a dot, a port or "localhost" Docker reads the first part as a Docker Hub
+        # namespace, and images would go to the Hub instead.
+        raise ValueError(f"--image-registry {text!r}: expected {REGISTRY_FORM}")
+    return host, m.group("prefix")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Where workers share images (flag ``--image-registry``, TOML section ``[registry]``)."""
+
+    image_registry: str | None = field(
+        default=None,
+        metadata={"help": "HOST:PORT/prefix of a Docker registry: env images are pushed after "
+                          "a build and pulled by workers that lack them; kept tasks' instance "
+                          "images are pushed and tasks name them there (default: none, images "
+                          "stay on the engine that built them)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.image_registry is not None:
+            parse_registry(self.image_registry)
+
+
+FROM_REGISTRY_SECTION = {"from_section": "registry", "help": "image registry, from [registry]"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +125,7 @@ class EnvConfig:
         default="0.0.0",
         metadata={"help": "version given to git-versioned projects (setuptools-scm, hatch-vcs)"},
     )
+    registry: RegistryConfig = field(default=RegistryConfig(), metadata=FROM_REGISTRY_SECTION)
     env_cache_dir: str | None = field(
         default=None,
         metadata={"help": "where rootfs tarballs, repo mirrors and remembered recipes live "
