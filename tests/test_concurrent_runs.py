@@ -55,6 +55,15 @@ def _left(client: docker.DockerClient, instance_id: str) -> list[str]:
     return [t for img in images for t in (img.tags or [img.short_id])]
 
 
+def _kept_content_tag_only(client: docker.DockerClient, instance_id: str, content: str) -> None:
+    """Every alias went; the validated task's image stays under its content tag alone (what
+    ``smelter export --harness-images`` builds on), and the test then removes it."""
+    left = _left(client, instance_id)
+    for tag in left:
+        eng.remove_image(client, tag)
+    assert left == [content]
+
+
 def test_two_runs_validating_one_candidate_keep_each_others_image(
     docker_client: docker.DockerClient, base_image: BaseImage, tmp_path: Path
 ) -> None:
@@ -105,10 +114,10 @@ def test_two_runs_validating_one_candidate_keep_each_others_image(
     assert {t.environment.instance_image for t in outcomes if isinstance(t, Task)} == {
         eng.content_tag(a)
     }
-    # Both removed their alias; with no alias left the content tag went too: nothing leaks.
-    assert _left(docker_client, cand.instance_id) == []
+    # Both removed their alias; the task's image stays under its content tag only.
+    assert _left(docker_client, cand.instance_id) == [eng.content_tag(a)]
 
-    # A third run on the same engine rebuilds what was removed and validates again, and its
+    # A third run on the same engine reuses the kept image and validates again, and its
     # validation cache key is the one the first two runs had: cached outcomes hit across runs.
     third = _stage(tmp_path)
     try:
@@ -120,7 +129,7 @@ def test_two_runs_validating_one_candidate_keep_each_others_image(
     assert {keyed.cache_key(c) for c in (*built, again)} == {keyed.cache_key(built[0])}
     task = Validator(docker_client, VALIDATE).validate(again)
     assert task.FAIL_TO_PASS == F2P
-    assert _left(docker_client, cand.instance_id) == []
+    _kept_content_tag_only(docker_client, cand.instance_id, eng.content_tag(a))
 
 
 def test_cache_hit_removes_this_runs_alias_only(
@@ -140,11 +149,11 @@ def test_cache_hit_removes_this_runs_alias_only(
     fn = ValidateFn(VALIDATE, cache_root=str(tmp_path / "vcache"))
     fn.setup()
     try:
-        assert isinstance(next(iter(fn.process(first))), Task)  # validated; `mine` removed
+        assert isinstance(next(iter(fn.process(first))), Task)  # validated; alias `mine` gone
         assert not eng.image_exists(docker_client, mine)
         assert eng.image_exists(docker_client, other)  # still held for the other record
         (cached,) = list(fn.process(second))
     finally:
         fn.teardown()
     assert isinstance(cached, Task) and cached.FAIL_TO_PASS == F2P
-    assert _left(docker_client, cand.instance_id) == []
+    _kept_content_tag_only(docker_client, cand.instance_id, eng.content_tag(mine))

@@ -28,6 +28,9 @@ Deliberate choices:
   ``environment``): removing it after validation, or when the outcome is served from the
   cache, never takes the image from another run validating the same candidate. The cache key
   reads the content tag instead, so cached outcomes still hit across runs.
+- A validated task keeps its image under the content tag the Task names (a rejected record's
+  goes), so the export can build swebench's harness images from what a default run leaves;
+  ``dispose_instance_image`` is the one place that decides.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import docker.errors
 
 from smelter.schemas.records import (
     Candidate,
+    Environment,
     Provenance,
     Reason,
     Task,
@@ -534,22 +538,34 @@ class Validator:
         return in_side_order(run_all(one, jobs, parallel, stop=decisive)), script
 
     def validate(self, candidate: Candidate, config_hash: str = "") -> Task:
-        """The Task, or ``Rejected`` with the precise reason."""
+        """The Task, or ``Rejected`` with the precise reason; the image follows the outcome.
+
+        A kept task keeps its instance image (the content tag), so ``smelter export
+        --harness-images`` works on what a default run leaves; a rejected one loses it.
+        """
         env = candidate.environment
         if env is None:
             raise Rejected(Reason.INFRASTRUCTURE, "candidate reached validation without an image")
-        started = time.monotonic()
+        task: Task | None = None
         try:
-            runs, script = self.runs(candidate)
-            if patch_problem(runs) is None:
-                runs = in_side_order(runs + self.flaky_reruns(candidate, runs))
+            task = self._validate(candidate, env, config_hash)
+            return task
         finally:
             # A run that died mid-way leaves the alias: its containers may still hold the
             # image, and the next run's ``collect_dead_runs`` removes alias and image together.
             if not lifeline.run_gone():
-                release_image(
-                    self._client, env.instance_image, self.config.validate_keep_instance_images
+                dispose_instance_image(
+                    self._client,
+                    env.instance_image,
+                    kept=task is not None,
+                    keep_all=self.config.validate_keep_instance_images,
                 )
+
+    def _validate(self, candidate: Candidate, env: Environment, config_hash: str) -> Task:
+        started = time.monotonic()
+        runs, script = self.runs(candidate)
+        if patch_problem(runs) is None:
+            runs = in_side_order(runs + self.flaky_reruns(candidate, runs))
         if (problem := patch_problem(runs)) is not None:
             raise problem
         if (problem := mismatch_problem(runs)) is not None:
@@ -582,6 +598,8 @@ class Validator:
             problem_statement=candidate.problem_statement,
             hints_text=candidate.hints_text,
             created_at=candidate.created_at,
+            version=env.project_version,
+            # A group of one until SetupCommits (pipeline/graph.py) sees the whole env group.
             environment_setup_commit=candidate.base_commit,
             FAIL_TO_PASS=verdict.fail_to_pass,
             PASS_TO_PASS=verdict.pass_to_pass,
@@ -615,6 +633,19 @@ class Validator:
         targets = rerun_targets(selected, runs)
         extra, _ = self.runs(candidate, selected=selected, jobs=jobs, targets=targets)
         return extra
+
+
+def dispose_instance_image(
+    client: docker.DockerClient, image: str, *, kept: bool, keep_all: bool = False
+) -> None:
+    """What happens to a validated record's instance image: the one place that decides.
+
+    A kept task's image stays under its content tag (the name the Task records), so an export
+    can build harness images from it without re-running the pipeline; a rejected record's
+    image goes, unless ``keep_all`` (``--validate-keep-instance-images``, for debugging).
+    Either way this run's alias goes. A registry push of kept images belongs next to the call.
+    """
+    release_image(client, image, keep=kept or keep_all)
 
 
 def release_image(client: docker.DockerClient, image: str, keep: bool = False) -> None:
@@ -682,9 +713,13 @@ class ValidateFn(StageFn):
         """
         instance_id, key, cached = super().lookup(record)
         env = getattr(record, "environment", None)
-        keep = self._config.validate_keep_instance_images
         if cached is not None and env is not None:
-            release_image(self._client, env.instance_image, keep)
+            dispose_instance_image(
+                self._client,
+                env.instance_image,
+                kept=any(isinstance(o, Task) for o in cached),
+                keep_all=self._config.validate_keep_instance_images,
+            )
         return instance_id, key, cached
 
     def run(self, record: Candidate) -> Iterable[Task]:

@@ -79,8 +79,10 @@ class ValidateConfig:
     )
     validate_keep_instance_images: bool = field(
         default=False,
-        metadata={"help": "keep each instance image after validation (default: remove it)"},
-    )
+        metadata={"help": "keep the instance image of every validated candidate, rejected "
+                          "ones too (default: only those of tasks that passed validation, "
+                          "which `smelter export --harness-images` builds on)"},
+    )  # fmt: skip
     validate_early_stop: bool = field(
         default=False,
         metadata={"help": "stop after the first before/after pair when no test can be "
