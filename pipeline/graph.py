@@ -101,6 +101,9 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
         tasks, rej = tasks | "clean" >> _stage(plan, CleanFn(cfg["clean"]))
         rejects.append(rej)
     if tasks is not None:
+        from smelter.transforms.versions import SetupCommits
+
+        tasks = tasks | "SetupCommits" >> SetupCommits()
         tasks | "WriteTasks" >> WriteJsonl(f"{out}/tasks.jsonl")
     if tasks is not None and plan.includes("render"):
         from smelter.transforms.shards import PackShards, RenderFn

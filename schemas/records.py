@@ -147,6 +147,11 @@ class Environment(Record):
     system_packages: list[str] = Field(
         default_factory=list, description="Debian packages the env layer added (compiler rung)"
     )
+    project_version: str = Field(
+        default="",
+        description="major.minor of the project at base_commit (nearest tag, else a static "
+        "version in its packaging files; empty when neither): the task's SWE-bench version",
+    )
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -309,8 +314,14 @@ class Task(Record):
     problem_statement: str
     hints_text: str = ""
     created_at: str
-    version: str = ""
-    environment_setup_commit: str = ""
+    version: str = Field(
+        default="", description="SWE-bench's major.minor (Environment.project_version)"
+    )
+    environment_setup_commit: str = Field(
+        default="",
+        description="the commit the task's environment counts as built from, shared by every "
+        "task of one repository and env image (transforms.versions.setup_commits)",
+    )
     FAIL_TO_PASS: list[str]
     PASS_TO_PASS: list[str] = Field(default_factory=list)
     environment: Environment

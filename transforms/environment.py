@@ -62,9 +62,11 @@ from smelter.transforms import base_images as bi
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import pyversion as pyv
 from smelter.transforms import recipe as rc
+from smelter.transforms import versions as vers
 from smelter.transforms.common import Fatal, Rejected, Retryable, StageFn, stable_hash, tail
 from smelter.transforms.environment_config import EnvConfig
 from smelter.transforms.gitrepo import GitError, GitRepo
+from smelter.transforms.helpers import strip_ansi
 
 log = logging.getLogger(__name__)
 
@@ -290,14 +292,6 @@ _ERROR_LINE = re.compile(
 _NOISE_LINE = re.compile(
     r"^\s*(Step \d+/\d+|RUN |---> |Removing intermediate|#\d+ )|^first error:$"
 )
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def strip_ansi(text: str) -> str:
-    """Build logs carry the colours uv and pip paint for a terminal; a record keeps words."""
-    return _ANSI.sub("", text)
 
 
 def first_error(log: str, context: int = 6) -> str:
@@ -533,6 +527,7 @@ class _Source:
     paths: list[str]
     project: rc.Project
     scm_version: str
+    version: str  # SWE-bench's major.minor (transforms.versions)
 
 
 @dataclass
@@ -564,7 +559,8 @@ class Builder:
             project = rc.project_metadata(files)
             tag = repo.nearest_tag(candidate.base_commit)
             scm_version = rc.version_from_tag(tag) or self.config.env_scm_pretend_version
-            src = _Source(tree, files, paths, project, scm_version)
+            version = vers.project_version(tag, files)
+            src = _Source(tree, files, paths, project, scm_version, version)
             versions = self._python_candidates(files, resolve_date(candidate))
             if not versions:
                 raise Rejected(
@@ -729,6 +725,7 @@ class Builder:
             python_candidates=list(versions), attempts=list(attempts),
             install_mode=mode.decode(errors="replace").strip(),
             scm_version=src.scm_version if scm else None, system_packages=list(system),
+            project_version=src.version,
         )  # fmt: skip
 
     def _build_rung(

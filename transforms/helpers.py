@@ -12,14 +12,34 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from smelter.schemas import Record
 
+# ECMA-48 escape sequences: CSI (colours, cursor moves: ``ESC [ ... final``, also its 8-bit
+# form 0x9b), OSC (hyperlinks, window titles: ``ESC ] ... BEL`` or ``ESC ] ... ESC \\``), the
+# other string controls (DCS, SOS, PM, APC), and two-byte escapes (``ESC (B``, ``ESC =``).
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|\x1b[\]PX^_].*?(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]",
+    re.DOTALL,
+)
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences. uv, pip and pytest paint colours and
+    hyperlinks when they think they write to a terminal (``FORCE_COLOR``, a TTY in a build);
+    a record, task.yaml and the card keep the words, not ``\\x1b[31m``."""
+    return _ANSI.sub("", text)
+
 
 def tail(text: str, limit: int = 4000) -> str:
-    """The end of a log, where the error usually is; capped so records stay small."""
+    """The end of a log, where the error usually is, without escape sequences (``strip_ansi``);
+    capped after stripping so the limit counts characters a reader sees."""
+    text = strip_ansi(text)
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
