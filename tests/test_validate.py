@@ -116,6 +116,24 @@ def test_touched_test_modules_skip_deleted_conftest_and_data() -> None:
     assert touched_test_modules(patch) == ["pkg/io_test.py", "tests/test_a.py"]
 
 
+def test_touched_test_modules_reads_binary_hunks() -> None:
+    """Regression: a test file that is not UTF-8 travels as a binary hunk, which has no
+    ``+++`` line; the PR was rejected as no_tests_run."""
+    patch = textwrap.dedent(
+        """\
+        diff --git a/tests/test_units.py b/tests/test_units.py
+        index 1111111..2222222 100644
+        GIT binary patch
+        literal 10
+        Rcmb=
+
+        literal 8
+        Pcmb=
+        """
+    )
+    assert touched_test_modules(patch) == ["tests/test_units.py"]
+
+
 def test_pytest_argv_adds_report_rootdir_and_keeps_cache_off_once() -> None:
     argv = pytest_argv(["python", "-m", "pytest", "-p", "no:cacheprovider"], ["t/test_a.py"], "/w")
     assert argv.count("no:cacheprovider") == 1

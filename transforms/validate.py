@@ -58,6 +58,7 @@ from smelter.schemas.records import (
 )
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import lifeline
+from smelter.transforms import registry as reg
 from smelter.transforms.common import Rejected, StageFn, stable_hash, tail
 from smelter.transforms.environment import REBUILD_FILE as REBUILD_PATH
 from smelter.transforms.environment import locks_dir
@@ -68,7 +69,7 @@ from smelter.transforms.sandbox import (
     SandboxResult,
     install_cleanup_handlers,
 )
-from smelter.transforms.split import diff_path
+from smelter.transforms.split import parse_section, sections
 from smelter.transforms.trust import (
     END_LINE,
     REPORT_FD,
@@ -113,12 +114,18 @@ VOLATILE_ENV_FIELDS: dict[str, Any] = {
 
 
 def touched_test_modules(test_patch: str) -> list[str]:
-    """Test modules the test patch adds or modifies (deleted ones cannot run); sorted."""
+    """Test modules the test patch adds or modifies (deleted ones cannot run); sorted.
+
+    Read from each section's header, not only its ``+++`` line: a test file that is not
+    UTF-8 travels as a git binary hunk, which has none (regression: such a PR was rejected
+    as ``no_tests_run``).
+    """
     out: set[str] = set()
-    for line in test_patch.splitlines():
-        if not line.startswith("+++ ") or line.startswith("+++ /dev/null"):
+    for section in sections(test_patch.encode("utf-8", "surrogateescape")):
+        diff = parse_section(section)  # unquotes git's quoted names ("b/tests/t\303\274.py")
+        if diff.status == "deleted":
             continue
-        path = diff_path(line[4:]) or ""  # git quotes non-ASCII names: "b/tests/t\303\274.py"
+        path = diff.path
         name = path.rsplit("/", 1)[-1]
         if name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")):
             out.add(path)
@@ -684,6 +691,8 @@ class ValidateFn(StageFn):
         install_cleanup_handlers()
         self._client = eng.connect()
         self._validator = Validator(self._client, self._config)
+        image_registry = self._config.registry.image_registry
+        self._registry = reg.Registry.parse(image_registry) if image_registry else None
 
     def teardown_stage(self) -> None:
         with contextlib.suppress(Exception):
@@ -723,4 +732,6 @@ class ValidateFn(StageFn):
         return instance_id, key, cached
 
     def run(self, record: Candidate) -> Iterable[Task]:
-        yield self._validator.validate(record, self._config_hash)
+        task = self._validator.validate(record, self._config_hash)
+        # After ``dispose_instance_image`` kept the task's image: push it, name it there.
+        yield reg.publish_task(self._client, self._registry, task)
