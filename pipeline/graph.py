@@ -10,6 +10,13 @@ Deliberate choices:
   themselves to it and die with it.
 - The environment stage gets validation's cache probe: a candidate whose validation is cached
   needs no image, so a resumed run rebuilds nothing it validated.
+- Environment and validation are one step (``ChainFn``): an image is built on a worker's own
+  engine and must be validated there, and a runner that schedules steps separately (Dask)
+  could send validation to another worker. Images never travel between workers.
+- Every sink is a leaf, and only Beam constructs with per-output semantics are used; on Dask
+  that holds through ``pipeline/dask_runner.py``, which fixes Beam's translation there.
+- Workers of a cluster the run only connects to (``plan.tie_workers`` false) outlive it and
+  are not tied to it: their cluster's own lifecycle applies.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import apache_beam as beam
 
 from smelter.pipeline.plan import STAGES, RunPlan
 from smelter.transforms import lifeline
-from smelter.transforms.common import Stage, StageFn
+from smelter.transforms.common import ChainFn, Stage, StageFn
 
 __all__ = ["STAGES", "RunPlan", "WriteJsonl", "build"]
 
@@ -41,7 +48,8 @@ class WriteJsonl(beam.PTransform):
 
 
 def _attach(plan: RunPlan, fn: StageFn) -> StageFn:
-    return fn.attach(plan.cache_dir, plan.progress_dir, run=lifeline.this_run())
+    run = lifeline.this_run() if plan.tie_workers else None
+    return fn.attach(plan.cache_dir, plan.progress_dir, run=run)
 
 
 def _stage(plan: RunPlan, fn: StageFn) -> Stage:
@@ -89,12 +97,14 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
 
         validate = _attach(plan, ValidateFn(cfg["validate"])) if plan.includes("validate") else None
         probe = validate.has_cached if validate is not None else None
-        environment = EnvironmentFn(cfg["environment"], validated=probe)
-        built, rej = candidates | "environment" >> _stage(plan, environment)
+        environment = _attach(plan, EnvironmentFn(cfg["environment"], validated=probe))
+        if validate is None:
+            _built, rej = candidates | "environment" >> Stage(environment)
+        else:  # one step: the image is validated on the worker (and engine) that built it
+            tasks, rej = candidates | "environment+validate" >> Stage(
+                ChainFn(environment, validate), label="environment+validate"
+            )
         rejects.append(rej)
-        if validate is not None:
-            tasks, rej = built | "validate" >> Stage(validate)
-            rejects.append(rej)
     if tasks is not None and plan.includes("clean"):
         from smelter.transforms.clean import CleanFn
 

@@ -20,16 +20,25 @@ Deliberate choices:
   reference start fast.
 - Arguments we do not know are handed to Beam only if a Beam ``PipelineOptions`` subclass knows
   them (``--runner``, ``--direct_num_workers``…); anything else is a one-line usage error instead
-  of Beam's silent "discarding unparseable args".
+  of Beam's silent "discarding unparseable args". Beam's Dask options (``--dask_client_address``
+  …) live in the Dask runner's module, which Beam never imports by itself: it is imported here.
+- ``--runner DaskRunner`` (Beam knows no such short name) and Beam's own Dask runner class both
+  mean smelter's fixed subclass (``pipeline/dask_runner.py``: Beam's loses tagged outputs).
+- A runner that cannot start here (Flink/Spark without a job-server jar, Dataflow without its
+  project, region, GCS folders or Beam's GCP extra) is one line naming what is missing, checked
+  before Beam starts: Beam itself would try a download at run time and print a long traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import math
 import re
+import shutil
 import tomllib
 import types
 import typing
@@ -305,6 +314,9 @@ def _beam_option_classes() -> list[type[PipelineOptions]]:
     # Imported here, not at the top: Beam takes seconds to import and --help never needs it.
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    with contextlib.suppress(ImportError):  # defines DaskOptions (needs dask + distributed)
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+
     out: list[type[PipelineOptions]] = []
     todo = list(PipelineOptions.__subclasses__())
     while todo:
@@ -338,7 +350,82 @@ def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> Pip
         raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions([*default_flags, *extra])
+    options = PipelineOptions(runner_aliases([*default_flags, *extra]))
+    check_runner(options)
+    return options
+
+
+DASK_RUNNER = "smelter.pipeline.dask_runner.DaskRunner"
+# --runner values that mean smelter's Dask runner (Beam's own class loses tagged outputs).
+RUNNER_ALIASES = {
+    "DaskRunner": DASK_RUNNER,
+    "apache_beam.runners.dask.dask_runner.DaskRunner": DASK_RUNNER,
+}
+
+
+def runner_aliases(flags: Sequence[str]) -> list[str]:
+    """``flags`` with ``--runner DaskRunner`` (or ``=``) spelled as the class Beam imports."""
+    out = list(flags)
+    for i, flag in enumerate(out):
+        if flag.startswith("--runner="):
+            name = flag.split("=", 1)[1]
+            out[i] = f"--runner={RUNNER_ALIASES.get(name, name)}"
+        elif flag == "--runner" and i + 1 < len(out):
+            out[i + 1] = RUNNER_ALIASES.get(out[i + 1], out[i + 1])
+    return out
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The runner's short name (``FlinkRunner``), whichever way it was given."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if not isinstance(runner, str):
+        runner = type(runner).__name__
+    return runner.rsplit(".", 1)[-1]
+
+
+def _job_server_problem(name: str, jar_flag: str, values: dict[str, Any]) -> str | None:
+    if values.get("job_endpoint"):
+        return None
+    jar = values.get(jar_flag)
+    if not jar:
+        return (
+            f"--runner {name} needs its Beam job server, which cannot be downloaded here: give "
+            f"--{jar_flag} PATH (a local copy of Beam's {name.removesuffix('Runner').lower()} "
+            "job-server jar for this Beam version) or --job_endpoint HOST:PORT of a running one"
+        )
+    if not Path(jar).is_file():
+        return f"--{jar_flag} {jar}: no such file"
+    if shutil.which("java") is None:
+        return f"--runner {name} with --{jar_flag}: the job server needs java on PATH"
+    return None
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """Refuse, in one line, a runner that cannot start with these options on this machine."""
+    name = runner_name(options)
+    values = options.get_all_options()
+    problem: str | None = None
+    if name == "DaskRunner" and importlib.util.find_spec("distributed") is None:
+        problem = "--runner DaskRunner needs dask and distributed: pip install 'apache-beam[dask]'"
+    elif name == "FlinkRunner":
+        problem = _job_server_problem(name, "flink_job_server_jar", values)
+    elif name == "SparkRunner":
+        problem = _job_server_problem(name, "spark_job_server_jar", values)
+    elif name == "PortableRunner" and not values.get("job_endpoint"):
+        problem = "--runner PortableRunner needs --job_endpoint HOST:PORT of a running job server"
+    elif name == "DataflowRunner":
+        gcp = ("project", "region", "temp_location")
+        if importlib.util.find_spec("apitools") is None:
+            problem = f"--runner {name} needs Beam's GCP extra: pip install 'apache-beam[gcp]'"
+        elif missing := [f"--{k}" for k in gcp if not values.get(k)]:
+            problem = (
+                f"--runner {name} needs {', '.join(missing)} (a GCP project, its region and a "
+                "gs:// folder) and network access to Google Cloud"
+            )
+    if problem:
+        raise Fatal(problem)
 
 
 def reference_markdown(classes: dict[str, type] | None = None) -> str:

@@ -25,6 +25,9 @@ class RunPlan:
     cache: bool = True
     progress: bool = True
     configs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # False where the workers belong to a cluster that outlives the run (Dask at an address):
+    # tying them to this run would make every worker kill itself when the run ends.
+    tie_workers: bool = True
 
     def includes(self, stage: str) -> bool:
         return STAGES.index(stage) <= STAGES.index(self.until)

@@ -20,16 +20,20 @@ Deliberate choices:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 REJECTS = "rejects"
 __all__ = [
     "REJECTS",
+    "ChainFn",
     "Fatal",
     "Rejected",
     "Retryable",
@@ -93,13 +98,19 @@ class StageCache:
             "format": CACHE_FORMAT,
             "outcomes": [[record_kind(o), o.model_dump(mode="json")] for o in outcomes],
         }
-        tmp = f"{path}.tmp"
         # Write-then-rename: a run killed mid-write leaves no half entry that looks complete.
-        with FileSystems.create(tmp) as f:
-            f.write(json.dumps(doc).encode())
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        FileSystems.rename([tmp], [path])
+        # The temp name is this writer's own: worker processes (or threads of one Dask worker)
+        # writing the same key at once each rename a whole file, and the rename replaces any
+        # entry in one step (os.rename locally), so a reader sees the old entry or the new one.
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with FileSystems.create(tmp) as f:
+                f.write(json.dumps(doc).encode())
+            FileSystems.rename([tmp], [path])
+        except (OSError, BeamIOError) as e:  # a cache write failing costs a recompute, no more
+            log.warning("could not cache %s: %s", path, e)
+            with contextlib.suppress(OSError, BeamIOError):
+                FileSystems.delete([tmp])
 
 
 class StageFn(beam.DoFn):
@@ -296,11 +307,44 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class ChainFn(beam.DoFn):
+    """Several stages as one step: each main output feeds the next stage at once, in this
+    process; a rejection of any of them leaves on the rejects output.
+
+    For stages that share a side effect the runner cannot move: the environment stage builds
+    an image on this worker's engine and validation must run it there. The DirectRunner fuses
+    consecutive steps anyway, but Dask schedules each step as its own task and may steal one
+    to another worker, whose engine lacks the image. One step keeps them together on every
+    runner, with no registry traffic; each stage keeps its own cache, counters and rejections.
+    """
+
+    def __init__(self, *fns: StageFn) -> None:
+        self._fns = fns
+
+    def setup(self) -> None:
+        for fn in self._fns:
+            fn.setup()
+
+    def teardown(self) -> None:
+        for fn in reversed(self._fns):
+            fn.teardown()
+
+    def process(self, record: Any) -> Iterator[Any]:
+        yield from self._through(0, record)
+
+    def _through(self, i: int, record: Any) -> Iterator[Any]:
+        for out in self._fns[i].process(record):
+            if isinstance(out, TaggedOutput) or i + 1 == len(self._fns):
+                yield out
+            else:
+                yield from self._through(i + 1, out)
+
+
 class Stage(beam.PTransform):
     """Applies a StageFn and returns (main, rejects), the shape every stage has in the graph."""
 
-    def __init__(self, fn: StageFn, label: str | None = None) -> None:
-        super().__init__(label or fn.STAGE)
+    def __init__(self, fn: StageFn | ChainFn, label: str | None = None) -> None:
+        super().__init__(label or fn.STAGE)  # type: ignore[union-attr]
         self._fn = fn
 
     def expand(self, pcoll: Any) -> tuple[Any, Any]:
