@@ -62,6 +62,7 @@ from smelter.transforms import base_images as bi
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import pyversion as pyv
 from smelter.transforms import recipe as rc
+from smelter.transforms import registry as reg
 from smelter.transforms import versions as vers
 from smelter.transforms.common import Fatal, Rejected, Retryable, StageFn, stable_hash, tail
 from smelter.transforms.environment_config import EnvConfig
@@ -542,7 +543,10 @@ class Builder:
     index_url: str | None = None
     # Owner token of the run (``docker_engine.new_owner``) that the instance aliases name.
     owner: str = field(default_factory=eng.new_owner)
+    # Where env images are shared (``--image-registry``); None: they stay on this engine.
+    registry: reg.Registry | None = None
     memory: RecipeMemory = field(init=False)
+    _pushed: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.memory = RecipeMemory(self.cache_dir)
@@ -822,12 +826,22 @@ class Builder:
     def _ensure_env(
         self, tag: str, dockerfile: str, repo: str, rung: str, env_hash: str
     ) -> tuple[bool, str]:
-        """(cache hit, build log). A per-tag lock: two workers never build one env twice."""
+        """(cache hit, build log). A per-tag lock: two workers never build one env twice.
+
+        With a registry, a missing env image is pulled before it is built (a pull is a cache
+        hit), a built one is pushed, and one found locally is pushed once per worker, so
+        workers on other engines find what an earlier run here built before the registry.
+        """
         if eng.image_exists(self.client, tag):
+            self._share_env(tag)
             return True, ""
         with bi.file_lock(locks_dir() / f"{tag.replace('/', '_').replace(':', '_')}.lock"):
             if eng.image_exists(self.client, tag):
+                self._share_env(tag)
                 return True, ""
+            if self.registry is not None and reg.pull(self.client, self.registry, tag):
+                self._pushed.add(tag)
+                return True, f"pulled {self.registry.name(tag)}\n"
             files = {"extra-ca.crt": self.ca_bundle} if self.ca_bundle else {}
             with build_slot(locks_dir(), self.config.env_build_parallelism):
                 _, text = eng.build_image(
@@ -836,7 +850,14 @@ class Builder:
                                             env_hash=env_hash),
                     buildargs=self._buildargs(), timeout=self.config.env_build_timeout_seconds,
                 )  # fmt: skip
+            self._share_env(tag)
             return False, text
+
+    def _share_env(self, tag: str) -> None:
+        """Push an env image to the registry (if any), once per worker and tag."""
+        if self.registry is not None and tag not in self._pushed:
+            reg.push(self.client, self.registry, tag)
+            self._pushed.add(tag)
 
     def _ensure_instance(
         self, tag: str, dockerfile: str, tree: Path, c: Candidate, rung: str, env_hash: str
@@ -987,6 +1008,8 @@ class EnvironmentFn(StageFn):
             client=client, config=config, bases=available_bases(client, config, cache),
             cache_dir=cache, ca_bundle=resolve_ca_bundle(config.env_extra_ca_bundle),
             index_url=resolve_index_url(config.env_index_url), owner=self._owner,
+            registry=reg.Registry.parse(config.registry.image_registry)
+            if config.registry.image_registry else None,
         )  # fmt: skip
 
     def teardown_stage(self) -> None:

@@ -33,6 +33,7 @@ import docker
 import docker.errors
 import requests
 
+from smelter.schemas import Task
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.environment_config import parse_registry
 from smelter.transforms.errors import Fatal, Retryable
@@ -174,15 +175,15 @@ def _untag(client: docker.DockerClient, name: str) -> None:
         log.warning("could not untag %s: %s", name, eng._short(e))
 
 
-def publish_kept_instance(
-    client: docker.DockerClient, registry: Registry | None, image: str
-) -> str:
-    """The name a kept task records for its instance image: ``image`` itself without a
-    registry, else the registry name after a push of the local content tag. Already a
-    registry name (a task served from the cache of a run with this registry): as it is."""
-    if registry is None or registry.owns(image):
-        return image
-    return push(client, registry, image)
+def publish_task(client: docker.DockerClient, registry: Registry | None, task: Task) -> Task:
+    """``task`` naming its instance image in ``registry`` after a push of the local content
+    tag (which validation keeps for kept tasks); unchanged without a registry or when the name
+    already is a registry name of this one."""
+    env = task.environment
+    if registry is None or registry.owns(env.instance_image):
+        return task
+    name = push(client, registry, env.instance_image)
+    return task.model_copy(update={"environment": env.model_copy(update={"instance_image": name})})
 
 
 # --------------------------------------------------------------------------- a local registry

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from smelter.transforms.environment_config import FROM_REGISTRY_SECTION, RegistryConfig
+
 if TYPE_CHECKING:
     from smelter.transforms.sandbox import SandboxLimits
 
@@ -92,6 +94,8 @@ class ValidateConfig:
     validate_pytest_args: tuple[str, ...] = field(
         default=(), metadata={"help": "extra pytest arguments appended to the test command"}
     )
+    # Kept tasks' instance images are pushed there and tasks name them there (ValidateFn.run).
+    registry: RegistryConfig = field(default=RegistryConfig(), metadata=FROM_REGISTRY_SECTION)
 
     def limits(self) -> SandboxLimits:
         from smelter.transforms.sandbox import SandboxLimits  # Docker SDK: only when validating
