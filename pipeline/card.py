@@ -1,19 +1,32 @@
 """The dataset card: YAML metadata and the README text of a published task dataset.
 
 Every number in it is computed from the tasks and the run's own records, never typed in.
+
+Deliberate choices:
+- ``dataset_info`` features are not written by hand: they are ``datasets``' own conversion of
+  the Arrow schema the Parquet files are written with (``publish.tasks_arrow_schema``, the
+  shard writer's ``SHARD_COLUMNS``), serialised by ``datasets``' own card writer, so
+  ``load_dataset`` on the folder yields exactly the types the card states.
+- The "How to evaluate" commands come from ``evaluate_commands``, the same lines
+  ``smelter export`` runs and prints; tests/test_card.py runs them.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import yaml
 
 from smelter.schemas import Task
 from smelter.transforms.helpers import stable_hash
+
+if TYPE_CHECKING:
+    import datasets
 
 DEFAULT_DATASET_NAME = "smelter/tasks"
 DEFAULT_TASKS_SPLIT = "test"  # what swebench's harness evaluates unless told otherwise
@@ -74,6 +87,9 @@ def task_statistics(tasks: Sequence[Task]) -> dict[str, Any]:
         "patch_lines": summary([patch_lines(t.patch) for t in tasks]),
         "python_versions": sorted({t.environment.python_version for t in tasks}),
         "install_recipes": sorted({t.environment.recipe for t in tasks}),
+        "versions": sorted({t.version for t in tasks if t.version}),
+        "without_version": sum(1 for t in tasks if not t.version),
+        "environment_setup_commits": len({t.environment_setup_commit for t in tasks}),
         "problem_statement_used": dict(sorted(used.items())),
         "flaky_tests_excluded": sum(len(t.validation.flaky) for t in tasks),
     }
@@ -89,6 +105,88 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def shards_arrow_schema() -> pa.Schema:
+    """The Arrow schema of a shard Parquet file, from the columns the shard writer declares."""
+    from smelter.transforms import parquet_writer as pw
+    from smelter.transforms.shards import SHARD_COLUMNS
+
+    scalar = {pw.BOOLEAN: pa.bool_(), pw.INT32: pa.int32(), pw.INT64: pa.int64()}
+
+    def arrow(column: pw.Column) -> pa.DataType:
+        if column.ptype == pw.BYTE_ARRAY:
+            return pa.string() if column.converted == pw.UTF8 else pa.binary()
+        return scalar[column.ptype]
+
+    return pa.schema(
+        [pa.field(c.name, pa.list_(arrow(c)) if c.is_list else arrow(c)) for c in SHARD_COLUMNS]
+    )
+
+
+def config_features(has_shards: bool = True) -> dict[str, datasets.Features]:
+    """config name -> the ``datasets`` features of its Parquet files."""
+    import datasets
+
+    # publish imports this module for dataset_card; importing it here, at call time, is safe.
+    from smelter.pipeline.publish import tasks_arrow_schema
+
+    features = {"tasks": datasets.Features.from_arrow_schema(tasks_arrow_schema())}
+    if has_shards:
+        features["shards"] = datasets.Features.from_arrow_schema(shards_arrow_schema())
+    return features
+
+
+def dataset_info(
+    tasks: int, tasks_split: str = DEFAULT_TASKS_SPLIT, has_shards: bool = True
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The card's ``dataset_info`` block, written by ``datasets`` itself (a mapping for one
+    config, a list with ``config_name`` for several). The tasks split records its row count,
+    which ``load_dataset`` verifies; the shards' count is not known to the card."""
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+
+    infos = DatasetInfosDict()
+    for name, features in config_features(has_shards).items():
+        splits = None
+        if name == "tasks":
+            splits = SplitDict()
+            splits.add(SplitInfo(name=tasks_split, num_examples=tasks))
+        infos[name] = DatasetInfo(features=features, splits=splits)
+    meta: dict[str, Any] = {}
+    infos.to_dataset_card_data(meta)  # type: ignore[arg-type]  # a mapping is all it needs
+    block = meta["dataset_info"]
+    for info in block if isinstance(block, list) else [block]:
+        for split in info.get("splits") or []:
+            if not split.get("num_bytes"):
+                del split["num_bytes"]  # unknown here; a 0 would be a false figure
+    return block  # type: ignore[no-any-return]
+
+
+def evaluate_commands(out: str = "OUT", dest: str = "X") -> list[str]:
+    """The card's "How to evaluate" lines: export with harness images, then swebench's eval
+    (``publish.evaluate_command``, the line ``smelter export`` prints)."""
+    from smelter.pipeline.publish import evaluate_command
+
+    export = shlex.join(["smelter", "export", out, "--dest", dest, "--harness-images"])
+    return [export, evaluate_command(dest)]
+
+
+def evaluate_section(out: str = "OUT", dest: str = "X") -> str:
+    """Markdown of "How to evaluate"; its code block is exactly ``evaluate_commands``."""
+    commands = "\n".join(evaluate_commands(out, dest))
+    return (
+        "## How to evaluate\n\n"
+        "On the machine that ran smelter (the `image` of a row is built there; elsewhere first "
+        "`docker load` the archives `smelter export --docker-archive` writes), with the run's "
+        f"output folder `{out}`:\n\n"
+        f"```sh\n{commands}\n```\n\n"
+        "The first line builds swebench's harness images from `task_repo/` and writes "
+        f"`{dest}/tasks.jsonl` naming them; the second runs SWE-bench's harness (swebench 5.x) "
+        "on it with the reference patches: every task resolves. For a model's patches, replace "
+        "`--gold` with `--predictions preds.jsonl` (rows of `instance_id`, `model_patch`, "
+        "`model_name_or_path`).\n"
+    )
 
 
 def dataset_card(
@@ -126,6 +224,7 @@ def dataset_card(
         "task_categories": ["text-generation"],
         "size_categories": [size_category(len(tasks))],
         "configs": configs,
+        "dataset_info": dataset_info(len(tasks), tasks_split, has_shards),
     }
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     parts = [f"---\n{front}---\n", f"# {repo_id}\n"]
@@ -143,7 +242,10 @@ def dataset_card(
         "datasets) with the swebench 5.x harness columns `image`, `eval_script`, `log_parser`, "
         "`eval_type`, and smelter's blocks: `environment` (how to rebuild the image), "
         "`validation` (JSON string: every test run, per-test statuses, flaky tests), `quality` "
-        "(raw and cleaned problem statement, scores) and `provenance`.\n"
+        "(raw and cleaned problem statement, scores) and `provenance`. `version` is the "
+        "project's `major.minor` at `base_commit` (nearest tag, else the static version in its "
+        "packaging files; empty when it has neither); `environment_setup_commit` is shared by "
+        "the tasks of one repository and env image: the `base_commit` of its earliest task.\n"
         + (
             f"- `shards` (split `{SHARDS_SPLIT}`): fixed-length packed sequences "
             "(`input_ids` int32, `position_ids` reset per document, `loss_mask` bool, "
@@ -152,8 +254,8 @@ def dataset_card(
             if has_shards
             else ""
         )
-        + "- `task_repo/`: the same tasks as a swebench task repository "
-        "(`swebench eval ... --task-repo task_repo`).\n\n"
+        + "- `task_repo/`: the same tasks as a swebench task repository; its Dockerfiles "
+        'are the harness images of "How to evaluate".\n\n'
         "```python\n"
         "from datasets import load_dataset\n"
         f'tasks = load_dataset("{repo_id}", "tasks", split="{tasks_split}")\n'
@@ -176,6 +278,9 @@ def dataset_card(
         ("patch lines changed (median / max)", med_max("patch_lines")),
         ("Python versions", ", ".join(stats["python_versions"])),
         ("install recipes", ", ".join(stats["install_recipes"])),
+        ("versions", ", ".join(stats["versions"]) or "-"),
+        ("tasks without a version (no tag, no static version)", stats["without_version"]),
+        ("environment setup commits", stats["environment_setup_commits"]),
         ("flaky tests excluded", stats["flaky_tests_excluded"]),
     ]
     parts.append("## Statistics\n\n" + _table(summary_rows, ("tasks", "value")) + "\n")
@@ -206,13 +311,9 @@ def dataset_card(
         "5. **clean**: the problem statement normalised (optionally rewritten by an LLM, raw "
         "text kept in `quality`), rewrites that leak the fix rejected.\n"
         "6. **render, tokenize, pack**: ChatML samples, loss on the assistant turn only, packed "
-        "with Best-Fit Decreasing into the `shards`.\n\n"
-        "Run the reference patches with SWE-bench's harness (the images are the ones named in "
-        "`image`; rebuild them from `environment`):\n\n"
-        "```\n"
-        f"swebench eval {repo_id} --gold --split {tasks_split}\n"
-        "```\n"
+        "with Best-Fit Decreasing into the `shards`.\n"
     )
+    parts.append("\n" + evaluate_section())
     if run_info:
         wanted = ("started_at", "wall_seconds", "stage_seconds", "versions")
         keep = {k: run_info[k] for k in wanted if k in run_info}
