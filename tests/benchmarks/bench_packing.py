@@ -1,62 +1,77 @@
-"""Packing benchmark: our Best-Fit Decreasing vs TRL's pack_dataset (bfd, wrapped), end to end.
+"""Packing benchmark: smelter's BFD packer against TRL's ``pack_dataset``, end to end, fairly.
 
-Run: ``.venv/bin/python tests/benchmarks/bench_packing.py`` (needs the ``bench`` extra: TRL, and
-a CPU torch build installed first). ``--cases swe32k,lognormal4k`` picks cases, ``--methods
-smelter,trl-bfd`` methods, ``--repeat N`` fresh runs per row (median shown, default 3),
-``--out-dir /dev/shm`` writes to tmpfs, ``--json F`` also writes the rows as JSON.
+Run: ``.venv/bin/python tests/benchmarks/bench_packing.py`` (``--cases``, ``--rounds N``,
+``--warmup N``, ``--out-dir /dev/shm``, ``--trl-batch 1000``, ``--json F``).
+Needs TRL >= 1.0 (the first release with ``strategy="bfd_split"``) without torch, which
+``pack_dataset`` never imports (trl.data_utils needs only datasets, pyarrow and transformers)::
 
-What is measured (deliberately the same for every method):
-- The same seeded length list and the same token storage: one flat int32 token array and one
-  int8 loss-mask array; TRL gets them as zero-copy Arrow list columns (``input_ids``,
-  ``completion_mask``), we get them as a ``TokenStore``. Building the storage is not timed.
-- End to end = from the lengths (and tokens) to Parquet files in ``--out-dir`` (default: the
-  system temp folder). On disk the kernel's page-cache copy of the output is part of the time,
-  and on a VM whose free memory goes back to the host it varies run to run (0.1-0.8 s for
-  500 MB here); tmpfs isolates the work the methods themselves do. For us
-  ``pack_arrays`` + ``write_shards`` (default settings: token values uncompressed, positions
-  delta-encoded, mask bit-packed), for TRL ``pack_dataset`` + ``pq.write_table`` of its table
-  with pyarrow's fastest settings (no codec, no dictionary, no statistics).
-- Sequences against the lower bound ceil(total tokens / max_len), fill ratio, documents and
-  tokens truncated (TRL bfd cuts every document longer than max_len and drops the rest) or cut
-  (wrapped: documents that straddle a sequence boundary; ours, split mode: documents longer
-  than max_len cut into max_len pieces, nothing dropped).
-- Peak memory: every (case, method) runs in a fresh subprocess; we report its peak RSS and the
-  part above the token storage. TRL's default ``map`` batch of 1,000 documents is what
-  ``pack_dataset`` users get; ``trl-bfd-1batch`` passes one batch for its best packing.
-- 1,000,000 and 10,000,000 lengths: our planner alone (token storage for 10M documents would be
-  ~60 GB), timing ``pack_arrays``.
+    .venv/bin/uv pip install --python .venv/bin/python -e '.[bench]'
+    .venv/bin/uv pip install --python .venv/bin/python --no-deps 'trl>=1.0'
+
+(``--no-deps``: trl requires accelerate, which requires torch, several GB with its CUDA libraries.)
+
+Why each choice (an earlier version swung 4.7x-14.5x between runs):
+- One process, interleaved rounds: smelter, TRL bfd_split, TRL bfd, floor, smelter, ... so a
+  busy neighbour or a page-cache flush hits every method alike. ``--warmup`` rounds (default 1)
+  run every method and are discarded; figures are medians over ``--rounds`` (default 5).
+  ``gc.collect()`` runs before each timed call, so nobody pays for another's garbage.
+- The same work on every side: the same seeded lengths and token storage (built once, not
+  timed), from tokens in to packed rows in Parquet files out. smelter: ``pack_arrays`` (split
+  mode) + ``write_shards`` with the default ``PackConfig`` shard settings. TRL: ``pack_dataset``
+  + ``pq.write_table`` of its table with pyarrow's fastest settings (no codec, dictionary or
+  statistics). ``bfd_split`` is the like-for-like baseline: long documents are cut into
+  max_len pieces, nothing truncated. ``bfd`` (truncating) is shown beside it.
+- TRL runs in one ``map`` batch by default (``--trl-batch 0``): that is the global BFD, the same
+  problem smelter solves, so both must use exactly the bins of a reference BFD. With TRL's own
+  default of 1,000-document batches it packs each batch separately (more bins, less work).
+- The floor: ``os.write`` of the bytes of smelter's shard files (read back untimed) into the
+  same number of files in the same folder: no packing, no encoding, only the copy into the
+  kernel that any writer of these bytes pays.
+- Bins are counted from the written files (Parquet row counts) and compared with the
+  Martello-Toth L2 bound of the pieces (``martello_toth_l2``) and with a plain item-by-item BFD
+  (sorted list of rooms + bisect). Tokens lost are counted from the files too.
+- CPU s = ``time.process_time`` (all threads of the process: smelter writes with 2 threads);
+  wall s = ``time.perf_counter``. Both go through the page cache of ``--out-dir``; on a VM that
+  hands free memory back to its host, disk folders add noise that tmpfs (``/dev/shm``) avoids.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import gc
 import json
 import math
 import os
-import resource
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from smelter.transforms.pack_config import PackConfig
+from smelter.transforms.packing import martello_toth_l2, pack_arrays, split_items
+from smelter.transforms.shards import TokenStore, write_shards
 
 CASES: dict[str, tuple[str, int, int]] = {
     # name: (length distribution, documents, max_len)
     "lognormal4k": ("lognormal", 100_000, 4096),
-    "lognormal32k": ("lognormal", 100_000, 32768),
     "swe32k": ("swe", 10_000, 32768),
+    "lognormal32k": ("lognormal", 100_000, 32768),
     "swe128k": ("swe", 10_000, 131072),
-    "lognormal1M": ("lognormal", 1_000_000, 4096),
-    "lognormal1M-32k": ("lognormal", 1_000_000, 32768),
-    "lognormal10M": ("lognormal", 10_000_000, 4096),
-    "lognormal10M-32k": ("lognormal", 10_000_000, 32768),
+    "small": ("lognormal", 2_000, 4096),  # seconds, for trying the script out
 }
-FULL_METHODS = ("smelter", "smelter-zstd", "trl-bfd", "trl-bfd-1batch", "trl-wrapped")
-TRL_BATCH = 1000  # datasets.map's default batch size, which pack_dataset inherits
+DEFAULT_CASES = "lognormal4k,swe32k"
+METHODS = ("smelter", "trl-bfd_split", "trl-bfd", "floor")
+VOCAB = 151_643  # Qwen2.5's, so token values look like real ids
 
 
 def lengths_for(dist: str, n: int, seed: int = 0) -> np.ndarray:
@@ -68,247 +83,310 @@ def lengths_for(dist: str, n: int, seed: int = 0) -> np.ndarray:
     return np.exp(rng.uniform(math.log(1000), math.log(60000), n)).astype(np.int64)
 
 
-def rss_now_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def wrapped_cut_docs(lengths: np.ndarray, max_len: int, batch: int) -> tuple[int, int]:
-    """(sequences, documents straddling a boundary) of concatenate-and-chunk per ``batch`` docs."""
-    seqs = cut = 0
-    for b in range(0, len(lengths), batch):
-        part = lengths[b : b + batch]
-        end = np.cumsum(part)
-        start = end - part
-        cut += int(np.count_nonzero(start // max_len != (end - 1) // max_len))
-        seqs += -(-int(end[-1]) // max_len)
-    return seqs, cut
-
-
-def run_one(case: str, method: str) -> dict[str, Any]:
-    dist, n, max_len = CASES[case]
-    lengths = lengths_for(dist, n)
-    total = int(lengths.sum())
-    lower = -(-total // max_len)
-    row: dict[str, Any] = {
-        "case": case,
-        "method": method,
-        "docs": n,
-        "max_len": max_len,
-        "tokens": total,
-        "lower_bound": lower,
-    }
-    out_dir = tempfile.mkdtemp(prefix="bench-pack-", dir=os.environ.get("BENCH_OUT_DIR"))
-    try:
-        if method == "smelter-plan":
-            from smelter.transforms.packing import pack_arrays
-
-            base = rss_now_mb()
-            t0 = time.perf_counter()
-            plan = pack_arrays(lengths, max_len, mode="split")
-            row["seconds"] = row["plan_seconds"] = row["pack_seconds"] = time.perf_counter() - t0
-            row.update(_ours(plan, lengths, max_len))
+def reference_bfd_rooms(sizes: np.ndarray, capacity: int) -> list[int]:
+    """Remaining room of every bin of a plain item-by-item Best-Fit Decreasing: a sorted list of
+    rooms, the best fit found by bisect. Bins with the same room are interchangeable, so the
+    tie break changes neither the count nor the rooms: the check for any exact BFD."""
+    rooms: list[int] = []  # open bins with room left, sorted
+    full = 0
+    for s in sorted(sizes.tolist(), reverse=True):
+        i = bisect.bisect_left(rooms, s)
+        room = capacity - s if i == len(rooms) else rooms.pop(i) - s
+        if room:
+            bisect.insort(rooms, room)
         else:
-            rng = np.random.default_rng(1)
-            tokens = rng.integers(0, 151643, total, dtype=np.int32)
-            mask = np.ones(total, dtype=np.int8)
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            if method in ("smelter", "smelter-zstd"):
-                from smelter.transforms.packing import pack_arrays
-                from smelter.transforms.shards import TokenStore, plan_shards, write_shards
-
-                store = TokenStore(tokens, mask, offsets, [f"d{i}" for i in range(n)])
-                rows = max(1, 2**25 // max_len)  # 32M tokens per shard file
-                base = rss_now_mb()
-                # In memory: the plan and every shard's pages (the part TRL's "pack s" matches).
-                t0 = time.perf_counter()
-                plan = pack_arrays(lengths, max_len, mode="split")
-                row["plan_seconds"] = time.perf_counter() - t0
-                for _ in plan_shards(store, plan, rows):
-                    pass
-                row["pack_seconds"] = time.perf_counter() - t0
-                # End to end: lengths -> plan -> Parquet files (a fresh TokenStore: no cached ids).
-                store = TokenStore(tokens, mask, offsets, [f"d{i}" for i in range(n)])
-                t0 = time.perf_counter()
-                plan = pack_arrays(lengths, max_len, mode="split")
-                codec = "zstd" if method == "smelter-zstd" else "none"
-                write_shards(store, plan, out_dir, shard_rows=rows, compression=codec)
-                row["seconds"] = time.perf_counter() - t0
-                row.update(_ours(plan, lengths, max_len))
-            else:
-                row.update(_trl(method, tokens, mask, offsets, lengths, max_len, out_dir))
-                base = row.pop("_base")
-        row["peak_rss_mb"] = peak_rss_mb()
-        row["extra_rss_mb"] = max(0.0, row["peak_rss_mb"] - base)
-        files = [os.path.join(out_dir, f) for f in os.listdir(out_dir)]
-        row["bytes_written"] = sum(os.path.getsize(f) for f in files)
-        if files:  # a sanity check on what was written: every sequence is a row
-            row["rows_in_files"] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    return row
+            full += 1
+    return [0] * full + rooms
 
 
-def _ours(plan: Any, lengths: np.ndarray, max_len: int) -> dict[str, Any]:
-    return {
-        "sequences": plan.num_bins,
-        "fill_ratio": plan.fill_ratio,
-        "docs_truncated": 0,
-        "docs_cut": plan.docs_split,
-        "tokens_lost": int(lengths.sum()) - plan.packed_tokens,
-    }
+@dataclass
+class Case:
+    """One benchmark input: lengths, the token storage both sides read, and the bounds."""
 
+    name: str
+    max_len: int
+    lengths: np.ndarray
+    tokens: np.ndarray
+    mask: np.ndarray
+    offsets: np.ndarray
+    doc_ids: list[str]
+    l2: int
+    reference_rooms: list[int]
 
-def _trl(
-    method: str,
-    tokens: np.ndarray,
-    mask: np.ndarray,
-    offsets: np.ndarray,
-    lengths: np.ndarray,
-    max_len: int,
-    out_dir: str,
-) -> dict[str, Any]:
-    import datasets
-    import pyarrow as pa
-    from trl import pack_dataset
-
-    datasets.disable_progress_bars()
-    off = pa.array(offsets.astype(np.int64))
-    table = pa.table(
-        {
-            "input_ids": pa.LargeListArray.from_arrays(off, pa.array(tokens)),
-            "completion_mask": pa.LargeListArray.from_arrays(off, pa.array(mask)),
-        }
-    )
-    ds = datasets.Dataset(table)
-    base = rss_now_mb()
-    t0 = time.perf_counter()
-    if method == "trl-bfd":
-        packed = pack_dataset(ds, max_len, strategy="bfd")
-    elif method == "trl-bfd-1batch":
-        packed = pack_dataset(ds, max_len, strategy="bfd", map_kwargs={"batch_size": len(ds)})
-    else:
-        packed = pack_dataset(ds, max_len, strategy="wrapped")
-    out = packed.data.table
-    pack_seconds = time.perf_counter() - t0
-    # pyarrow's fastest settings (no codec, no dictionary, no statistics): the most favourable
-    # writer for TRL; datasets' own to_parquet (snappy + dictionary) is slower.
-    pq.write_table(
-        out,
-        os.path.join(out_dir, "packed.parquet"),
-        compression="none",
-        use_dictionary=False,
-        write_statistics=False,
-    )
-    seconds = time.perf_counter() - t0
-    seq_tokens = np.asarray(
-        pa.compute.list_value_length(out.column("input_ids")).to_numpy(zero_copy_only=False)
-    )
-    kept = int(seq_tokens.sum())
-    row_lb = -(-kept // max_len)
-    row: dict[str, Any] = {
-        "_base": base,
-        "seconds": seconds,
-        "pack_seconds": pack_seconds,
-        "sequences": out.num_rows,
-        "fill_ratio": kept / (out.num_rows * max_len),
-        "tokens_lost": int(lengths.sum()) - kept,
-        "lower_bound_kept": row_lb,
-    }
-    if method.startswith("trl-bfd"):
-        row["docs_truncated"] = int(np.count_nonzero(lengths > max_len))
-        row["docs_cut"] = 0
-    else:
-        row["docs_truncated"] = 0
-        row["docs_cut"] = wrapped_cut_docs(lengths, max_len, TRL_BATCH)[1]
-    return row
-
-
-def _spawn(case: str, method: str, repeat: int) -> dict[str, Any]:
-    """The run with the median end-to-end time among ``repeat`` fresh subprocesses (writes to
-    the page cache vary run to run by up to 2x here)."""
-    runs = []
-    for _ in range(max(1, repeat)):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--one", case, method], capture_output=True, text=True
+    @classmethod
+    def build(cls, name: str) -> Case:
+        dist, n, max_len = CASES[name]
+        lengths = lengths_for(dist, n)
+        total = int(lengths.sum())
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        rng = np.random.default_rng(1)
+        pieces = split_items(lengths, max_len, "split")[2]
+        return cls(
+            name=name,
+            max_len=max_len,
+            lengths=lengths,
+            tokens=rng.integers(0, VOCAB, total, dtype=np.int32),
+            mask=(rng.random(total) < 0.7).astype(np.int8),
+            offsets=offsets,
+            doc_ids=[f"owner__repo-{i}" for i in range(n)],
+            l2=martello_toth_l2(pieces, max_len),
+            reference_rooms=reference_bfd_rooms(pieces, max_len),
         )
-        if proc.returncode != 0:
-            err = proc.stderr.strip().splitlines()[-1:]
-            return {"case": case, "method": method, "error": err}
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    runs.sort(key=lambda r: r["seconds"])
-    row = runs[len(runs) // 2]
-    row["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
-    return row
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.offsets[-1])
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """One line per (case, method). "over LB" is against ceil(kept tokens / max_len): for TRL
-    bfd the tokens it truncated away are not counted in its bound (see "tok lost")."""
+@dataclass
+class Row:
+    """Figures of one method on one case, over the timed rounds."""
+
+    case: str
+    method: str
+    bins: int = 0
+    tokens_written: int = 0
+    tokens_lost: int = 0
+    bytes_written: int = 0
+    cpu: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_s(self) -> float:
+        return statistics.median(self.cpu)
+
+    @property
+    def wall_s(self) -> float:
+        return statistics.median(self.wall)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(CPU s, wall s, result) of one call, after collecting everyone's garbage untimed."""
+    gc.collect()
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.process_time() - c0, time.perf_counter() - w0, out
+
+
+def parquet_files(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet"))
+
+
+def written(folder: str, length_column: str) -> tuple[int, int, int]:
+    """(rows, tokens, bytes) of the Parquet files in ``folder``, read back from the files."""
+    rows = tokens = size = 0
+    for path in parquet_files(folder):
+        f = pq.ParquetFile(path)
+        rows += f.metadata.num_rows
+        col = f.read(columns=[length_column]).column(0)
+        tokens += int(pc.sum(pc.list_flatten(col) if pa.types.is_list(col.type) else col).as_py())
+        size += os.path.getsize(path)
+    return rows, tokens, size
+
+
+class Runner:
+    """Runs each method on one case into fresh folders under ``out_root``."""
+
+    def __init__(self, case: Case, out_root: str, trl_batch: int) -> None:
+        import datasets
+
+        datasets.disable_progress_bars()
+        self.case, self.out_root = case, out_root
+        self.config = PackConfig()
+        off = pa.array(case.offsets)
+        # Zero-copy views of the same storage: TRL reads the tokens smelter reads.
+        table = pa.table(
+            {
+                "input_ids": pa.LargeListArray.from_arrays(off, pa.array(case.tokens)),
+                "completion_mask": pa.LargeListArray.from_arrays(off, pa.array(case.mask)),
+            }
+        )
+        self.dataset = datasets.Dataset(table)
+        self.trl_batch = trl_batch or len(case.lengths)
+        self.floor_bytes: list[bytes] = []
+
+    def fresh_dir(self, method: str) -> str:
+        return tempfile.mkdtemp(prefix=f"bench-pack-{method}-", dir=self.out_root)
+
+    def smelter(self, out: str) -> None:
+        c = self.case
+        # A fresh store: its cached views and id array are built inside the timed call.
+        store = TokenStore(c.tokens, c.mask, c.offsets, c.doc_ids)
+        plan = pack_arrays(c.lengths, c.max_len, mode="split")
+        write_shards(
+            store,
+            plan,
+            out,
+            shard_rows=self.config.shard_rows,
+            compression=self.config.shard_compression,
+        )
+
+    def trl(self, strategy: str, out: str) -> None:
+        from trl.data_utils import pack_dataset
+
+        packed = pack_dataset(
+            self.dataset,
+            self.case.max_len,
+            strategy=strategy,
+            map_kwargs={"batch_size": self.trl_batch},
+        )
+        pq.write_table(
+            packed.data.table,
+            os.path.join(out, "packed.parquet"),
+            compression="none",
+            use_dictionary=False,
+            write_statistics=False,
+        )
+
+    def floor(self, out: str) -> None:
+        for i, data in enumerate(self.floor_bytes):
+            fd = os.open(os.path.join(out, f"raw-{i:05d}.parquet"), os.O_WRONLY | os.O_CREAT)
+            try:
+                view, done = memoryview(data), 0
+                while done < len(data):
+                    done += os.write(fd, view[done:])
+            finally:
+                os.close(fd)
+
+    def run(self, method: str, row: Row | None) -> None:
+        """One timed call of ``method``; its figures go to ``row`` (None: a warm-up round)."""
+        out = self.fresh_dir(method)
+        try:
+            if method == "smelter":
+                fn: Callable[[], None] = lambda: self.smelter(out)  # noqa: E731
+            elif method == "floor":
+                fn = lambda: self.floor(out)  # noqa: E731
+            else:
+                fn = lambda: self.trl(method.removeprefix("trl-"), out)  # noqa: E731
+            cpu, wall, _ = timed(fn)
+            if method == "smelter" and not self.floor_bytes:
+                for path in parquet_files(out):
+                    with open(path, "rb") as f:
+                        self.floor_bytes.append(f.read())
+            if row is None:
+                return
+            row.cpu.append(cpu)
+            row.wall.append(wall)
+            if method == "floor":
+                row.bytes_written = sum(os.path.getsize(p) for p in parquet_files(out))
+            elif not row.bins:  # the outputs are deterministic: read them back once
+                column = "num_tokens" if method == "smelter" else "seq_lengths"
+                row.bins, row.tokens_written, row.bytes_written = written(out, column)
+                row.tokens_lost = self.case.total_tokens - row.tokens_written
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_case(
+    name: str, rounds: int, warmup: int, out_root: str, trl_batch: int
+) -> tuple[list[Row], int, bool]:
+    """Rows of every method, the case's L2 bound, and whether smelter's plan is exact BFD."""
+    t0 = time.perf_counter()
+    case = Case.build(name)
+    runner = Runner(case, out_root, trl_batch)
+    plan = pack_arrays(case.lengths, case.max_len, mode="split")
+    print(
+        f"{name}: {len(case.lengths):,} documents, {case.total_tokens:,} tokens, max_len "
+        f"{case.max_len:,}, {len(plan.item_len):,} pieces; L2 = {case.l2:,}, "
+        f"ceil(tokens/max_len) = {math.ceil(case.total_tokens / case.max_len):,} "
+        f"(inputs built in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    rows = {m: Row(name, m) for m in METHODS}
+    for r in range(warmup + rounds):
+        for method in METHODS:
+            runner.run(method, rows[method] if r >= warmup else None)
+        tag = "warm-up" if r < warmup else f"round {r - warmup + 1}/{rounds}"
+        cpus = "  ".join(f"{m} {rows[m].cpu[-1]:.3f}" for m in METHODS if r >= warmup)
+        print(f"  {tag} done{': CPU s ' + cpus if cpus else ''}", file=sys.stderr, flush=True)
+    rooms = sorted((case.max_len - plan.bin_loads()).tolist())
+    exact = rooms == sorted(case.reference_rooms)
+    print(
+        f"  exact BFD: smelter {plan.num_bins:,} bins, reference BFD "
+        f"{len(case.reference_rooms):,} bins, rooms of every bin identical: {exact}; "
+        f"written: smelter {rows['smelter'].bins:,} rows, TRL bfd_split "
+        f"{rows['trl-bfd_split'].bins:,} rows",
+        flush=True,
+    )
+    return list(rows.values()), case.l2, exact
+
+
+def print_table(rows: list[Row], l2: int) -> None:
+    by = {r.method: r for r in rows}
+    base, floor = by["trl-bfd_split"], by["floor"]
     head = (
-        f"{'case':<17}{'method':<15}{'seqs':>10}{'over LB':>9}{'fill':>7}{'trunc':>7}"
-        f"{'cut':>8}{'tok lost':>11}{'pack s':>8}{'e2e s':>8}{'TRL/us':>8}{'peak MB':>8}"
-        f"{'+MB':>6}{'MB out':>8}"
+        f"{'method':<15}{'bins':>9}{'bins/L2':>9}{'tok lost':>12}{'MB out':>8}{'CPU s':>8}"
+        f"{'wall s':>8}{'CPU xTRLs':>10}{'wall xTRLs':>11}{'CPU xfloor':>11}{'wall xfloor':>12}"
     )
     print(head)
     print("-" * len(head))
-    trl = {r["case"]: r["seconds"] for r in rows if r["method"] == "trl-bfd" and "seconds" in r}
     for r in rows:
-        if "error" in r:
-            print(f"{r['case']:<17}{r['method']:<15} ERROR {r['error']}")
-            continue
-        lower = r.get("lower_bound_kept", r["lower_bound"])
-        over = r["sequences"] / lower - 1
-        speed = f"{trl[r['case']] / r['seconds']:>8.1f}" if r["case"] in trl else f"{'':>8}"
+        bins = f"{r.bins:>9,}{r.bins / l2:>9.4f}{r.tokens_lost:>12,}" if r.bins else f"{'-':>30}"
         print(
-            f"{r['case']:<17}{r['method']:<15}{r['sequences']:>10,}{over:>9.3%}"
-            f"{r['fill_ratio']:>7.4f}{r['docs_truncated']:>7,}{r['docs_cut']:>8,}"
-            f"{r['tokens_lost']:>11,}{r['pack_seconds']:>8.2f}{r['seconds']:>8.2f}{speed}"
-            f"{r['peak_rss_mb']:>8.0f}{r['extra_rss_mb']:>6.0f}{r['bytes_written'] / 2**20:>8.0f}"
-            + ("" if r.get("rows_in_files", r["sequences"]) == r["sequences"] else "  ROWS!"),
-            flush=True,
+            f"{r.method:<15}{bins}{r.bytes_written / 2**20:>8.0f}{r.cpu_s:>8.3f}{r.wall_s:>8.3f}"
+            f"{r.cpu_s / base.cpu_s:>10.3f}{r.wall_s / base.wall_s:>11.3f}"
+            f"{r.cpu_s / floor.cpu_s:>11.3f}{r.wall_s / floor.wall_s:>12.3f}"
         )
+    spread = "  ".join(f"{m} {min(by[m].cpu):.3f}-{max(by[m].cpu):.3f}" for m in METHODS)
+    print(f"CPU s range over rounds: {spread}")
+
+
+def verdict(rows: list[Row], exact: bool) -> list[str]:
+    """The done-when lines of issue 15, each with its figure."""
+    by = {r.method: r for r in rows}
+    ours, base, floor = by["smelter"], by["trl-bfd_split"], by["floor"]
+    speed = base.cpu_s / ours.cpu_s
+    over_floor = ours.cpu_s / floor.cpu_s
+
+    def mark(ok: bool) -> str:
+        return "MET" if ok else "MISSED"
+
+    return [
+        f"  {mark(speed >= 5)}: CPU, TRL bfd_split / smelter = {speed:.2f}x (target >= 5x; "
+        f"wall {base.wall_s / ours.wall_s:.2f}x)",
+        f"  {mark(over_floor <= 1.5)}: CPU, smelter / raw-write floor = {over_floor:.2f}x "
+        f"(target <= 1.5x; wall {ours.wall_s / floor.wall_s:.2f}x)",
+        f"  {mark(exact)}: exact BFD (same bins and rooms as the reference BFD)",
+        f"  {mark(ours.tokens_lost == 0)}: tokens lost = {ours.tokens_lost:,} (target 0)",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--cases", default=DEFAULT_CASES, help=f"of {', '.join(CASES)}")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median shown)")
+    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds of every method")
+    parser.add_argument("--out-dir", help="where files are written (default: system temp)")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="fresh runs per (case, method); the median is shown"
+        "--trl-batch",
+        type=int,
+        default=0,
+        help="documents per TRL map batch; 0 (default) = one batch = global BFD",
     )
-    parser.add_argument(
-        "--out-dir",
-        help="where shards are written (default: the system temp folder, usually disk); "
-        "/dev/shm measures the CPU side without disk writeback noise",
-    )
-    parser.add_argument(
-        "--methods", help="comma-separated methods for the full-size cases (default: all)"
-    )
+    parser.add_argument("--json", help="also write the per-round figures to this JSON file")
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(*args.one)))
-        return
-    if args.out_dir:
-        os.environ["BENCH_OUT_DIR"] = args.out_dir  # inherited by the --one subprocesses
-    full = tuple(args.methods.split(",")) if args.methods else FULL_METHODS
-    rows = []
-    for case in args.cases.split(","):
-        n = CASES[case][1]
-        methods = full if n <= 100_000 else ("smelter-plan",)
-        for method in methods:
-            rows.append(_spawn(case, method, args.repeat))
-            print(f"done {case} {method}", file=sys.stderr, flush=True)
-    print_table(rows)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # "PyTorch was not found"
+    out_root = tempfile.mkdtemp(prefix="bench-packing-", dir=args.out_dir)
+    print(
+        f"rounds {args.rounds} (+{args.warmup} warm-up, every method), interleaved in one "
+        f"process; out-dir {out_root}; TRL batch {args.trl_batch or 'all'}; "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    everything: list[dict[str, Any]] = []
+    try:
+        for name in args.cases.split(","):
+            rows, l2, exact = bench_case(name, args.rounds, args.warmup, out_root, args.trl_batch)
+            print_table(rows, l2)
+            print("done when (issue 15), on " + name + ":")
+            print("\n".join(verdict(rows, exact)), flush=True)
+            everything += [asdict(r) | {"l2": l2} for r in rows]
+    finally:
+        shutil.rmtree(out_root, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(everything, f, indent=2)
 
 
 if __name__ == "__main__":
