@@ -96,6 +96,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if removed["spared"]:
         print(f"kept {removed['spared']} instance images that running smelter runs still hold "
               "(--all-owners removes them too)")  # fmt: skip
+    if removed["layers_spared"]:
+        print(f"kept {removed['layers_spared']} untagged layers younger than "
+              f"{eng.BUILD_GRACE_SECONDS:.0f}s: image builds in progress may need them "
+              "(a later prune removes them)")  # fmt: skip
     return 0
 
 
@@ -144,8 +148,10 @@ def register(sub: Any) -> None:
                     "--keep-instances, the instance images; --all also removes env, base and "
                     "rootfs images. Nothing without smelter's label is touched. Containers and "
                     "instance images held by a smelter process still running (or on another "
-                    "machine) are kept, and so are the steps of image builds in progress; "
-                    "those of runs that died (e.g. SIGKILLed) go.",
+                    "machine) are kept, and so are the steps and untagged layers of image builds "
+                    "that may be in progress (younger than "
+                    f"{eng.BUILD_GRACE_SECONDS / 60:.0f} minutes); those of runs that died "
+                    "(e.g. SIGKILLed) go.",
     )  # fmt: skip
     prune.add_argument("--all", action="store_true", help="also env, base and rootfs images")
     prune.add_argument("--keep-instances", action="store_true", help="remove containers only")

@@ -27,7 +27,10 @@ def smelter(*args: str) -> subprocess.CompletedProcess[str]:
             ("images", "bootstrap", "--help"),
             ("--suite", "--source", "--all", "bookworm = 3.11", "bullseye = 3.9", "forky = 3.14"),
         ),
-        (("images", "prune", "--help"), ("--all", "--keep-instances", "dev.smelter=1")),
+        (
+            ("images", "prune", "--help"),
+            ("--all", "--keep-instances", "dev.smelter=1", "untagged layers of image builds"),
+        ),
         (("engine", "ensure", "--help"), ("--no-start", "dockerd --bridge=none")),
     ],
 )

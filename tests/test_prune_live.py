@@ -1,4 +1,5 @@
-"""``smelter images prune`` next to a live image build: the build's step containers survive.
+"""``smelter images prune`` next to a live image build: the build's step containers and its
+untagged layers survive.
 
 Regression test for issue 12: a test suite's prune on the same engine deleted a running
 pipeline's build containers (labelled dev.smelter=1 through their parent image, no owner label)
@@ -104,6 +105,103 @@ def test_prune_during_a_build_spares_its_steps_and_removes_dead_owners(
                 docker_client.images.remove(image)
 
 
+def _labelled_parent(
+    client: docker.DockerClient, base_image: BaseImage, name: str
+) -> tuple[str, dict[str, str]]:
+    """(repo label, match) of a parent image whose labels every build step and layer on it
+    inherit: dev.smelter=1 and kind=base (from the base image) and a repo unique to the test."""
+    repo = f"smelter-test/{name}-{secrets.token_hex(4)}"
+    eng.build_image(client, dockerfile=f'FROM {base_image.tag}\nLABEL {eng.LABEL_REPO}="{repo}"\n',
+                    tag=f"smelter-test/{name}-parent:{repo.rsplit('-', 1)[1]}",
+                    image_labels=eng.labels(eng.KIND_BASE, repo=repo))  # fmt: skip
+    return repo, {eng.LABEL_REPO: repo}
+
+
+def _remove_all(client: docker.DockerClient, repo: str) -> None:
+    for c in client.api.containers(all=True, filters={"label": f"{eng.LABEL_REPO}={repo}"}):
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_container(c["Id"], force=True)
+    # Children first: an image is removable once nothing is built on it.
+    for _ in range(3):
+        for img in client.api.images(all=True, filters={"label": f"{eng.LABEL_REPO}={repo}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                for ref in [t for t in img.get("RepoTags") or () if "<none>" not in t] or [
+                    img["Id"]
+                ]:
+                    client.images.remove(ref, force=True)
+
+
+@pytest.mark.docker
+def test_prune_all_during_a_build_spares_its_dangling_layers(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    """Each step of a build is committed as an untagged image that no container holds until
+    the next step's container starts from it; ``prune --all`` (which lists base images, whose
+    labels those layers inherit) removed one in that gap and the build failed ("No such
+    image"). Pruning without pause through a build of many short steps must leave it whole.
+    """
+    repo, match = _labelled_parent(docker_client, base_image, "prune-layers")
+    parent = f"smelter-test/prune-layers-parent:{repo.rsplit('-', 1)[1]}"
+    tag = f"smelter-test/prune-layers:{repo.rsplit('-', 1)[1]}"
+    steps = 20
+    dockerfile = f"FROM {parent}\n" + "".join(f"RUN echo {i} > /step{i}\n" for i in range(steps))
+    built: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            built["id"], _ = eng.build_image(
+                docker_client, dockerfile=dockerfile, tag=tag, timeout=600,
+                image_labels=eng.labels(eng.KIND_INSTANCE, repo=repo),
+            )  # fmt: skip
+        except Exception as e:  # reported by the assertion below, with the build's own words
+            built["error"] = e
+
+    thread = threading.Thread(target=build)
+    spared = 0
+    try:
+        thread.start()
+        while thread.is_alive():
+            removed = eng.prune(docker_client, all_images=True, match=match, say=lambda _m: None)
+            spared += removed["layers_spared"]
+            time.sleep(0.01)
+        thread.join()
+        assert "error" not in built, built.get("error")
+        assert built["id"]  # (the loop's last prune may have taken the tagged image itself)
+        assert spared > 0  # the loop did meet the build's untagged layers
+    finally:
+        thread.join(timeout=600)
+        _remove_all(docker_client, repo)
+
+
+@pytest.mark.docker
+def test_dangling_layers_go_once_old(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    """A failed or superseded build leaves untagged layers: spared while they may belong to a
+    build in progress, removed by the first prune after ``BUILD_GRACE_SECONDS``."""
+    repo, match = _labelled_parent(docker_client, base_image, "prune-dangling")
+    parent = f"smelter-test/prune-dangling-parent:{repo.rsplit('-', 1)[1]}"
+    tag = f"smelter-test/prune-dangling:{repo.rsplit('-', 1)[1]}"
+    try:
+        ids = [
+            eng.build_image(docker_client, dockerfile=f"FROM {parent}\nRUN echo {i} > /v\n",
+                            tag=tag, image_labels=eng.labels(eng.KIND_INSTANCE, repo=repo))[0]
+            for i in (1, 2)
+        ]  # fmt: skip
+        old = docker_client.images.get(ids[0])
+        assert old.tags == []  # the second build took the tag: the first is dangling
+        removed = eng.prune(docker_client, images=True, match=match, say=print)
+        assert removed["layers_spared"] == 1 and removed["images"] == 1  # the tagged one went
+        old.reload()  # still there
+        later = time.time() + eng.BUILD_GRACE_SECONDS + 60
+        removed = eng.prune(docker_client, images=True, match=match, say=print, now=later)
+        assert removed["images"] == 1 and removed["layers_spared"] == 0
+        with pytest.raises(docker.errors.ImageNotFound):
+            old.reload()
+    finally:
+        _remove_all(docker_client, repo)
+
+
 def test_unowned_containers_count_as_build_steps_only_while_recent() -> None:
     """The pure part of the rule, with the engine's timestamps."""
     now = eng._engine_time("2024-05-01T10:00:00.123456789Z")
@@ -115,3 +213,13 @@ def test_unowned_containers_count_as_build_steps_only_while_recent() -> None:
     assert eng.maybe_live_build_step(None, running, now)  # type: ignore[arg-type]
     owned = {**running, "Labels": {eng.LABEL: "1", **eng.owner_labels()}}
     assert not eng.maybe_live_build_step(None, owned, now)  # type: ignore[arg-type]
+
+
+def test_untagged_images_count_as_build_layers_only_while_recent() -> None:
+    now = 1714557600.0
+    listed = {"Id": "sha256:x", "RepoTags": ["<none>:<none>"], "Created": int(now) - 5}
+    assert eng.maybe_live_build_layer(listed, now)
+    assert not eng.maybe_live_build_layer({**listed, "Created": int(now) - 3600}, now)
+    assert not eng.maybe_live_build_layer({**listed, "RepoTags": ["smelter/env:x"]}, now)
+    inspected = {"RepoTags": [], "Created": "2024-05-01T09:59:58.5Z"}  # Image.attrs form
+    assert eng.maybe_live_build_layer(inspected, now)

@@ -546,6 +546,25 @@ def maybe_live_build_step(
     return now - _engine_time(finished) < BUILD_GRACE_SECONDS
 
 
+def maybe_live_build_layer(attrs: Mapping[str, Any], now: float) -> bool:
+    """True for an untagged (dangling) image that may be a layer of a build in progress.
+
+    The builder commits each step's container as an untagged image, removes the container and
+    starts the next step's container from that image; the final image, too, is untagged until
+    the build tags it. In those gaps no container holds the layer (which is what stops a
+    non-forced removal at other times), and removing it kills the build ("No such image").
+    Such a layer carries its parent's labels only (dev.smelter=1, a kind, no owner), so which
+    run made it cannot be told; a fresh one is spared for ``BUILD_GRACE_SECONDS``, like an
+    unowned step container. A layer a step runs on for longer is held by that container.
+    ``attrs`` is an entry of ``client.api.images()`` or ``Image.attrs``.
+    """
+    if [t for t in attrs.get("RepoTags") or () if t != "<none>:<none>"]:
+        return False
+    created = attrs.get("Created") or 0  # epoch seconds in a listing, a timestamp in inspect
+    when = float(created) if isinstance(created, int | float) else _engine_time(str(created))
+    return now - when < BUILD_GRACE_SECONDS
+
+
 def prune(
     client: docker.DockerClient,
     *,
@@ -554,6 +573,7 @@ def prune(
     all_owners: bool = False,
     match: Mapping[str, str] | None = None,
     say: Callable[[str], None] = print,
+    now: float | None = None,
 ) -> dict[str, int]:
     """Remove leftover smelter containers; with ``images`` also instance images, with
     ``all_images`` every smelter image (env and base too). Only labelled objects are touched,
@@ -562,16 +582,22 @@ def prune(
     ``containers_spared``);
     likewise an instance image one of whose aliases belongs to a live run (see ``new_owner``)
     keeps that alias and its content tag (counted as ``spared``), while aliases of dead runs
-    (a SIGKILLed run's leftovers) go. ``match`` narrows everything to objects carrying these
-    extra labels (e.g. one repo).
+    (a SIGKILLed run's leftovers) go. An untagged image that may be a layer of a build in
+    progress (``maybe_live_build_layer``) stays too, even with ``all_owners`` (counted as
+    ``layers_spared``): no flag can tell it from a leftover until it is old. ``match``
+    narrows everything to objects carrying these extra labels (e.g. one repo); ``now`` is the
+    clock (seconds since the epoch), for tests.
     """
     extra = [f"{k}={v}" for k, v in (match or {}).items()]
-    removed = {"containers": 0, "images": 0, "spared": 0, "containers_spared": 0}
+    removed = {
+        "containers": 0, "images": 0, "spared": 0, "containers_spared": 0, "layers_spared": 0,
+    }  # fmt: skip
+    now = time.time() if now is None else now
     host = socket.gethostname()
     # Low-level listing: the SDK's list() inspects each container and races with removals.
     for c in client.api.containers(all=True, filters={"label": [f"{LABEL}=1", *extra]}):
         if not all_owners and (
-            owner_alive(c.get("Labels") or {}, host) or maybe_live_build_step(client, c)
+            owner_alive(c.get("Labels") or {}, host) or maybe_live_build_step(client, c, now)
         ):
             # A live smelter process (another run, another test) or a live build still uses it.
             removed["containers_spared"] += 1
@@ -588,8 +614,14 @@ def prune(
     elif images:
         kinds = (KIND_INSTANCE,)
     for kind in kinds:  # children first, so parents are free to go
-        for img in client.images.list(filters={"label": [f"{LABEL_KIND}={kind}", *extra]}):
-            refs = list(img.tags or [img.id])
+        # Summaries, not ``images.list()``: that inspects each image and raises when one goes
+        # meanwhile (another prune, a run's own removal).
+        for img in client.api.images(filters={"label": [f"{LABEL_KIND}={kind}", *extra]}):
+            tags = [t for t in img.get("RepoTags") or () if t != "<none>:<none>"]
+            if not tags and maybe_live_build_layer(img, now):
+                removed["layers_spared"] += 1
+                continue
+            refs = tags or [img["Id"]]
             held = set() if all_owners else {t for t in refs if _held_by_live_run(t, host)}
             if held:
                 # A running smelter run still needs this image: only dead runs' aliases go;
@@ -599,8 +631,10 @@ def prune(
             try:
                 for ref in refs:
                     client.images.remove(ref)
+            except docker.errors.ImageNotFound:
+                continue  # removed meanwhile by someone else
             except docker.errors.APIError as e:
-                say(f"kept image {img.short_id}: {_short(e)}")
+                say(f"kept image {img['Id'].removeprefix('sha256:')[:12]}: {_short(e)}")
                 continue
             removed["spared" if held else "images"] += 1
     return removed
