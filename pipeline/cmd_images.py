@@ -96,6 +96,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if removed["spared"]:
         print(f"kept {removed['spared']} instance images that running smelter runs still hold "
               "(--all-owners removes them too)")  # fmt: skip
+    if removed["base_spared"]:
+        print(f"kept {removed['base_spared']} env/base images: smelter runs still running may "
+              "build on them (--all-owners removes them too)")  # fmt: skip
     if removed["layers_spared"]:
         print(f"kept {removed['layers_spared']} untagged layers younger than "
               f"{eng.BUILD_GRACE_SECONDS:.0f}s: image builds in progress may need them "

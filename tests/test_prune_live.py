@@ -202,6 +202,36 @@ def test_dangling_layers_go_once_old(
         _remove_all(docker_client, repo)
 
 
+@pytest.mark.docker
+def test_prune_all_keeps_env_and_base_images_while_a_run_is_live(
+    docker_client: docker.DockerClient, base_image: BaseImage
+) -> None:
+    """Env and base images carry no owner; a live run builds instance images FROM them, and
+    a build whose env image went a moment before fails. ``--all`` takes them only when the
+    prune meets nothing of a live run and they are not fresh."""
+    repo, match = _labelled_parent(docker_client, base_image, "prune-env")
+    parent = f"smelter-test/prune-env-parent:{repo.rsplit('-', 1)[1]}"
+    env_tag = f"smelter-test/prune-env:{repo.rsplit('-', 1)[1]}"
+    later = time.time() + eng.BUILD_GRACE_SECONDS + 60
+    try:
+        eng.build_image(docker_client, dockerfile=f"FROM {parent}\nRUN echo env > /env\n",
+                        tag=env_tag, image_labels=eng.labels(eng.KIND_ENV, repo=repo))  # fmt: skip
+        removed = eng.prune(docker_client, all_images=True, match=match, say=print)
+        assert removed["base_spared"] == 2 and removed["images"] == 0  # fresh
+        live = docker_client.containers.create(
+            parent, ["true"], labels={**eng.labels(eng.KIND_CHECK, repo=repo), **eng.owner_labels()}
+        )  # this process is alive: a live run shows on the engine
+        removed = eng.prune(docker_client, all_images=True, match=match, say=print, now=later)
+        assert removed["containers_spared"] == 1 and removed["base_spared"] == 2
+        assert eng.image_exists(docker_client, env_tag) and eng.image_exists(docker_client, parent)
+        live.remove(force=True)
+        removed = eng.prune(docker_client, all_images=True, match=match, say=print, now=later)
+        assert removed["images"] == 2 and removed["base_spared"] == 0
+        assert not eng.image_exists(docker_client, env_tag)
+    finally:
+        _remove_all(docker_client, repo)
+
+
 def test_unowned_containers_count_as_build_steps_only_while_recent() -> None:
     """The pure part of the rule, with the engine's timestamps."""
     now = eng._engine_time("2024-05-01T10:00:00.123456789Z")
@@ -223,3 +253,4 @@ def test_untagged_images_count_as_build_layers_only_while_recent() -> None:
     assert not eng.maybe_live_build_layer({**listed, "RepoTags": ["smelter/env:x"]}, now)
     inspected = {"RepoTags": [], "Created": "2024-05-01T09:59:58.5Z"}  # Image.attrs form
     assert eng.maybe_live_build_layer(inspected, now)
+

@@ -560,7 +560,11 @@ def maybe_live_build_layer(attrs: Mapping[str, Any], now: float) -> bool:
     """
     if [t for t in attrs.get("RepoTags") or () if t != "<none>:<none>"]:
         return False
-    created = attrs.get("Created") or 0  # epoch seconds in a listing, a timestamp in inspect
+    return _younger_than_grace(attrs.get("Created"), now)
+
+
+def _younger_than_grace(created: Any, now: float) -> bool:
+    """``created``: epoch seconds (a listing) or an engine timestamp (``Image.attrs``)."""
     when = float(created) if isinstance(created, int | float) else _engine_time(str(created))
     return now - when < BUILD_GRACE_SECONDS
 
@@ -584,13 +588,16 @@ def prune(
     keeps that alias and its content tag (counted as ``spared``), while aliases of dead runs
     (a SIGKILLed run's leftovers) go. An untagged image that may be a layer of a build in
     progress (``maybe_live_build_layer``) stays too, even with ``all_owners`` (counted as
-    ``layers_spared``): no flag can tell it from a leftover until it is old. ``match``
+    ``layers_spared``): no flag can tell it from a leftover until it is old. Env, base and
+    rootfs images (``all_images``) stay while the prune meets anything of a live run, or while
+    they are fresh (counted as ``base_spared``), unless ``all_owners``. ``match``
     narrows everything to objects carrying these extra labels (e.g. one repo); ``now`` is the
     clock (seconds since the epoch), for tests.
     """
     extra = [f"{k}={v}" for k, v in (match or {}).items()]
     removed = {
         "containers": 0, "images": 0, "spared": 0, "containers_spared": 0, "layers_spared": 0,
+        "base_spared": 0,
     }  # fmt: skip
     now = time.time() if now is None else now
     host = socket.gethostname()
@@ -621,6 +628,14 @@ def prune(
             if not tags and maybe_live_build_layer(img, now):
                 removed["layers_spared"] += 1
                 continue
+            fresh = _younger_than_grace(img.get("Created"), now)
+            if kind != KIND_INSTANCE and not all_owners and (live_seen(removed) or fresh):
+                # Env and base images carry no owner, and a live run builds on them: an
+                # instance build FROM an env image removed a moment before fails (the engine
+                # then looks for it on Docker Hub). Kept while any live run shows on the
+                # engine, and while just built (for a run that shows nothing else yet).
+                removed["base_spared"] += 1
+                continue
             refs = tags or [img["Id"]]
             held = set() if all_owners else {t for t in refs if _held_by_live_run(t, host)}
             if held:
@@ -638,6 +653,11 @@ def prune(
                 continue
             removed["spared" if held else "images"] += 1
     return removed
+
+
+def live_seen(counts: Mapping[str, int]) -> bool:
+    """Whether a prune so far met objects of live smelter processes or builds."""
+    return any(counts[k] for k in ("containers_spared", "spared", "layers_spared"))
 
 
 def _held_by_live_run(tag: str, host: str) -> bool:
