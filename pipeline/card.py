@@ -154,13 +154,13 @@ def dataset_info(
             splits.add(SplitInfo(name=tasks_split, num_examples=tasks))
         infos[name] = DatasetInfo(features=features, splits=splits)
     meta: dict[str, Any] = {}
-    infos.to_dataset_card_data(meta)  # type: ignore[arg-type]  # a mapping is all it needs
+    infos.to_dataset_card_data(meta)  # a mapping is all it needs of a DatasetCardData
     block = meta["dataset_info"]
     for info in block if isinstance(block, list) else [block]:
         for split in info.get("splits") or []:
             if not split.get("num_bytes"):
                 del split["num_bytes"]  # unknown here; a 0 would be a false figure
-    return block  # type: ignore[no-any-return]
+    return block
 
 
 def evaluate_commands(out: str = "OUT", dest: str = "X") -> list[str]:

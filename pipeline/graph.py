@@ -10,6 +10,8 @@ Deliberate choices:
   themselves to it and die with it.
 - The environment stage gets validation's cache probe: a candidate whose validation is cached
   needs no image, so a resumed run rebuilds nothing it validated.
+- ``SetupCommits`` groups the tasks by (repository, env image) before they are written: a task
+  alone cannot know the ``environment_setup_commit`` its group shares (``transforms.versions``).
 - Environment and validation are one step (``ChainFn``): an image is built on a worker's own
   engine and must be validated there, and a runner that schedules steps separately (Dask)
   could send validation to another worker. Images never travel between workers.

@@ -14,16 +14,19 @@ import sys
 from pathlib import Path
 
 import apache_beam as beam
+import docker
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from smelter.schemas import Task
+from smelter.schemas import Candidate, Task
+from smelter.transforms import docker_engine as eng
 from smelter.transforms import versions as vers
-from smelter.transforms.environment import first_error_line, read_recipe_files_at
+from smelter.transforms.environment import EnvironmentFn, first_error_line, read_recipe_files_at
 from smelter.transforms.gitrepo import GitRepo
 from smelter.transforms.helpers import strip_ansi, tail
 from tests._calc_repo import git
+from tests.test_environment import _git, make_candidate, stage  # noqa: F401  # fixture
 from tests.test_publish import build_tasks
 
 # --------------------------------------------------------------------------------- version
@@ -95,6 +98,32 @@ def test_version_at_base_commit_from_a_real_repository(tmp_path: Path) -> None:
     assert _version_at(repo, released) == "1.2"  # the tag beats the static version
     assert _version_at(repo, after_release) == "1.2"  # a later tag never counts
     assert _version_at(repo, later) == "2.0"
+
+
+@pytest.mark.docker
+def test_environment_stage_records_the_version(
+    stage: EnvironmentFn,  # noqa: F811
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """The stage's own build: the static 0.1.0 of the pyproject, then a tag at base_commit."""
+    c = make_candidate(tmp_path / "repo", "acme/tinycalc",
+                       init_body="def add(a, b):\n    return a + b\n")  # fmt: skip
+    images = []
+    try:
+        (out,) = list(stage.process(c))
+        assert isinstance(out, Candidate) and out.environment is not None, out
+        images.append(out.environment.instance_image)
+        assert out.environment.project_version == "0.1"
+        assert "\x1b" not in out.environment.build_log_tail
+        _git(tmp_path / "repo", "tag", "v2.5.1", c.base_commit)
+        (again,) = list(stage.process(c))
+        assert isinstance(again, Candidate) and again.environment is not None, again
+        images.append(again.environment.instance_image)
+        assert again.environment.project_version == "2.5"
+    finally:
+        for image in images:
+            eng.remove_image(docker_client, image)  # our aliases only, as validation does
 
 
 # ------------------------------------------------------------------ environment_setup_commit
