@@ -20,20 +20,21 @@ Deliberate choices:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import docker
 import docker.errors
 import requests
 
-from smelter.schemas import Task
+from smelter.schemas import Candidate, Task
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.environment_config import parse_registry
 from smelter.transforms.errors import Fatal, Retryable
@@ -166,24 +167,63 @@ def _missing(err: docker.errors.APIError) -> bool:
 
 
 def _untag(client: docker.DockerClient, name: str) -> None:
-    """Drop a registry name; never the image itself (its local tag still holds it)."""
+    """Drop one extra name of an image (a temporary registry name, a hold): callers untag only
+    names the image has besides the tag that keeps it, so the image itself stays."""
     try:
         client.api.remove_image(name, noprune=True)
     except docker.errors.NotFound:
         pass
-    except docker.errors.APIError as e:  # 409: the name is the image's last tag: keep it
+    except docker.errors.APIError as e:  # 409: a container uses it; the name stays, harmless
         log.warning("could not untag %s: %s", name, eng._short(e))
 
 
-def publish_task(client: docker.DockerClient, registry: Registry | None, task: Task) -> Task:
-    """``task`` naming its instance image in ``registry`` after a push of the local content
-    tag (which validation keeps for kept tasks); unchanged without a registry or when the name
-    already is a registry name of this one."""
+def publish_task(
+    client: docker.DockerClient, registry: Registry | None, task: Task, source: str | None = None
+) -> Task:
+    """``task`` naming its instance image in ``registry`` after a push of ``source`` (a local
+    tag of that image; default: the content tag the task names, which validation keeps for
+    kept tasks); unchanged without a registry or when the name already is one of it."""
     env = task.environment
     if registry is None or registry.owns(env.instance_image):
         return task
-    name = push(client, registry, env.instance_image)
+    name = push(client, registry, source or env.instance_image)
     return task.model_copy(update={"environment": env.model_copy(update={"instance_image": name})})
+
+
+@dataclass
+class Hold:
+    """An alias held while a record is validated and its image pushed (``held_for_push``)."""
+
+    alias: str | None = None
+    task: Task | None = None  # set when validation kept the record
+
+
+@contextlib.contextmanager
+def held_for_push(
+    client: docker.DockerClient, registry: Registry | None, record: Candidate
+) -> Iterator[Hold]:
+    """A second alias of the record's instance image, owned by this process, from before
+    validation until after the push: between validation releasing its own alias and the push,
+    a concurrent ``smelter images prune`` sees a kept content tag no live run holds and may
+    remove it. Released as validation's own alias is: a plain untag when the record was kept
+    (its content tag stays), with the image otherwise. A no-op without a registry."""
+    hold = Hold()
+    env = record.environment
+    if registry is None or env is None:
+        yield hold
+        return
+    from smelter.transforms.environment import locks_dir  # that module imports this one
+
+    content = eng.content_tag(env.instance_image)
+    with eng.tag_lock(content, locks_dir()):
+        hold.alias = eng.acquire_alias(client, content, eng.new_owner())
+    try:
+        yield hold
+    finally:
+        if hold.alias is not None and hold.task is not None:
+            _untag(client, hold.alias)
+        elif hold.alias is not None:
+            eng.remove_image(client, hold.alias, force=False, lock_dir=locks_dir())
 
 
 # --------------------------------------------------------------------------- a local registry

@@ -732,6 +732,9 @@ class ValidateFn(StageFn):
         return instance_id, key, cached
 
     def run(self, record: Candidate) -> Iterable[Task]:
-        task = self._validator.validate(record, self._config_hash)
-        # After ``dispose_instance_image`` kept the task's image: push it, name it there.
-        yield reg.publish_task(self._client, self._registry, task)
+        # With a registry, a hold of the image spans validation and the push: a prune between
+        # ``dispose_instance_image`` and the push would otherwise take a kept image unpushed.
+        with reg.held_for_push(self._client, self._registry, record) as hold:
+            hold.task = self._validator.validate(record, self._config_hash)
+            task = reg.publish_task(self._client, self._registry, hold.task, source=hold.alias)
+        yield task
