@@ -159,6 +159,7 @@ def _run(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_how_to_evaluate_commands_resolve_every_task(
     harness_tasks: list[Task],  # noqa: F811
     docker_client: docker.DockerClient,

@@ -101,6 +101,7 @@ def test_version_at_base_commit_from_a_real_repository(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_environment_stage_records_the_version(
     stage: EnvironmentFn,  # noqa: F811
     docker_client: docker.DockerClient,
