@@ -985,6 +985,9 @@ class EnvironmentFn(StageFn):
     """Candidate -> Candidate with ``environment`` set, or a Rejection with the build log tail."""
 
     STAGE = STAGE
+    # 2: records carry project_version and an ANSI-free build_log_tail; cached outcomes
+    # without them would give tasks an empty version.
+    VERSION = "2"
 
     def __init__(
         self,
