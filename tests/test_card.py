@@ -30,7 +30,7 @@ from smelter.transforms.shards import TokenStore, write_shards
 from tests.test_publish import build_tasks, offline  # noqa: F401  # fixture
 from tests.test_swebench_harness import env_image, harness_tasks  # noqa: F401  # fixtures
 
-# What uv prints for a failed resolution under FORCE_COLOR (captured from uv 0.9).
+# What uv prints for a failed resolution under FORCE_COLOR (captured from uv 0.13).
 UV_COLOURED = (
     "\x1b[1m\x1b[31merror\x1b[39m\x1b[0m\x1b[1m:\x1b[0m No solution found when resolving "
     "dependencies\n  \x1b[1m\x1b[31mcause\x1b[39m\x1b[0m\x1b[1m:\x1b[0m Because nothing was "
