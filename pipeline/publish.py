@@ -352,8 +352,8 @@ def swebench_row(task: Task, image: str | None = None, workdir: str = WORKDIR) -
         "version": task.version,
         "FAIL_TO_PASS": dumps_test_list(task.FAIL_TO_PASS),
         "PASS_TO_PASS": dumps_test_list(task.PASS_TO_PASS),
-        # Shared by the tasks of one repository and env image (transforms.versions); records
-        # written before that rule hold none, and their env was built at base_commit.
+        # Shared by the tasks of one repository and env image (transforms.versions); a record
+        # without one (the field's default) names base_commit, where its own env was built.
         "environment_setup_commit": task.environment_setup_commit or task.base_commit,
         "image": image or task.environment.instance_image,
         "eval_script": eval_script(task, workdir),
