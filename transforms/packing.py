@@ -16,7 +16,9 @@ Deliberate choices:
   full (a sequence with room c takes c // s of them), then into the next one at that capacity.
   So a whole group costs one tree query per capacity level it touches, not one per document,
   and real length lists (many repeats, L+1 distinct values at most) pack 10M documents in
-  seconds in pure Python + numpy. Tests compare with an item-by-item brute force.
+  seconds in pure Python + numpy. The stacks are lists of ints, not numpy chunks: with mostly
+  distinct lengths (SWE tasks) groups are single items, where numpy's per-call cost dominated.
+  Tests compare with an item-by-item brute force.
 - Tie break (documented because it is part of the result): among sequences with the same
   remaining room, the one that reached that room most recently. Sequences are numbered in the
   order they are opened.
@@ -144,9 +146,9 @@ def pack_arrays(
         raise ValueError("every document length must be >= 1")
     item_doc, item_start, item_len, dropped = split_items(arr, max_len, mode)
     # Stable sort on decreasing length: equal lengths keep input order (determinism).
-    order = np.argsort(-item_len, kind="stable")
+    order = _stable_argsort(max_len - item_len, max_len)
     bin_of_sorted, n_bins = _best_fit_decreasing(item_len[order], max_len)
-    by_bin = np.argsort(bin_of_sorted, kind="stable")
+    by_bin = _stable_argsort(bin_of_sorted, n_bins)
     bin_items = order[by_bin]
     counts = np.bincount(bin_of_sorted, minlength=n_bins) if n_bins else np.zeros(0, np.int64)
     bin_offsets = np.zeros(n_bins + 1, dtype=np.int64)
@@ -198,6 +200,14 @@ def martello_toth_l2(sizes: Sequence[int] | np.ndarray, capacity: int) -> int:
     return int(bound.max())
 
 
+def _stable_argsort(keys: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for keys in 0..bound-1: as uint16 when they fit,
+    where numpy sorts by radix (measured 9x faster than int64 on 100k items), the same order."""
+    if bound <= 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
 class _CapacityTree:
     """Max segment tree over capacities 0..L in one flat list: leaf c holds c if some open
     sequence has exactly c tokens of room, else -1."""
@@ -244,44 +254,23 @@ def _best_fit_decreasing(sizes: np.ndarray, max_len: int) -> tuple[np.ndarray, i
     if n == 0:
         return bin_of, 0
     tree = _CapacityTree(max_len)
-    # levels[c]: LIFO stack of sequence ids with room c, as numpy chunks; the top is the last
-    # element of the last chunk. counts[c] = its size.
-    levels: list[list[np.ndarray] | None] = [None] * (max_len + 1)
-    counts = [0] * (max_len + 1)
+    smallest_at_least, tree_set = tree.smallest_at_least, tree.set
+    # levels[c]: LIFO stack (top = last) of the ids of sequences with room c. Plain lists of
+    # ints: most groups hold one or a few items (distinct SWE-task lengths), where numpy's
+    # per-call cost was most of the planning time; big groups still fill bin_of by slices.
+    levels: list[list[int] | None] = [None] * (max_len + 1)
     # Room smaller than the smallest item is never used again: such sequences are not tracked.
     floor = int(sizes[-1])
 
-    def push(c: int, ids: np.ndarray) -> None:
-        if c < floor or len(ids) == 0:
+    def push(c: int, ids: list[int]) -> None:
+        if c < floor or not ids:
             return
         stack = levels[c]
         if stack is None:
-            levels[c] = [ids]
-            tree.set(c, True)
+            levels[c] = list(ids)
+            tree_set(c, True)
         else:
-            stack.append(ids)
-        counts[c] += len(ids)
-
-    def pop(c: int, k: int) -> np.ndarray:
-        stack = levels[c]
-        assert stack is not None
-        out: list[np.ndarray] = []
-        need = k
-        while need:
-            chunk = stack[-1]
-            if len(chunk) <= need:
-                stack.pop()
-                out.append(chunk[::-1])
-                need -= len(chunk)
-            else:
-                out.append(chunk[len(chunk) - need :][::-1])
-                stack[-1] = chunk[: len(chunk) - need]
-                need = 0
-        counts[c] -= k
-        if counts[c] == 0:
-            levels[c] = None
-            tree.set(c, False)
-        return out[0] if len(out) == 1 else np.concatenate(out)
+            stack.extend(ids)
 
     bounds = np.flatnonzero(np.diff(sizes)) + 1
     starts = [0, *bounds.tolist()]
@@ -290,22 +279,37 @@ def _best_fit_decreasing(sizes: np.ndarray, max_len: int) -> tuple[np.ndarray, i
     n_bins = 0
     for pos, end, s in zip(starts, ends, group_sizes, strict=True):
         k = end - pos
-        c = tree.smallest_at_least(s)
+        c = smallest_at_least(s)
         while k and c >= 0:
-            m, q = counts[c], c // s  # each sequence at room c takes q items of size s
+            stack = levels[c]
+            assert stack is not None
+            m, q = len(stack), c // s  # each sequence at room c takes q items of size s
             if k >= m * q:
-                ids = pop(c, m)
+                ids = stack[::-1]  # popped top first
+                levels[c] = None
+                tree_set(c, False)
                 take = m * q
-                bin_of[pos : pos + take] = ids if q == 1 else np.repeat(ids, q)
+                if take == 1:
+                    bin_of[pos] = ids[0]
+                else:
+                    bin_of[pos : pos + take] = ids if q == 1 else np.repeat(ids, q)
                 pos += take
                 k -= take
                 push(c - q * s, ids)
-                c = tree.smallest_at_least(s)
+                c = smallest_at_least(s)
             else:
                 n_full, r = divmod(k, q)
-                ids = pop(c, n_full + (1 if r else 0))
+                t = n_full + (1 if r else 0)
+                ids = stack[: m - t - 1 : -1] if m > t else stack[::-1]
+                del stack[m - t :]
+                if not stack:
+                    levels[c] = None
+                    tree_set(c, False)
                 full = ids[:n_full]
-                bin_of[pos : pos + n_full * q] = full if q == 1 else np.repeat(full, q)
+                if k == 1:
+                    bin_of[pos] = ids[0]
+                elif n_full:
+                    bin_of[pos : pos + n_full * q] = full if q == 1 else np.repeat(full, q)
                 pos += n_full * q
                 push(c - q * s, full)
                 if r:
@@ -317,9 +321,13 @@ def _best_fit_decreasing(sizes: np.ndarray, max_len: int) -> tuple[np.ndarray, i
             # Nothing open fits: open new sequences, each taking q0 items.
             q0 = max_len // s
             n_new = -(-k // q0)
-            ids = np.arange(n_bins, n_bins + n_new, dtype=np.int64)
+            if k == 1:
+                bin_of[pos] = n_bins
+            else:
+                new = np.arange(n_bins, n_bins + n_new, dtype=np.int64)
+                bin_of[pos : pos + k] = (new if q0 == 1 else np.repeat(new, q0))[:k]
+            ids = list(range(n_bins, n_bins + n_new))
             n_bins += n_new
-            bin_of[pos : pos + k] = (ids if q0 == 1 else np.repeat(ids, q0))[:k]
             n_full, r = divmod(k, q0)
             push(max_len - q0 * s, ids[:n_full])
             if r:
