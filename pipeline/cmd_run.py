@@ -283,8 +283,10 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
             logging.ERROR
         )
-        # Dask's client and local cluster log every connection and worker at INFO.
+        # Dask's client and local cluster log every connection and worker at INFO, and Beam's
+        # Dask runner warns at each Create that its default partition size changed.
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        logging.getLogger("apache_beam.runners.dask.transform_evaluator").setLevel(logging.ERROR)
     options = opts.beam_options(beam_flags, default_flags)
     runner = opts.runner_name(options)
     values = options.get_all_options()
