@@ -592,10 +592,13 @@ def build_hub_folder(
     repo_id: str = DEFAULT_DATASET_NAME,
     license_id: str = "other",
     tasks_split: str = DEFAULT_TASKS_SPLIT,
+    harness_images: bool = False,
 ) -> HubFolder:
     """A Hugging Face dataset folder from a run's output: card, tasks, shards, task repo.
 
     The folder is rebuilt from scratch so a file from an earlier publish cannot ride along.
+    With ``harness_images`` the tasks' ``image`` column names the harness images (see
+    ``export_tasks``), which ``build_harness_images`` then makes from ``task_repo/``.
     """
     out_dir, dest = Path(out_dir), Path(dest)
     tasks = sorted(read_tasks(out_dir / "tasks.jsonl"), key=lambda t: t.instance_id)
@@ -608,7 +611,10 @@ def build_hub_folder(
             raise Fatal(f"{dest} exists and is not a dataset folder; choose an empty --dest")
         shutil.rmtree(dest)
     (dest / "data" / "tasks").mkdir(parents=True)
-    rows = [swebench_row(t) for t in tasks]
+    rows = [
+        swebench_row(t, image=harness_image_name(t.instance_id) if harness_images else None)
+        for t in tasks
+    ]
     write_rows_parquet(rows, dest / "data" / "tasks" / f"{tasks_split}-00000-of-00001.parquet")
     write_task_repo(tasks, dest / "task_repo", repo_id, tasks_split)
 
@@ -869,10 +875,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     repo_id = args.repo_id or DEFAULT_DATASET_NAME
     folder = build_hub_folder(
-        args.out, args.dest, repo_id=repo_id, license_id=args.license, tasks_split=args.split
+        args.out,
+        args.dest,
+        repo_id=repo_id,
+        license_id=args.license,
+        tasks_split=args.split,
+        harness_images=args.harness_images,
     )
     shards_note = f"{folder.shard_files} shard file(s)" if folder.shard_files else "no shards"
     print(f"dataset folder {folder.path}: {folder.tasks} tasks, {shards_note}")
+    if args.harness_images:
+        from smelter.transforms.docker_engine import connect
+
+        built = build_harness_images(folder.path / "task_repo", connect())
+        print(f"built {len(built)} harness image(s), named in the tasks' image column")
     if not args.push:
         return 0
     if not args.repo_id:
@@ -943,4 +959,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--license", default="other", help="license id for the card metadata (default: other)"
     )
     q.add_argument("--split", default=DEFAULT_TASKS_SPLIT, help="split name of the tasks config")
+    q.add_argument(
+        "--harness-images",
+        action="store_true",
+        help="build each task's harness image and name it in the tasks' image column (as "
+        "`smelter export --harness-images` does); needs the Docker engine",
+    )
     q.set_defaults(func=_cmd_publish)

@@ -1,6 +1,7 @@
 """`smelter demo` end to end on a real Docker engine: every demo PR ends where DEMO_PRS says.
 
-One run of the real CLI (Beam DirectRunner, multi-process) feeds every test here: the funnel,
+One run of the real CLI (Beam DirectRunner, multi-process; the session's ``demo_out`` fixture,
+shared with test_harness_export) feeds every test here: the funnel,
 the FAIL_TO_PASS / PASS_TO_PASS lists per PR, cleaning, shards, the report and the published
 dataset, and a second run that must be served entirely from the stage caches.
 """
@@ -40,15 +41,6 @@ def ticks(out: Path) -> dict[str, collections.Counter[str]]:
     for f in (out / ".progress").glob("*.ticks"):
         counts[f.name.split(".", 1)[0]].update(f.read_text())
     return counts
-
-
-@pytest.fixture(scope="module")
-def demo_out(tmp_path_factory: pytest.TempPathFactory, docker_client, base_image) -> Path:
-    out = tmp_path_factory.mktemp("demo-e2e")
-    proc = run_cli("demo", "--out", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "smelter funnel" in proc.stdout
-    return out
 
 
 def test_every_demo_pr_ends_where_expected(demo_out: Path) -> None:

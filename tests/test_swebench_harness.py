@@ -286,7 +286,8 @@ def test_missing_instance_image_is_one_fatal_line(
     assert str(e.value) == (
         "1 harness image(s) not built, their instance images are missing: "
         f"{task.instance_id} (needs smelter-test/never-built:0); "
-        "re-run with --validate-keep-instance-images"
+        "removed since the run (e.g. by `smelter images prune`): run `smelter run` again to "
+        "rebuild them (validation keeps the images of the tasks it keeps)"
     )
 
 
