@@ -11,6 +11,8 @@ image made here), and prune runs with ``--repo`` / ``match`` of that label only.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import secrets
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import pytest
 
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.base_images import BaseImage
+from tests._calc_repo import make_calc_repo
 
 SMELTER = str(Path(sys.executable).with_name("smelter"))
 
@@ -254,3 +257,81 @@ def test_untagged_images_count_as_build_layers_only_while_recent() -> None:
     inspected = {"RepoTags": [], "Created": "2024-05-01T09:59:58.5Z"}  # Image.attrs form
     assert eng.maybe_live_build_layer(inspected, now)
 
+
+def _cli_run(repo: Path, name: str, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "smelter.pipeline.cli", "run", "--repo", str(repo),
+        "--repo-name", name, "--out", str(out), "--until", "validate", "--no-progress",
+        "--workers", "2", "--mine-max-prs", "2",
+        "--validate-reruns-before", "1", "--validate-reruns-after", "1",
+    ]  # fmt: skip
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+
+
+def _tasks(out: Path) -> dict[str, list[str]]:
+    rows = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()]
+    return {r["instance_id"]: r["FAIL_TO_PASS"] for r in rows}
+
+
+@pytest.mark.docker
+def test_two_runs_with_prunes_between_and_during_both_finish(
+    docker_client: docker.DockerClient, base_image: BaseImage, tmp_path: Path
+) -> None:
+    """Issue 14, done when: two runs on one engine, with ``smelter images prune`` between them
+    and while the second one builds, both finish with all their tasks.
+
+    The prune between removes the first run's kept instance images (it has ended), so the
+    second run (its own output folder and stage cache) builds them again, and prunes run
+    without pause meanwhile: its aliases, test containers, build steps and untagged layers
+    must all survive. Scoped with ``--repo`` to this test's repository (instance build steps
+    inherit the repo label from the env image), so nobody else's objects are touched.
+    """
+    repo_path, prs = make_calc_repo(tmp_path)
+    name = f"regtest/prune-runs-{secrets.token_hex(4)}"
+    owner, short = name.split("/")
+    want = {f"{owner}__{short}-{pr.number}": sorted(pr.fail_to_pass) for pr in prs}
+    prune_cli = [SMELTER, "images", "prune", "--repo", name]
+    try:
+        a = subprocess.run(_cli_run(repo_path, name, tmp_path / "out-a"), env=_clean_env(),
+                           capture_output=True, text=True, timeout=1500)  # fmt: skip
+        assert a.returncode == 0, a.stderr[-4000:]
+        tasks_a = _tasks(tmp_path / "out-a")
+        assert len(tasks_a) == 2 and all(want[i] == sorted(f) for i, f in tasks_a.items()), tasks_a
+
+        between = subprocess.run(prune_cli, capture_output=True, text=True, timeout=300)
+        assert between.returncode == 0, between.stderr
+        assert between.stdout.startswith("removed 0 containers and 2 images"), between.stdout
+
+        errors = tmp_path / "run-b.stderr"  # a file: nobody reads a pipe while the run goes on
+        with errors.open("wb") as f:
+            b = subprocess.Popen(_cli_run(repo_path, name, tmp_path / "out-b"),
+                                 env=_clean_env(), stdout=subprocess.DEVNULL, stderr=f)  # fmt: skip
+        flt = {"label": [f"{eng.LABEL}=1", f"{eng.LABEL_REPO}={name}"]}
+        during_build = 0
+        cli_during_build: subprocess.CompletedProcess[str] | None = None
+        try:
+            while b.poll() is None:
+                steps = [c for c in docker_client.api.containers(filters=flt)
+                         if eng.LABEL_OWNER_HOST not in (c.get("Labels") or {})]  # fmt: skip
+                if steps and cli_during_build is None:
+                    cli_during_build = subprocess.run(prune_cli, capture_output=True, text=True,
+                                                      timeout=300)  # fmt: skip
+                    during_build += 1
+                else:
+                    eng.prune(docker_client, images=True, match={eng.LABEL_REPO: name},
+                              say=lambda _m: None)  # fmt: skip
+                    during_build += bool(steps)
+                time.sleep(0.3)
+        finally:
+            if b.poll() is None:
+                b.kill()
+            b.wait()
+        assert b.returncode == 0, errors.read_text()[-4000:]
+        assert _tasks(tmp_path / "out-b") == tasks_a  # all of them, the same
+        assert cli_during_build is not None and cli_during_build.returncode == 0
+        assert during_build >= 1, "no prune ran while the second run was building"
+    finally:
+        _remove_all(docker_client, name)
