@@ -135,6 +135,7 @@ def _remove_all(client: docker.DockerClient, repo: str) -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_prune_all_during_a_build_spares_its_dangling_layers(
     docker_client: docker.DockerClient, base_image: BaseImage
 ) -> None:
@@ -277,6 +278,8 @@ def _tasks(out: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # two pipeline runs: 9 minutes at a load average of 11-14 on 2 cores
 def test_two_runs_with_prunes_between_and_during_both_finish(
     docker_client: docker.DockerClient, base_image: BaseImage, tmp_path: Path
 ) -> None:

@@ -110,6 +110,8 @@ def remove_local(client: docker.DockerClient, slug: str) -> list[str]:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # two pipeline runs: 13 minutes at a load average of 17 on 2 cores
 def test_env_images_travel_through_the_registry_and_tasks_name_it(
     docker_client: docker.DockerClient,
     base_image: BaseImage,
