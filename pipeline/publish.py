@@ -698,9 +698,10 @@ def build_harness_images(task_repo: str | Path, client: Any) -> dict[str, str]:
 
     swebench's own builder shells out to ``docker buildx``, which engines without the plugin
     lack; the Dockerfile is ``FROM <instance image>`` (and at most a symlink), so the SDK's
-    builder suffices and needs no network. ``client`` is a ``docker.DockerClient``. A task whose
-    instance image is missing (validation removes them unless told to keep them) is a one-line
-    Fatal naming every such task, after the others are built.
+    builder suffices and needs no network. ``client`` is a ``docker.DockerClient``. Each image
+    is labelled with the instance image it came from, so when that has gone since (a prune),
+    an earlier export's harness image of the same content still serves; otherwise a missing
+    instance image is a one-line Fatal naming every such task, after the others are built.
     """
     import docker.errors
 
@@ -711,11 +712,15 @@ def build_harness_images(task_repo: str | Path, client: Any) -> dict[str, str]:
         if not meta_path.is_file():
             continue
         meta = yaml.safe_load(meta_path.read_text())
+        labels = {HARNESS_OF_LABEL: str(meta.get("instance_image"))}
         try:
-            client.images.build(path=str(d), tag=meta["image"], rm=True, network_mode="host")
+            client.images.build(
+                path=str(d), tag=meta["image"], rm=True, network_mode="host", labels=labels
+            )
         except (docker.errors.BuildError, docker.errors.APIError):
-            failed.append(f"{meta['instance_id']} (needs {meta.get('instance_image')})")
-            continue
+            if not _built_from(client, meta["image"], labels[HARNESS_OF_LABEL]):
+                failed.append(f"{meta['instance_id']} (needs {meta.get('instance_image')})")
+                continue
         built[meta["instance_id"]] = meta["image"]
     if failed:
         raise Fatal(
@@ -725,6 +730,22 @@ def build_harness_images(task_repo: str | Path, client: Any) -> dict[str, str]:
             "again to rebuild them (validation keeps the images of the tasks it keeps)"
         )
     return built
+
+
+HARNESS_OF_LABEL = "org.smelter.harness-of"
+
+
+def _built_from(client: Any, harness: str, instance_image: str) -> bool:
+    """Whether ``harness`` exists and was built from ``instance_image`` (a content-hash tag, so
+    the same name means the same content): an earlier export's image still serves when the
+    instance image has gone since."""
+    import docker.errors
+
+    try:
+        labels = client.images.get(harness).labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    return labels.get(HARNESS_OF_LABEL) == instance_image
 
 
 ARCHIVE_MANIFEST = "manifest.json"

@@ -554,3 +554,25 @@ def test_binary_hunks_get_gitattributes_in_the_harness_image(
     assert "COPY harness.gitattributes /etc/smelter-harness.gitattributes\n" in dockerfile
     assert "GIT_CONFIG_VALUE_0=/etc/smelter-harness.gitattributes" in dockerfile
     assert not (paths.task_repo / "tasks" / tasks[0].instance_id / "harness.gitattributes").exists()
+
+
+def test_evaluate_command_is_a_swebench_cli_line() -> None:
+    """The line the export prints and the card shows; every option exists in swebench's CLI."""
+    line = publish.evaluate_command("X")
+    assert line == "swebench eval X/tasks.jsonl --gold --run-id smelter-gold --workers 1"
+    swebench = Path(sys.executable).parent / "swebench"
+    help_text = subprocess.run(
+        [str(swebench), "eval", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in [a for a in publish.evaluate_argv("X/tasks.jsonl", "p.jsonl") if a[:2] == "--"]:
+        assert option in help_text, option
+
+
+def test_archives_group_tasks_by_env_image(built: tuple[Path, list[Task]]) -> None:
+    _, tasks = built
+    other = tasks[0].environment.model_copy(update={"env_image": "smelter/env:other-1"})
+    moved = tasks[0].model_copy(update={"environment": other})
+    groups = publish.archive_groups([moved, *tasks[1:]])
+    assert sorted(groups) == sorted({"smelter/env:other-1", tasks[1].environment.env_image})
+    assert [t.instance_id for t in groups["smelter/env:other-1"]] == [moved.instance_id]
+    assert publish.archive_file_name("smelter/env:demo-calc_1.2") == "smelter-env-demo-calc_1.2.tar"
