@@ -19,7 +19,7 @@ from smelter.transforms import docker_engine as eng
 from smelter.transforms.base_images import BaseImage
 from smelter.transforms.common import Rejected
 from smelter.transforms.environment import EnvConfig, EnvironmentFn
-from smelter.transforms.validate import ValidateConfig, ValidateFn, Validator
+from smelter.transforms.validate import ValidateConfig, ValidateFn, Validator, kept_tag
 from tests.test_environment import make_candidate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -56,12 +56,12 @@ def _left(client: docker.DockerClient, instance_id: str) -> list[str]:
 
 
 def _kept_content_tag_only(client: docker.DockerClient, instance_id: str, content: str) -> None:
-    """Every alias went; the validated task's image stays under its content tag alone (what
-    ``smelter export --harness-images`` builds on), and the test then removes it."""
+    """Every alias went; the validated task's image stays under its content tag and its kept
+    tag (what ``smelter export --harness-images`` builds on), and the test then removes it."""
     left = _left(client, instance_id)
     for tag in left:
         eng.remove_image(client, tag)
-    assert left == [content]
+    assert sorted(left) == [content, kept_tag(content)]
 
 
 def test_two_runs_validating_one_candidate_keep_each_others_image(
@@ -114,8 +114,9 @@ def test_two_runs_validating_one_candidate_keep_each_others_image(
     assert {t.environment.instance_image for t in outcomes if isinstance(t, Task)} == {
         eng.content_tag(a)
     }
-    # Both removed their alias; the task's image stays under its content tag only.
-    assert _left(docker_client, cand.instance_id) == [eng.content_tag(a)]
+    # Both removed their alias; the task's image stays under its content and kept tags.
+    content = eng.content_tag(a)
+    assert sorted(_left(docker_client, cand.instance_id)) == [content, kept_tag(content)]
 
     # A third run on the same engine reuses the kept image and validates again, and its
     # validation cache key is the one the first two runs had: cached outcomes hit across runs.

@@ -651,8 +651,25 @@ def dispose_instance_image(
     can build harness images from it without re-running the pipeline; a rejected record's
     image goes, unless ``keep_all`` (``--validate-keep-instance-images``, for debugging).
     Either way this run's alias goes. A registry push of kept images belongs next to the call.
+
+    Kept, the image also gets ``kept_tag``: alone under its content tag, it went with the
+    next alias of the same content that another run removed (``remove_image`` drops a
+    content tag no other tag holds), e.g. a concurrent demo run that rejected the candidate.
     """
+    if kept:
+        content = eng.content_tag(image)
+        repository, tag = content.rsplit(":", 1)
+        with contextlib.suppress(docker.errors.APIError):
+            eng.retry(lambda: client.images.get(image).tag(repository, tag + KEPT_SUFFIX))
     release_image(client, image, keep=kept or keep_all)
+
+
+KEPT_SUFFIX = "-kept"
+
+
+def kept_tag(content: str) -> str:
+    """The tag that holds a kept task's image besides its content tag (see above)."""
+    return content + KEPT_SUFFIX
 
 
 def release_image(client: docker.DockerClient, image: str, keep: bool = False) -> None:
