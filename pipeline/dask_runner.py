@@ -183,10 +183,22 @@ class _Translator(PipelineVisitor):
         return [bag for node, bag in self.bags.items() if node not in self.consumed]
 
 
+class _Result(beam_dask.DaskRunnerResult):
+    """Beam's result, which also lets go of its client once the run ends: a client left open
+    keeps reconnecting (and logging) after its cluster stops."""
+
+    def wait_until_finish(self, duration: int | None = None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            if self._state in (beam_dask.PipelineState.DONE, beam_dask.PipelineState.FAILED):
+                self.client.close()
+
+
 class DaskRunner(beam_dask.DaskRunner):
     """Beam's DaskRunner with per-tag outputs, side inputs as dependencies and every sink run."""
 
-    def run_pipeline(self, pipeline: Any, options: Any) -> beam_dask.DaskRunnerResult:
+    def run_pipeline(self, pipeline: Any, options: Any) -> _Result:
         import dask.distributed as ddist
 
         dask_options = options.view_as(DaskOptions).get_all_options(
@@ -201,4 +213,4 @@ class DaskRunner(beam_dask.DaskRunner):
         # Unoptimised: fusing renames keys per collection type, and a side input (a Delayed)
         # would then recompute the bag steps it shares with the main graph.
         futures = client.compute(translator.sinks(), optimize_graph=False)
-        return beam_dask.DaskRunnerResult(client, futures)
+        return _Result(client, futures)
