@@ -240,3 +240,17 @@ def test_stores_of_wider_types_are_converted_once_not_misread(tmp_path: Path) ->
     infos = write_shards(wide, plan, str(tmp_path), shard_rows=3)
     docs = rebuild([r for i in infos for r in pq.read_table(i.path).to_pylist()])
     assert all(docs[s.instance_id] == (s.input_ids, s.loss_mask) for s in samples)
+
+
+def test_strided_mask_store_writes_the_same_bytes(tmp_path: Path) -> None:
+    # Mask pieces are gathered by Arrow from one buffer: a strided mask must be made contiguous.
+    samples = make_samples(20, seed=7)
+    store = TokenStore.from_samples(samples)
+    doubled = np.repeat(store.loss_mask, 2)
+    strided = TokenStore(store.tokens, doubled[::2], store.offsets, store.doc_ids)
+    plan = pack_arrays(store.lengths, 256, mode="split")
+    a = write_shards(store, plan, str(tmp_path / "a"), shard_rows=3)
+    b = write_shards(strided, plan, str(tmp_path / "b"), shard_rows=3)
+    assert [i.loss_tokens for i in a] == [i.loss_tokens for i in b]
+    assert [Path(i.path).read_bytes() for i in a] == [Path(i.path).read_bytes() for i in b]
+    assert sum(i.loss_tokens for i in a) == sum(sum(s.loss_mask) for s in samples)

@@ -245,6 +245,10 @@ class Page:
     rep: bytes
     dfn: bytes
     values: list[Buffer]
+    size: int = -1  # bytes of ``values`` when the builder knows it (-1: sum of their lengths)
+
+    def values_size(self) -> int:
+        return self.size if self.size >= 0 else sum(map(len, self.values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +293,8 @@ class _Sink:
         except (AttributeError, OSError, ValueError):
             self.fd = None
 
-    def write(self, parts: Sequence[Buffer]) -> None:
+    def write(self, parts: Sequence[Buffer], size: int = -1) -> None:
+        """Write ``parts`` in order; ``size`` is their total length when the caller knows it."""
         if self.fd is None:
             for p in parts:
                 self.f.write(p)
@@ -297,7 +302,7 @@ class _Sink:
             return
         for i in range(0, len(parts), 1024):  # IOV_MAX
             chunk = parts[i : i + 1024]
-            want = sum(map(len, chunk))
+            want = size if size >= 0 and len(parts) <= 1024 else sum(map(len, chunk))
             done = os.writev(self.fd, chunk)
             while done < want:  # short write: finish the rest one buffer at a time
                 rest = b"".join(chunk)[done:]
@@ -326,12 +331,12 @@ def write_file(
         for p in col_pages:
             if p.values and isinstance(p.values[0], memoryview) and p.values[0].itemsize != 1:
                 raise ValueError(f"{col.name}: page values must be byte-format memoryviews")
-            raw = sum(map(len, p.values))
+            raw = p.values_size()
             values: Sequence[Buffer] = p.values
             if compressor is not None:
                 joined = b"".join(p.values)
                 values = [compressor.compress(joined, asbytes=True)]
-            size = len(p.rep) + len(p.dfn) + sum(map(len, values))
+            size = len(p.rep) + len(p.dfn) + (raw if compressor is None else len(values[0]))
             v2: list[Field] = [
                 (1, "i32", p.num_values), (2, "i32", 0), (3, "i32", p.num_rows),
                 (4, "i32", p.encoding), (5, "i32", len(p.dfn)), (6, "i32", len(p.rep)),
@@ -345,7 +350,7 @@ def write_file(
                     (8, "struct", v2),
                 ]
             )
-            sink.write([head, p.rep, p.dfn, *values])
+            sink.write([head, p.rep, p.dfn, *values], len(head) + size)
             uncompressed += len(head) + len(p.rep) + len(p.dfn) + raw
             n_values += p.num_values
             encodings.add(p.encoding)
