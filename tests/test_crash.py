@@ -29,6 +29,7 @@ from smelter.pipeline.demo_source import PYPROJECT
 from smelter.schemas import Task
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.base_images import BaseImage
+from smelter.transforms.validate import KEPT_SUFFIX, kept_tag
 from tests._calc_repo import git, write
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -111,12 +112,13 @@ class EventLog:
         ]  # fmt: skip
 
     def builds(self, since_ns: int) -> list[str]:
-        """Instance images built since then: tags of a content tag itself, not of an alias."""
+        """Instance images built since then: tags of a content tag itself, not of an alias
+        (nor of the kept tag validation adds to a kept task's image)."""
         names = [
             e["Actor"]["Attributes"].get("name", "")
             for e in self.since(since_ns, "image", ("tag",))
         ]
-        return [n for n in names if eng.owner_of(n) is None]
+        return [n for n in names if eng.owner_of(n) is None and not n.endswith(KEPT_SUFFIX)]
 
     def describe(self, since_ns: int) -> list[tuple[str, str, str]]:
         """(type, action, name) of every event since then: the story of a failed assertion."""
@@ -148,7 +150,7 @@ def leftovers(client: docker.DockerClient, instance_id: str) -> tuple[list[str],
     flt = {"label": [f"{eng.LABEL_INSTANCE}={instance_id}"]}
     containers = [c["Id"][:12] for c in client.api.containers(all=True, filters=flt)]
     images = [t for img in client.images.list(filters=flt) for t in img.tags or [img.short_id]]
-    return containers, images
+    return containers, sorted(images)
 
 
 def test_kill_9_during_validation_then_resume_rebuilds_nothing_validated(
@@ -164,6 +166,9 @@ def test_kill_9_during_validation_then_resume_rebuilds_nothing_validated(
         check_runs(repo, name, out, instance_id, docker_client, log)
     finally:
         log.close()
+        for tag in leftovers(docker_client, instance_id)[1]:  # the kept task's image: ours
+            with contextlib.suppress(docker.errors.APIError):
+                eng.remove_image(docker_client, tag)
 
 
 def check_runs(
@@ -217,12 +222,15 @@ def check_runs(
     tasks = (out / "tasks.jsonl").read_text().splitlines()
     (task,) = [Task.model_validate_json(t) for t in tasks]
     assert task.FAIL_TO_PASS == ["tests/test_core.py::test_add_negative"]
-    assert leftovers(client, instance_id) == ([], [])  # nothing of A's or B's stays
+    # Nothing of A's or B's stays but the kept task's image, under its content and kept tags
+    # (what `smelter export --harness-images` builds on).
+    kept = sorted([task.environment.instance_image, kept_tag(task.environment.instance_image)])
+    assert leftovers(client, instance_id) == ([], kept)
     # Run A never finished validating: B had to build the image again (and this proves the
     # build counter sees builds at all).
     assert len(log.builds(b_start)) == 1, (log.describe(b_start), run_b.stderr[-3000:])
 
-    # -- run C: everything cached; the image validation removed must not be rebuilt for it
+    # -- run C: everything cached; nothing is built again for it
     c_start = time.time_ns()
     run_c = subprocess.run(cli(repo, name, out), env=env(), capture_output=True, text=True,
                            timeout=1500)  # fmt: skip
@@ -232,4 +240,4 @@ def check_runs(
     assert t["environment"] == collections.Counter({"c": 1}), t["environment"]
     assert t["validate"] == collections.Counter({"c": 1}), t["validate"]
     assert (out / "tasks.jsonl").read_text().splitlines() == tasks
-    assert leftovers(client, instance_id) == ([], [])
+    assert leftovers(client, instance_id) == ([], kept)
