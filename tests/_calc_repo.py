@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from smelter.pipeline.demo_source import PYPROJECT
+
 GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_AUTHOR_NAME": "Ada",
@@ -135,3 +137,28 @@ def make_calc_repo(root: Path) -> tuple[Path, list[CalcPR]]:
             )
         )
     return repo, prs
+
+
+ONE_PR_BUGGY = "def add(a, b):\n    return a + b if b >= 0 else a - b\n"
+ONE_PR_FIX = {"src/calc/core.py": "def add(a, b):\n    return a + b\n"}
+ONE_PR_NEW_TEST = "\n\ndef test_add_negative():\n    assert add(1, -2) == -1\n"
+
+
+def make_one_pr_repo(path: Path, test_add: str = "    assert add(1, 2) == 3\n") -> None:
+    """A repository of two commits: a calc package whose ``add`` is wrong for negative
+    numbers, then the fix with its test (PR #1). ``test_add`` is the body of the test that
+    passes before and after (e.g. with a sleep, so a run lasts a while)."""
+    test_core = f"import time\n\nfrom calc.core import add\n\n\ndef test_add():\n{test_add}"
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    write(path, {
+        "pyproject.toml": PYPROJECT,
+        "src/calc/__init__.py": "",
+        "src/calc/core.py": ONE_PR_BUGGY,
+        "tests/test_core.py": test_core,
+    })  # fmt: skip
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "Initial commit")
+    write(path, {**ONE_PR_FIX, "tests/test_core.py": test_core + ONE_PR_NEW_TEST})
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "Fix add for negative numbers (#1)")

@@ -25,44 +25,16 @@ from pathlib import Path
 import docker
 import pytest
 
-from smelter.pipeline.demo_source import PYPROJECT
 from smelter.schemas import Task
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.base_images import BaseImage
 from smelter.transforms.validate import KEPT_SUFFIX, kept_tag
-from tests._calc_repo import git, write
+from tests._calc_repo import make_one_pr_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CLI = [sys.executable, "-m", "smelter.pipeline.cli"]
 WATCH_SECONDS = 20  # how long after the kill we watch for containers of the run
-
-BASE = {
-    "pyproject.toml": PYPROJECT,
-    "src/calc/__init__.py": "",
-    "src/calc/core.py": "def add(a, b):\n    return a + b if b >= 0 else a - b\n",
-    "tests/test_core.py": (
-        "import time\n\nfrom calc.core import add\n\n\n"
-        "def test_add():\n    time.sleep(2)  # every run lasts a while: the kill lands mid-way\n"
-        "    assert add(1, 2) == 3\n"
-    ),
-}
-FIX = {"src/calc/core.py": "def add(a, b):\n    return a + b\n"}
-TEST = {
-    "tests/test_core.py": BASE["tests/test_core.py"]
-    + "\n\ndef test_add_negative():\n    assert add(1, -2) == -1\n"
-}
-
-
-def one_pr_repo(path: Path) -> None:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    write(path, BASE)
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "Initial commit")
-    write(path, {**FIX, **TEST})
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "Fix add for negative numbers (#1)")
 
 
 def cli(repo: Path, name: str, out: Path) -> list[str]:
@@ -159,7 +131,11 @@ def test_kill_9_during_validation_then_resume_rebuilds_nothing_validated(
     name = f"crash/onepr{secrets.token_hex(3)}"
     instance_id = f"{name.replace('/', '__')}-1"
     repo, out = tmp_path / "repo", tmp_path / "out"
-    one_pr_repo(repo)
+    make_one_pr_repo(
+        repo,
+        "    time.sleep(2)  # every run lasts a while: the kill lands mid-way\n"
+        "    assert add(1, 2) == 3\n",
+    )
 
     log = EventLog(instance_id)
     try:

@@ -27,39 +27,13 @@ import docker
 import docker.errors
 import pytest
 
-from smelter.pipeline.demo_source import PYPROJECT
 from smelter.transforms import docker_engine as eng
 from smelter.transforms import registry as reg
 from smelter.transforms.base_images import BaseImage
-from tests._calc_repo import git, write
+from tests._calc_repo import ONE_PR_BUGGY, make_one_pr_repo
 
 CLI = [sys.executable, "-m", "smelter.pipeline.cli"]
 PREFIX = "smelter-test"
-
-BASE = {
-    "pyproject.toml": PYPROJECT,
-    "src/calc/__init__.py": "",
-    "src/calc/core.py": "def add(a, b):\n    return a + b if b >= 0 else a - b\n",
-    "tests/test_core.py": (
-        "from calc.core import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
-    ),
-}
-FIX = {"src/calc/core.py": "def add(a, b):\n    return a + b\n"}
-TEST = {
-    "tests/test_core.py": BASE["tests/test_core.py"]
-    + "\n\ndef test_add_negative():\n    assert add(1, -2) == -1\n"
-}
-
-
-def one_pr_repo(path: Path) -> None:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    write(path, BASE)
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "Initial commit")
-    write(path, {**FIX, **TEST})
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "Fix add for negative numbers (#1)")
 
 
 def free_port() -> int:
@@ -122,7 +96,7 @@ def test_env_images_travel_through_the_registry_and_tasks_name_it(
     name = f"regtest/calc-{token}"
     slug = f"regtest-calc-{token}"
     repo = tmp_path / "calc"
-    one_pr_repo(repo)
+    make_one_pr_repo(repo)
     flag = ["--image-registry", str(registry)]
     try:
         # -- run A: builds, pushes the env image and the kept task's instance image
@@ -174,7 +148,7 @@ def test_env_images_travel_through_the_registry_and_tasks_name_it(
             out = docker_client.containers.run(
                 published, ["cat", "/testbed/src/calc/core.py"], remove=True, network_mode="none"
             )
-            assert out.decode() == BASE["src/calc/core.py"]  # the source at base_commit
+            assert out.decode() == ONE_PR_BUGGY  # the source at base_commit
     finally:
         remove_local(docker_client, slug)
         for img in docker_client.images.list():
@@ -186,7 +160,7 @@ def test_env_images_travel_through_the_registry_and_tasks_name_it(
 
 def test_bad_registry_form_is_one_line(tmp_path: Path) -> None:
     repo = tmp_path / "calc"
-    one_pr_repo(repo)
+    make_one_pr_repo(repo)
     p = run(repo, "regtest/calc", tmp_path / "out", "--image-registry", "smelter-test")
     assert p.returncode == 2 or p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
@@ -196,7 +170,7 @@ def test_bad_registry_form_is_one_line(tmp_path: Path) -> None:
 
 def test_registry_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
     repo = tmp_path / "calc"
-    one_pr_repo(repo)
+    make_one_pr_repo(repo)
     dead = f"127.0.0.1:{free_port()}/smelter-test"  # nothing listens there
     p = run(repo, "regtest/calc", tmp_path / "out", "--image-registry", dead)
     assert p.returncode == 1, p.stderr
