@@ -30,22 +30,17 @@ import jsonlines
 import pytest
 
 from smelter.pipeline import publish
-from smelter.schemas import Candidate, Dockerfiles, Environment, Task
+from smelter.schemas import Candidate, Task
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.common import stable_hash
 from smelter.transforms.gitrepo import GitRepo
 from smelter.transforms.validate import ValidateConfig, Validator
 from tests._calc_repo import git, write
-from tests.fixtures.validate import ENV_DOCKERFILE
+from tests.fixtures.validate import HARNESS_INSTANCE_DOCKERFILE, harness_environment
 from tests.test_harness_export import _env, _swebench
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-INSTANCE_DOCKERFILE = """FROM {env}
-COPY --chown=1000:1000 testbed /testbed
-WORKDIR /testbed
-RUN git config --system --add safe.directory /testbed
-"""
 
 CODE = b"# -*- coding: latin-1 -*-\n# temperatures in \xb0C\nSYMBOL = '\xb0'\n\n\ndef fmt(x):\n"
 TESTS = b"# -*- coding: latin-1 -*-\nfrom units import fmt\n\n\ndef test_plain():\n"
@@ -92,21 +87,12 @@ def latin1_task(
     patch, test_patch = diff("units/__init__.py"), diff("tests/test_units.py")
     assert "GIT binary patch" in patch and "GIT binary patch" in test_patch
     tree = g.export_snapshot(base, root / "testbed")
-    dockerfile = INSTANCE_DOCKERFILE.format(env=venv_pytest_image)
+    dockerfile = HARNESS_INSTANCE_DOCKERFILE.format(env=venv_pytest_image)
     image = f"smelter-test/latin1-instance:{stable_hash(dockerfile, base)}"
     # Unlabelled: `smelter images prune` run by other tests must not take it; removed below.
     eng.build_image(docker_client, dockerfile=dockerfile, tag=image, image_labels={},
                     context_dirs={"testbed": tree})  # fmt: skip
-    env = Environment(
-        python_version="3.11",
-        base_image="smelter/base:bookworm",
-        env_image=venv_pytest_image,
-        instance_image=image,
-        env_hash=stable_hash(ENV_DOCKERFILE),
-        recipe="plain",
-        test_command=["python", "-m", "pytest", "--tb=short"],
-        dockerfiles=Dockerfiles(base="", env=ENV_DOCKERFILE, instance=INSTANCE_DOCKERFILE),
-    )
+    env = harness_environment(image, venv_pytest_image)
     candidate = Candidate(
         instance_id=INSTANCE_ID,
         repo="acme/units",

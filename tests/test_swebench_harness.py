@@ -31,13 +31,13 @@ import jsonlines
 import pytest
 
 from smelter.pipeline import publish
-from smelter.schemas import Candidate, Dockerfiles, Environment, Task
+from smelter.schemas import Candidate, Task
 from smelter.transforms import docker_engine as eng
 from smelter.transforms.common import stable_hash
 from smelter.transforms.gitrepo import GitRepo
 from smelter.transforms.validate import ValidateConfig, Validator
 from tests._calc_repo import CalcPR, make_calc_repo
-from tests.fixtures.validate import ENV_DOCKERFILE
+from tests.fixtures.validate import HARNESS_INSTANCE_DOCKERFILE, harness_environment
 
 pytestmark = pytest.mark.docker
 
@@ -46,11 +46,6 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # what the calc repo needs: a venv with pytest on PATH through the image ENV (no conda), and the
 # source at /testbed, owned by uid 1000. No install step: the package is importable from the
 # tree (pytest ``pythonpath``), so only the env layer reaches the index, once per machine.
-INSTANCE_DOCKERFILE = """FROM {env}
-COPY --chown=1000:1000 testbed /testbed
-WORKDIR /testbed
-RUN git config --system --add safe.directory /testbed
-"""
 
 IRRELEVANT_PATCH = """diff --git a/NOTES.md b/NOTES.md
 new file mode 100644
@@ -107,7 +102,7 @@ def build_instance(
     client: docker.DockerClient, env_image: str, repo: Path, pr: CalcPR, root: Path
 ) -> str:
     tree = GitRepo(repo).export_snapshot(pr.base, root / "trees" / pr.instance_id)
-    dockerfile = INSTANCE_DOCKERFILE.format(env=env_image)
+    dockerfile = HARNESS_INSTANCE_DOCKERFILE.format(env=env_image)
     tag = f"smelter-test/harness-instance:{stable_hash(dockerfile, pr.instance_id, pr.base)}"
     eng.build_image(
         client,
@@ -122,16 +117,7 @@ def build_instance(
 
 
 def candidate_for(pr: CalcPR, image: str, env_image: str) -> Candidate:
-    env = Environment(
-        python_version="3.11",
-        base_image="smelter/base:bookworm",
-        env_image=env_image,
-        instance_image=image,
-        env_hash=stable_hash(ENV_DOCKERFILE),
-        recipe="plain",
-        test_command=["python", "-m", "pytest", "--tb=short"],
-        dockerfiles=Dockerfiles(base="", env=ENV_DOCKERFILE, instance=INSTANCE_DOCKERFILE),
-    )
+    env = harness_environment(image, env_image)
     return Candidate(
         instance_id=pr.instance_id,
         repo="acme/calc",
