@@ -36,7 +36,11 @@ from smelter.transforms.common import stable_hash
 from smelter.transforms.gitrepo import GitRepo
 from smelter.transforms.validate import ValidateConfig, Validator
 from tests._calc_repo import git, write
-from tests.fixtures.validate import HARNESS_INSTANCE_DOCKERFILE, harness_environment
+from tests.fixtures.validate import (
+    HARNESS_INSTANCE_DOCKERFILE,
+    harness_environment,
+    remove_instance_image,
+)
 from tests.test_harness_export import _env, _swebench
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -116,7 +120,7 @@ def latin1_task(
         yield task
     finally:  # the harness image the tests build first: it holds the instance image
         eng.remove_image(docker_client, publish.harness_image_name(INSTANCE_ID))
-        eng.remove_image(docker_client, image)
+        remove_instance_image(docker_client, image)
 
 
 def _empty(path: Path) -> Path:

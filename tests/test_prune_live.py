@@ -148,7 +148,12 @@ def test_prune_all_during_a_build_spares_its_dangling_layers(
     parent = f"smelter-test/prune-layers-parent:{repo.rsplit('-', 1)[1]}"
     tag = f"smelter-test/prune-layers:{repo.rsplit('-', 1)[1]}"
     steps = 20
-    dockerfile = f"FROM {parent}\n" + "".join(f"RUN echo {i} > /step{i}\n" for i in range(steps))
+    # Each step sleeps: while it runs, the layer under it is the newest untagged image, so the
+    # loop below surely meets such layers even on a loaded machine (CI once met none when the
+    # steps took no time); the gaps between a commit and the next step's start stay as short.
+    dockerfile = f"FROM {parent}\n" + "".join(
+        f"RUN sleep 0.5 && echo {i} > /step{i}\n" for i in range(steps)
+    )
     built: dict[str, object] = {}
 
     def build() -> None:

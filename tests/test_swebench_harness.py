@@ -37,7 +37,11 @@ from smelter.transforms.common import stable_hash
 from smelter.transforms.gitrepo import GitRepo
 from smelter.transforms.validate import ValidateConfig, Validator
 from tests._calc_repo import CalcPR, make_calc_repo
-from tests.fixtures.validate import HARNESS_INSTANCE_DOCKERFILE, harness_environment
+from tests.fixtures.validate import (
+    HARNESS_INSTANCE_DOCKERFILE,
+    harness_environment,
+    remove_instance_image,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -95,7 +99,7 @@ def harness_tasks(
         yield tasks
     finally:
         for image in images:
-            eng.remove_image(docker_client, image)
+            remove_instance_image(docker_client, image)
 
 
 def build_instance(
@@ -302,7 +306,7 @@ def demo_tasks(
         yield tasks
     finally:
         for task in tasks:  # what validation would have removed without the keep flag
-            eng.remove_image(docker_client, task.environment.instance_image)
+            remove_instance_image(docker_client, task.environment.instance_image)
 
 
 @pytest.mark.slow
