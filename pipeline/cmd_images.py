@@ -15,8 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from smelter.transforms import base_images as bi
-from smelter.transforms import docker_engine as eng
+from smelter.transforms.adapters import base_images as bi
+from smelter.transforms.adapters import docker_engine as eng
 
 
 def _err() -> Console:

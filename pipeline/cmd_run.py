@@ -205,7 +205,7 @@ def make_plan(args: argparse.Namespace, until: str, urls: list[str]) -> RunPlan:
         raise Fatal("--repo-name needs exactly one --repo")
     specs: tuple[Any, ...] = ()
     if urls:
-        from smelter.transforms.mine_git import RepoSpec
+        from smelter.transforms.mine.git_source import RepoSpec
 
         specs = tuple(RepoSpec.from_url(u, name=name) for u in urls)
     github_repos = tuple(getattr(args, "github", None) or ())
@@ -296,14 +296,14 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
     stages = [s for s in STAGES if plan.includes(s)]
     clean_cfg = plan.configs.get("clean") if plan.includes("clean") else None
     if clean_cfg is not None:
-        from smelter.transforms.clean import check_endpoint
+        from smelter.transforms.clean.clean import check_endpoint
 
         # One GET /models before Beam starts: a wrong URL or key is one line here, not a
         # traceback from a worker process later.
         console.print(f"clean: {check_endpoint(clean_cfg)}")
     registry = plan.configs.get("registry")
     if registry is not None and registry.image_registry and plan.includes("environment"):
-        from smelter.transforms.registry import Registry
+        from smelter.transforms.adapters.registry import Registry
 
         # One GET /v2/ before Beam starts, like the LLM endpoint's check above.
         console.print(Registry.parse(registry.image_registry).check())
@@ -327,7 +327,7 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
     write_json(out / "funnel.json", funnel)
     extra: dict[str, Any] = {}
     if clean_cfg is not None:
-        from smelter.transforms.clean import clean_report, counters_of
+        from smelter.transforms.clean.clean import clean_report, counters_of
 
         try:
             counters = counters_of(result, "clean")
@@ -358,7 +358,7 @@ def _collect_leftovers(plan: RunPlan, stale: list[Path], console: Console) -> No
 
     found = [f"{len(stale)} beam-temp folder(s)"] if stale else []
     if plan.includes("environment"):
-        from smelter.transforms.sandbox import collect_dead_runs
+        from smelter.transforms.adapters.sandbox import collect_dead_runs
 
         try:
             gone = collect_dead_runs()
@@ -420,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from smelter.pipeline.demo_source import create_demo_repo
+    from smelter.pipeline.demo import create_demo_repo
 
     check_out_dir(args.out)
     out = Path(args.out).resolve()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smelter.transforms.errors import Fatal
-from smelter.transforms.github_config import GitHubConfig
+from smelter.transforms.mine.github_config import GitHubConfig
 
 _REPO_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
@@ -101,6 +101,8 @@ def github_pull_requests(p: Any, plan: Any, config: GitHubConfig) -> tuple[Any, 
     repos = tuple(dict.fromkeys(normalize_repo_name(n) for n in names))
     query = plan.github_query or config.github_search_query
     config = dataclasses.replace(config, github_repos=repos, github_search_query=query)
-    from smelter.transforms.github_source import MineGitHub  # Beam + PyGithub: only when running
+    from smelter.transforms.mine.github_source import (
+        MineGitHub,  # Beam + PyGithub: only when running
+    )
 
     return p | "MineGitHub" >> MineGitHub(config, plan.cache_dir, plan.progress_dir)

@@ -29,7 +29,7 @@ import apache_beam as beam
 
 from smelter.pipeline.plan import STAGES, RunPlan
 from smelter.transforms import lifeline
-from smelter.transforms.common import ChainFn, Stage, StageFn
+from smelter.transforms.stage import ChainFn, Stage, StageFn
 
 __all__ = ["STAGES", "RunPlan", "WriteJsonl", "build"]
 
@@ -67,7 +67,7 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
     # -- mine: from local/remote git history, and/or from GitHub
     mined = []
     if plan.repo_specs:
-        from smelter.transforms.mine_git import MineGitFn
+        from smelter.transforms.mine.git_source import MineGitFn
 
         prs, rej = (
             p
@@ -86,7 +86,7 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
     prs | "WritePRs" >> WriteJsonl(f"{out}/pull_requests.jsonl")
 
     # -- snapshot
-    from smelter.transforms.snapshot import SnapshotFn
+    from smelter.transforms.snapshot.snapshot import SnapshotFn
 
     candidates, rej = prs | "snapshot" >> _stage(plan, SnapshotFn(cfg["snapshot"]))
     rejects.append(rej)
@@ -94,8 +94,8 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
 
     tasks = None
     if plan.includes("environment"):
-        from smelter.transforms.environment import EnvironmentFn
-        from smelter.transforms.validate import ValidateFn
+        from smelter.transforms.environment.builder import EnvironmentFn
+        from smelter.transforms.validate.validate import ValidateFn
 
         validate = _attach(plan, ValidateFn(cfg["validate"])) if plan.includes("validate") else None
         probe = validate.has_cached if validate is not None else None
@@ -108,17 +108,17 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
             )
         rejects.append(rej)
     if tasks is not None and plan.includes("clean"):
-        from smelter.transforms.clean import CleanFn
+        from smelter.transforms.clean.clean import CleanFn
 
         tasks, rej = tasks | "clean" >> _stage(plan, CleanFn(cfg["clean"]))
         rejects.append(rej)
     if tasks is not None:
-        from smelter.transforms.versions import SetupCommits
+        from smelter.transforms.environment.versions import SetupCommits
 
         tasks = tasks | "SetupCommits" >> SetupCommits()
         tasks | "WriteTasks" >> WriteJsonl(f"{out}/tasks.jsonl")
     if tasks is not None and plan.includes("render"):
-        from smelter.transforms.shards import PackShards, RenderFn
+        from smelter.transforms.pack.shards import PackShards, RenderFn
 
         samples, rej = tasks | "render" >> _stage(plan, RenderFn(cfg["pack"]))
         rejects.append(rej)

@@ -55,14 +55,14 @@ if TYPE_CHECKING:
 # here must stay Beam-free: --help and the README reference import them all.
 STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "paths": ("smelter.transforms.testpaths", "PathsConfig"),
-    "mine": ("smelter.transforms.mine_config", "MineConfig"),
-    "github": ("smelter.transforms.github_config", "GitHubConfig"),
-    "snapshot": ("smelter.transforms.snapshot_config", "SnapshotConfig"),
-    "registry": ("smelter.transforms.environment_config", "RegistryConfig"),
-    "environment": ("smelter.transforms.environment_config", "EnvConfig"),
-    "validate": ("smelter.transforms.validate_config", "ValidateConfig"),
-    "clean": ("smelter.transforms.clean_config", "CleanConfig"),
-    "pack": ("smelter.transforms.pack_config", "PackConfig"),
+    "mine": ("smelter.transforms.mine.config", "MineConfig"),
+    "github": ("smelter.transforms.mine.github_config", "GitHubConfig"),
+    "snapshot": ("smelter.transforms.snapshot.config", "SnapshotConfig"),
+    "registry": ("smelter.transforms.environment.config", "RegistryConfig"),
+    "environment": ("smelter.transforms.environment.config", "EnvConfig"),
+    "validate": ("smelter.transforms.validate.config", "ValidateConfig"),
+    "clean": ("smelter.transforms.clean.config", "CleanConfig"),
+    "pack": ("smelter.transforms.pack.config", "PackConfig"),
 }
 
 

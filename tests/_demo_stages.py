@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smelter.pipeline.demo_source import DemoRepo
+from smelter.pipeline.demo import DemoRepo
 from smelter.schemas import Candidate, PullRequest
-from smelter.transforms.common import Rejected
-from smelter.transforms.environment import EnvConfig, EnvironmentFn
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.mine_git import GitSource, MineConfig, RepoSpec
-from smelter.transforms.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
+from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.stage import Rejected
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 

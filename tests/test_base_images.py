@@ -9,9 +9,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from smelter.transforms import base_images as bi
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.common import Fatal
+from smelter.transforms.adapters import base_images as bi
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.stage import Fatal
 
 
 def test_suite_python_mapping() -> None:

@@ -20,13 +20,13 @@ import docker
 import jsonlines
 import pytest
 
-from smelter.pipeline import card as card_mod
 from smelter.pipeline import publish
+from smelter.pipeline.publish import card as card_mod
 from smelter.schemas import Sample, Task
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.helpers import tail
-from smelter.transforms.packing import pack_arrays
-from smelter.transforms.shards import TokenStore, write_shards
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.pack.packing import pack_arrays
+from smelter.transforms.pack.shards import TokenStore, write_shards
+from smelter.transforms.util import tail
 from tests.test_publish import build_tasks, offline  # noqa: F401  # fixture
 from tests.test_swebench_harness import env_image, harness_tasks  # noqa: F401  # fixtures
 
@@ -62,7 +62,7 @@ def card_tasks(tmp_path_factory: pytest.TempPathFactory) -> list[Task]:
     """The publish tests' tasks with a version on two of three, setup commits assigned as the
     pipeline does, and a build log tail made from coloured uv output."""
     _, tasks = build_tasks(tmp_path_factory.mktemp("repo"))
-    from smelter.transforms.versions import with_setup_commits
+    from smelter.transforms.environment.versions import with_setup_commits
 
     out = []
     for t, version in zip(tasks, ["1.2", "1.3", ""], strict=True):

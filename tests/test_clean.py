@@ -11,9 +11,10 @@ from typing import Any
 import apache_beam as beam
 import pytest
 
-from smelter.pipeline.demo_source import NOISY_BODY
+from smelter.pipeline.demo import NOISY_BODY
 from smelter.schemas import Reason, Rejection, Task
-from smelter.transforms.clean import (
+from smelter.transforms.adapters.llm import OpenAIChatClient, UnusableReply
+from smelter.transforms.clean.clean import (
     CleanConfig,
     CleanFn,
     IssueSource,
@@ -33,10 +34,9 @@ from smelter.transforms.clean import (
     unusable_statement,
     word_ngrams,
 )
-from smelter.transforms.common import Fatal, Rejected, Stage
-from smelter.transforms.github_config import GitHubConfig
-from smelter.transforms.llm import OpenAIChatClient, UnusableReply
+from smelter.transforms.mine.github_config import GitHubConfig
 from smelter.transforms.outage import find_outage, outage_line
+from smelter.transforms.stage import Fatal, Rejected, Stage
 from tests.fixtures.clean_tasks import (
     POWER_PATCH,
     make_task,

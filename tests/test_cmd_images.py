@@ -9,7 +9,7 @@ import sys
 import docker
 import pytest
 
-from smelter.transforms.base_images import BaseImage
+from smelter.transforms.adapters.base_images import BaseImage
 
 SMELTER = [sys.executable, "-m", "smelter.pipeline.cli"]
 

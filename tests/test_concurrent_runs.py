@@ -15,11 +15,11 @@ import docker
 import pytest
 
 from smelter.schemas import Candidate, Task
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.base_images import BaseImage
-from smelter.transforms.common import Rejected
-from smelter.transforms.environment import EnvConfig, EnvironmentFn
-from smelter.transforms.validate import ValidateConfig, ValidateFn, Validator, kept_tag
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.base_images import BaseImage
+from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.stage import Rejected
+from smelter.transforms.validate.validate import ValidateConfig, ValidateFn, Validator, kept_tag
 from tests.test_environment import make_candidate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]

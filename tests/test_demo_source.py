@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from smelter.pipeline.demo_source import DEMO_PRS, DemoPR, create_demo_repo
+from smelter.pipeline.demo import DEMO_PRS, DemoPR, create_demo_repo
 from smelter.schemas import Candidate, Reason
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.mine_git import MineConfig, MineGitFn, RepoSpec
-from smelter.transforms.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.mine.git_source import MineConfig, MineGitFn, RepoSpec
+from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
 
 
 def test_demo_is_deterministic(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import docker.errors
 import pytest
 import requests
 
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.base_images import BaseImage
-from smelter.transforms.common import Retryable
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.base_images import BaseImage
+from smelter.transforms.stage import Retryable
 
 
 def test_labels_always_mark_smelter_and_kind() -> None:

@@ -21,8 +21,8 @@ import docker
 import pytest
 
 from smelter.schemas import Candidate, Rejection
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.environment import EnvConfig, EnvironmentFn
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
 from tests._gitutil import Repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -12,11 +12,11 @@ import pytest
 from apache_beam.pvalue import TaggedOutput
 
 from smelter.schemas import Candidate, Reason, Rejection
-from smelter.transforms import docker_engine as eng
-from smelter.transforms import environment as envmod
-from smelter.transforms import recipe as rc
-from smelter.transforms.base_images import BaseImage
-from smelter.transforms.environment import EnvConfig, EnvironmentFn
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.base_images import BaseImage
+from smelter.transforms.environment import builder as envmod
+from smelter.transforms.environment import recipe as rc
+from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
 
 CREATED = "2025-06-01T12:00:00Z"
 
@@ -481,7 +481,7 @@ def test_build_context_mtimes_are_zip_safe() -> None:
 def test_recipe_files_come_from_git_and_symlinks_are_not_followed(tmp_path: Path) -> None:
     """Regression: recipe inference followed a ``requirements-test.txt`` symlinked to a host file,
     whose lines became install lines (and would reach the task's Dockerfile and the index)."""
-    from smelter.transforms.gitrepo import GitRepo
+    from smelter.transforms.adapters.git import GitRepo
 
     secret = tmp_path / "host-secret.txt"
     secret.write_text("host-only-package==6.6.6\n")

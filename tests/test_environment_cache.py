@@ -10,9 +10,9 @@ import docker
 import pytest
 
 from smelter.schemas import Candidate
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.base_images import BaseImage
-from smelter.transforms.environment import EnvConfig, EnvironmentFn
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.base_images import BaseImage
+from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
 from tests.test_environment import make_candidate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -12,8 +12,8 @@ import docker
 import pytest
 
 from smelter.schemas.records import TestRun, TestStatus
-from smelter.transforms.grading import FLAKY_RATES, extra_runs, flake_risk, grade
-from smelter.transforms.validate import (
+from smelter.transforms.validate.grading import FLAKY_RATES, extra_runs, flake_risk, grade
+from smelter.transforms.validate.validate import (
     ValidateConfig,
     Validator,
     flaky_rerun_plan,

@@ -9,8 +9,7 @@ from pathlib import Path
 import github
 import pytest
 
-from smelter.transforms.errors import Fatal
-from smelter.transforms.github_http import (
+from smelter.transforms.adapters.github_http import (
     CachedResponse,
     GitHubTransport,
     ResponseCache,
@@ -21,6 +20,7 @@ from smelter.transforms.github_http import (
     install_connection_classes,
     parse_retry_after,
 )
+from smelter.transforms.errors import Fatal
 from tests.fixtures.github_standin import FakePull, FakeRepo, Faults, GitHubStandin
 
 TOKEN_A, TOKEN_B = "ghp_standinTokenAAAA1111", "ghp_standinTokenBBBB2222"
@@ -188,7 +188,7 @@ def test_plain_pygithub_clients_are_untouched(github_standin_factory) -> None:
 
 
 def test_rate_resource_buckets() -> None:
-    from smelter.transforms.github_http import rate_resource
+    from smelter.transforms.adapters.github_http import rate_resource
 
     assert rate_resource("https://api.github.com/search/repositories?q=x") == "search"
     assert rate_resource("https://ghe.example/api/v3/search/issues?q=x") == "search"

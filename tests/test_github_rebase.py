@@ -17,9 +17,14 @@ from typing import Any
 import pytest
 
 from smelter.schemas import Candidate, PullRequest, Reason, Rejection
-from smelter.transforms.github_source import CommitFacts, GitHubConfig, GitHubSource, rebase_base
-from smelter.transforms.mine_git import MineConfig, MineGitFn, RepoSpec
-from smelter.transforms.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.mine.git_source import MineConfig, MineGitFn, RepoSpec
+from smelter.transforms.mine.github_source import (
+    CommitFacts,
+    GitHubConfig,
+    GitHubSource,
+    rebase_base,
+)
+from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
 from tests._gitutil import Repo
 from tests.fixtures.github_standin import FakeCommit, FakePull, FakeRepo, GitHubStandin, _commits
 
@@ -128,7 +133,7 @@ def build_origin(path: Path) -> Origin:
 
 
 def _iso(repo: Repo, sha: str, fmt: str) -> str:
-    from smelter.transforms.github_source import iso_utc
+    from smelter.transforms.mine.github_source import iso_utc
 
     return iso_utc(repo.git("log", "-1", f"--format={fmt}", sha)) or ""
 

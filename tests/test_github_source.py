@@ -13,9 +13,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from smelter.pipeline.demo_source import DEMO_PRS, REPO_NAME
+from smelter.pipeline.demo import DEMO_PRS, REPO_NAME
 from smelter.schemas import PullRequest, Reason, Rejection
-from smelter.transforms.github_source import (
+from smelter.transforms.mine.github_source import (
     GitHubConfig,
     GitHubSource,
     MineGitHub,
@@ -145,8 +145,8 @@ def test_github_only_fields(demo_github: GitHubStandin, tmp_path: Path) -> None:
 def test_problem_statements_and_hints_come_from_the_right_issues(
     demo_github: GitHubStandin, tmp_path: Path
 ) -> None:
-    from smelter.transforms.snapshot import hints_text as snapshot_hints
-    from smelter.transforms.snapshot import problem_statement
+    from smelter.transforms.snapshot.snapshot import hints_text as snapshot_hints
+    from smelter.transforms.snapshot.snapshot import problem_statement
 
     pr = _by_number(_mine(_config(demo_github, tmp_path))[0])[23]
     assert isinstance(pr, PullRequest)
@@ -309,8 +309,8 @@ def test_beam_transform_yields_records_and_rejects(
 
 def test_github_mine_matches_git_mine(demo_github: GitHubStandin, demo_repo_session, tmp_path):
     """Same PRs, same candidates, whichever source mined them (problem text aside)."""
-    from smelter.transforms.mine_git import MineConfig, MineGitFn, RepoSpec
-    from smelter.transforms.snapshot import SnapshotConfig, SnapshotFn
+    from smelter.transforms.mine.git_source import MineConfig, MineGitFn, RepoSpec
+    from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
 
     git_fn = MineGitFn(MineConfig(mine_mirror_dir=str(tmp_path / "mirrors")))
     git_fn.setup()

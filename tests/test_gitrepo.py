@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _gitutil import Repo
 
-from smelter.transforms.gitrepo import GitError, GitRepo
+from smelter.transforms.adapters.git import GitError, GitRepo
 
 
 @pytest.fixture

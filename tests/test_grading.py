@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from smelter.schemas.records import Reason, TestRun, TestStatus
-from smelter.transforms.grading import flaky_tests, grade, run_problem
+from smelter.transforms.validate.grading import flaky_tests, grade, run_problem
 
 P, F, E, S = TestStatus.PASSED, TestStatus.FAILED, TestStatus.ERROR, TestStatus.SKIPPED
 A, B, C = "tests/test_m.py::test_a", "tests/test_m.py::test_b", "tests/test_m.py::TestK::test_c[1]"

@@ -28,7 +28,7 @@ import jsonlines
 import pytest
 
 from smelter.pipeline import publish
-from smelter.pipeline.demo_source import DEMO_PRS
+from smelter.pipeline.demo import DEMO_PRS
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -31,10 +31,10 @@ import pytest
 
 from smelter.pipeline import publish
 from smelter.schemas import Candidate, Task
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.common import stable_hash
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.validate import ValidateConfig, Validator
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.stage import stable_hash
+from smelter.transforms.validate.validate import ValidateConfig, Validator
 from tests._calc_repo import git, write
 from tests.fixtures.validate import (
     HARNESS_INSTANCE_DOCKERFILE,

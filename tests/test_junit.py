@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from smelter.schemas.records import TestStatus
-from smelter.transforms.junit import PARSER, JUnitError, node_id, parse_junit
+from smelter.transforms.validate.junit import PARSER, JUnitError, node_id, parse_junit
 
 DATA = Path(__file__).parent / "data" / "junit"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from smelter.transforms.common import Fatal
-from smelter.transforms.llm import (
+from smelter.transforms.adapters.llm import (
     ChatRequest,
     LLMError,
     OpenAIChatClient,
@@ -19,6 +18,7 @@ from smelter.transforms.llm import (
     request_body,
     retry_after_seconds,
 )
+from smelter.transforms.stage import Fatal
 from tests.fixtures.llm_standin import LLAMA_CPP_REFUSAL, LLMStandIn, Reply
 
 SECRET = "sk-test-Zq81mVx0secret"

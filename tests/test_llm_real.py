@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from smelter.schemas import Reason, Task
-from smelter.transforms.clean import (
+from smelter.transforms.adapters.llm import OpenAIChatClient
+from smelter.transforms.clean.clean import (
     CleanConfig,
     CleanFn,
     Prompts,
@@ -29,8 +30,7 @@ from smelter.transforms.clean import (
     leak_overlap,
     parse_judgement,
 )
-from smelter.transforms.common import Rejected, Stage
-from smelter.transforms.llm import OpenAIChatClient
+from smelter.transforms.stage import Rejected, Stage
 from tests.fixtures.clean_tasks import make_task, title_only_task
 from tests.fixtures.llama_server import LlamaServer, llama_server  # noqa: F401  (fixture)
 

@@ -8,10 +8,10 @@ import pytest
 from _gitutil import Repo
 from apache_beam.pvalue import TaggedOutput
 
-from smelter.pipeline.demo_source import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
+from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
 from smelter.schemas import PullRequest, Reason, Rejection
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.mine_git import (
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.mine.git_source import (
     GitSource,
     MineConfig,
     MineGitFn,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smelter.transforms.normalize import NORMALIZER_VERSION, normalize_statement
+from smelter.transforms.clean.normalize import NORMALIZER_VERSION, normalize_statement
 
 GOLDEN = Path(__file__).parent / "data" / "normalize"
 CASES = sorted(p for p in GOLDEN.glob("*.md") if not p.name.endswith(".expected.md"))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smelter.transforms.packing import PackResult, martello_toth_l2, pack, pack_arrays
+from smelter.transforms.pack.packing import PackResult, martello_toth_l2, pack, pack_arrays
 
 
 def brute_force_bfd(lengths: list[int], max_len: int) -> list[list[int]]:

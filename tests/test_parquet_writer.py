@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smelter.transforms import parquet_writer as pw
+from smelter.transforms.pack import parquet_writer as pw
 
 
 def read_both(path: Path | bytes) -> list[pa.Table]:

@@ -18,12 +18,12 @@ import pytest
 from _gitutil import Repo
 
 from smelter.schemas import PullRequest, Reason, Rejection
-from smelter.transforms.common import Rejected, printable
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.mine_git import GitSource, MineConfig, RepoSpec
-from smelter.transforms.snapshot import SnapshotConfig, SnapshotFn
-from smelter.transforms.split import diff_path, is_utf8, shown_path, split_diff, unquote_path
-from smelter.transforms.validate import touched_test_modules
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.diff import diff_path, is_utf8, shown_path, split_diff, unquote_path
+from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
+from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.stage import Rejected, printable
+from smelter.transforms.validate.validate import touched_test_modules
 
 SMELTER = str(Path(sys.executable).with_name("smelter"))
 UNICODE_TEST = "tests/test_ünïcode.py"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smelter.transforms.prmeta import (
+from smelter.transforms.mine.prmeta import (
     IssueRef,
     classify_commit,
     instance_id,

@@ -24,8 +24,8 @@ import docker
 import docker.errors
 import pytest
 
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.base_images import BaseImage
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.base_images import BaseImage
 from tests._calc_repo import make_calc_repo
 
 SMELTER = str(Path(sys.executable).with_name("smelter"))

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from smelter.pipeline import card as card_mod
 from smelter.pipeline import publish
 from smelter.pipeline.cli import main
+from smelter.pipeline.publish import card as card_mod
 from smelter.schemas import (
     Dockerfiles,
     Environment,
@@ -523,7 +523,7 @@ def test_push_failure_is_one_line_and_never_shows_the_token(
     """A hub that refuses connections (a closed port on 127.0.0.1): one line, no token."""
     import socket
 
-    from smelter.transforms.common import Fatal
+    from smelter.transforms.stage import Fatal
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with socket.socket() as s:

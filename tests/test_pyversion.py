@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from smelter.transforms import pyversion as pv
+from smelter.transforms.environment import pyversion as pv
 
 DEBIAN = ["3.9", "3.11", "3.13", "3.14"]  # bullseye, bookworm, trixie, forky
 

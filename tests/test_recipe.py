@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smelter.transforms import recipe as r
+from smelter.transforms.environment import recipe as r
 
 PYPROJECT = """
 [build-system]

@@ -27,9 +27,9 @@ import docker
 import docker.errors
 import pytest
 
-from smelter.transforms import docker_engine as eng
-from smelter.transforms import registry as reg
-from smelter.transforms.base_images import BaseImage
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters import registry as reg
+from smelter.transforms.adapters.base_images import BaseImage
 from tests._calc_repo import ONE_PR_BUGGY, make_one_pr_repo
 
 CLI = [sys.executable, "-m", "smelter.pipeline.cli"]

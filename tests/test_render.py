@@ -18,9 +18,9 @@ from smelter.schemas import (
     Task,
     Validation,
 )
-from smelter.transforms.common import Fatal, Rejected, Stage
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.render import (
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.adapters.tokenizer import load_tokenizer
+from smelter.transforms.pack.render import (
     TouchedFile,
     chat_segments,
     load_template,
@@ -28,8 +28,8 @@ from smelter.transforms.render import (
     tokenize_segments,
     touched_files,
 )
-from smelter.transforms.shards import PackConfig, RenderFn, open_repo
-from smelter.transforms.tokenizer import load_tokenizer
+from smelter.transforms.pack.shards import PackConfig, RenderFn, open_repo
+from smelter.transforms.stage import Fatal, Rejected, Stage
 from tests._gitutil import Repo
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00binary\x00"

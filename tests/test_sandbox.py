@@ -16,16 +16,16 @@ import docker
 import pytest
 
 from smelter.schemas.records import Reason
-from smelter.transforms.base_images import BaseImage
-from smelter.transforms.common import Rejected
-from smelter.transforms.sandbox import (
+from smelter.transforms.adapters.base_images import BaseImage
+from smelter.transforms.adapters.sandbox import (
     LABEL_OWNER_PID,
     Sandbox,
     SandboxLimits,
     prune_containers,
     read_capped,
 )
-from smelter.transforms.validate import ValidateConfig, Validator
+from smelter.transforms.stage import Rejected
+from smelter.transforms.validate.validate import ValidateConfig, Validator
 from tests.fixtures.validate import (
     BASE_TESTS,
     FIXED_CODE,
@@ -186,9 +186,9 @@ def test_runaway_test_rejects_timeout_and_leaves_nothing(
 CHILD = """
 import sys
 from smelter.schemas.records import Candidate
-from smelter.transforms.docker_engine import connect
-from smelter.transforms.sandbox import install_cleanup_handlers
-from smelter.transforms.validate import ValidateConfig, Validator
+from smelter.transforms.adapters.docker_engine import connect
+from smelter.transforms.adapters.sandbox import install_cleanup_handlers
+from smelter.transforms.validate.validate import ValidateConfig, Validator
 
 assert install_cleanup_handlers()
 cand = Candidate.model_validate_json(open(sys.argv[1]).read())

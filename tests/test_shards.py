@@ -16,8 +16,9 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from smelter.schemas import Reason, Sample, ShardRow
-from smelter.transforms.packing import pack_arrays
-from smelter.transforms.shards import (
+from smelter.transforms.adapters.tokenizer import load_tokenizer
+from smelter.transforms.pack.packing import pack_arrays
+from smelter.transforms.pack.shards import (
     STATS_FILE,
     BucketStats,
     PackConfig,
@@ -29,7 +30,6 @@ from smelter.transforms.shards import (
     write_shard,
     write_shards,
 )
-from smelter.transforms.tokenizer import load_tokenizer
 
 WORDS = ["def", "return", "x", " ", "\n", "é", "数据", "🚀", "<|im_end|>", "(", ")", "::", "\t"]
 

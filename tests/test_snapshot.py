@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from smelter.pipeline.demo_source import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
+from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
 from smelter.schemas import Candidate, Comment, LinkedIssue, PullRequest, Reason
-from smelter.transforms.common import Rejected
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.mine_git import GitSource, MineConfig, RepoSpec
-from smelter.transforms.snapshot import (
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
+from smelter.transforms.snapshot.snapshot import (
     SnapshotConfig,
     SnapshotFn,
     hints_text,
     problem_statement,
 )
+from smelter.transforms.stage import Rejected
 
 
 @pytest.fixture(scope="module")

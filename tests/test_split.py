@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from _gitutil import Repo
 
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.split import (
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.diff import (
     DiffParseError,
     replace_sections,
     sections,

@@ -32,10 +32,10 @@ import pytest
 
 from smelter.pipeline import publish
 from smelter.schemas import Candidate, Task
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.common import stable_hash
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.validate import ValidateConfig, Validator
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.stage import stable_hash
+from smelter.transforms.validate.validate import ValidateConfig, Validator
 from tests._calc_repo import CalcPR, make_calc_repo
 from tests.fixtures.validate import (
     HARNESS_INSTANCE_DOCKERFILE,
@@ -264,7 +264,7 @@ def test_harness_resolves_gold_from_the_task_repository(
 def test_missing_instance_image_is_one_fatal_line(
     harness_tasks: list[Task], tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
-    from smelter.transforms.common import Fatal
+    from smelter.transforms.stage import Fatal
 
     gone = harness_tasks[0].environment.model_copy(
         update={"instance_image": "smelter-test/never-built:0"}
@@ -289,7 +289,7 @@ def demo_tasks(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
 ) -> Iterator[list[Task]]:
     """The demo's validated tasks from the real pipeline, instance images kept for the harness."""
-    from smelter.pipeline.demo_source import create_demo_repo
+    from smelter.pipeline.demo import create_demo_repo
 
     root = tmp_path_factory.mktemp("demo-harness")
     demo = create_demo_repo(root / "calc")
@@ -313,7 +313,7 @@ def demo_tasks(
 def test_harness_resolves_every_demo_task_with_gold_and_none_without(
     demo_tasks: list[Task], in_tmp: Path, docker_client: docker.DockerClient
 ) -> None:
-    from smelter.pipeline.demo_source import DEMO_PRS
+    from smelter.pipeline.demo import DEMO_PRS
 
     ids = sorted(t.instance_id for t in demo_tasks)
     # the funnel itself is test_pipeline_e2e's business; here every task that came out counts

@@ -13,9 +13,9 @@ from apache_beam.pvalue import TaggedOutput
 
 from smelter.pipeline.options import build_stage_configs, load_config_classes
 from smelter.schemas import Candidate, PullRequest, Reason, Rejection
-from smelter.transforms.common import StageFn
-from smelter.transforms.mine_git import MineGitFn, RepoSpec
-from smelter.transforms.snapshot import SnapshotFn
+from smelter.transforms.mine.git_source import MineGitFn, RepoSpec
+from smelter.transforms.snapshot.snapshot import SnapshotFn
+from smelter.transforms.stage import StageFn
 from smelter.transforms.testpaths import PathKind, PathRules, classify_path, is_test_path
 
 

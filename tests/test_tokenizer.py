@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from smelter.transforms.common import Fatal
-from smelter.transforms.tokenizer import HFTokenizer, QwenTokenizer, load_tokenizer
+from smelter.transforms.adapters.tokenizer import HFTokenizer, QwenTokenizer, load_tokenizer
+from smelter.transforms.stage import Fatal
 
 TEXTS = [
     "Hello world",

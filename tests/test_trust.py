@@ -20,9 +20,9 @@ import docker
 import pytest
 
 from smelter.schemas.records import Reason, Task, TestStatus
-from smelter.transforms.common import Rejected
-from smelter.transforms.junit import parse_junit
-from smelter.transforms.trust import (
+from smelter.transforms.stage import Rejected
+from smelter.transforms.validate.junit import parse_junit
+from smelter.transforms.validate.trust import (
     END_LINE,
     WITNESS_FD,
     WITNESS_MODULE,
@@ -31,7 +31,7 @@ from smelter.transforms.trust import (
     parse_witness,
     summary_counts,
 )
-from smelter.transforms.validate import ValidateConfig, Validator
+from smelter.transforms.validate.validate import ValidateConfig, Validator
 from tests.fixtures.validate import (
     BASE_CODE,
     BASE_TESTS,

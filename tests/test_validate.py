@@ -13,9 +13,9 @@ import docker
 import pytest
 
 from smelter.schemas.records import Reason, Task
-from smelter.transforms import docker_engine as eng
-from smelter.transforms.common import Rejected
-from smelter.transforms.validate import (
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.stage import Rejected
+from smelter.transforms.validate.validate import (
     ValidateConfig,
     Validator,
     pytest_argv,
@@ -295,8 +295,8 @@ def test_validate_fn_in_a_beam_pipeline_emits_tasks_and_rejects(
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from smelter.transforms.common import Stage
-    from smelter.transforms.validate import ValidateFn
+    from smelter.transforms.stage import Stage
+    from smelter.transforms.validate.validate import ValidateFn
 
     good_repo, good_base = make_repo(
         tmp_path / "good", {"calc/__init__.py": FIXED_CODE, "tests/test_calc.py": NEW_TESTS}
@@ -329,7 +329,7 @@ def test_validate_fn_in_a_beam_pipeline_emits_tasks_and_rejects(
 
 
 def test_cache_key_ignores_how_the_image_was_built(tmp_path: Path) -> None:
-    from smelter.transforms.validate import ValidateFn
+    from smelter.transforms.validate.validate import ValidateFn
 
     repo, base = make_repo(tmp_path, {"calc/__init__.py": FIXED_CODE})
     cand = candidate_for(
@@ -356,7 +356,7 @@ def test_cache_key_ignores_how_the_image_was_built(tmp_path: Path) -> None:
 
 
 def test_jobs_interleave_so_the_first_pair_can_decide() -> None:
-    from smelter.transforms.validate import interleaved_jobs
+    from smelter.transforms.validate.validate import interleaved_jobs
 
     assert interleaved_jobs(2, 3) == [
         ("before", 0), ("after", 0), ("before", 1), ("after", 1), ("after", 2)
@@ -367,7 +367,7 @@ def test_run_all_keeps_order_and_drops_queued_jobs_after_a_decisive_result() -> 
     import threading
     import time
 
-    from smelter.transforms.validate import run_all
+    from smelter.transforms.validate.validate import run_all
 
     started: list[int] = []
     lock = threading.Lock()
@@ -386,7 +386,7 @@ def test_run_all_keeps_order_and_drops_queued_jobs_after_a_decisive_result() -> 
 
 def test_fail_to_pass_possible_only_with_a_before_failure_passing_after() -> None:
     from smelter.schemas.records import TestRun
-    from smelter.transforms.validate import fail_to_pass_possible
+    from smelter.transforms.validate.validate import fail_to_pass_possible
 
     def r(side: str, statuses: dict[str, str]) -> TestRun:
         return TestRun(side=side, attempt=0, exit_code=1, duration_seconds=1,  # type: ignore[arg-type]

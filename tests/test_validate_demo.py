@@ -6,10 +6,10 @@ from __future__ import annotations
 import docker
 import pytest
 
-from smelter.pipeline.demo_source import DEMO_PRS_BY_NUMBER, create_demo_repo
+from smelter.pipeline.demo import DEMO_PRS_BY_NUMBER, create_demo_repo
 from smelter.schemas import Candidate, Task
-from smelter.transforms.common import Rejected
-from smelter.transforms.validate import ValidateConfig, Validator
+from smelter.transforms.stage import Rejected
+from smelter.transforms.validate.validate import ValidateConfig, Validator
 from tests._demo_stages import demo_candidates, with_environments
 
 

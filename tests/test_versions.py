@@ -20,11 +20,15 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from smelter.schemas import Candidate, Task
-from smelter.transforms import docker_engine as eng
-from smelter.transforms import versions as vers
-from smelter.transforms.environment import EnvironmentFn, first_error_line, read_recipe_files_at
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.helpers import strip_ansi, tail
+from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.environment import versions as vers
+from smelter.transforms.environment.builder import (
+    EnvironmentFn,
+    first_error_line,
+    read_recipe_files_at,
+)
+from smelter.transforms.util import strip_ansi, tail
 from tests._calc_repo import git
 from tests.test_environment import _git, make_candidate, stage  # noqa: F401  # fixture
 from tests.test_publish import build_tasks

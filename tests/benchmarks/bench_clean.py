@@ -31,17 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fixtures, 
 
 import apache_beam as beam
 
-from smelter.pipeline.demo_source import DEMO_PRS, NOISY_BODY
+from smelter.pipeline.demo import DEMO_PRS, NOISY_BODY
 from smelter.schemas import Task
-from smelter.transforms.clean import (
+from smelter.transforms.clean.clean import (
     CleanConfig,
     CleanFn,
     check_endpoint,
     clean_report,
     counters_of,
 )
-from smelter.transforms.common import Stage
-from smelter.transforms.normalize import normalize_statement
+from smelter.transforms.clean.normalize import normalize_statement
+from smelter.transforms.stage import Stage
 from tests.fixtures.clean_tasks import make_task, title_only_task
 from tests.fixtures.llama_server import MODEL_NAME, start_llama_server
 from tests.fixtures.llm_standin import LLMStandIn

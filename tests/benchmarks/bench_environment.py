@@ -26,12 +26,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests helpers, run as a scrip
 
 from _demo_stages import HOST_CA, demo_candidates  # noqa: E402
 
-from smelter.pipeline.demo_source import create_demo_repo  # noqa: E402
+from smelter.pipeline.demo import create_demo_repo  # noqa: E402
 from smelter.schemas import Candidate  # noqa: E402
-from smelter.transforms import base_images as bi  # noqa: E402
-from smelter.transforms import docker_engine as eng  # noqa: E402
-from smelter.transforms.common import Rejected  # noqa: E402
-from smelter.transforms.environment import EnvConfig, EnvironmentFn  # noqa: E402
+from smelter.transforms.adapters import base_images as bi  # noqa: E402
+from smelter.transforms.adapters import docker_engine as eng  # noqa: E402
+from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn  # noqa: E402
+from smelter.transforms.stage import Rejected  # noqa: E402
 
 
 def timed(fn):

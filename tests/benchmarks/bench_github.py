@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fixtures, run as a script
 
-from smelter.pipeline.demo_source import create_demo_repo
+from smelter.pipeline.demo import create_demo_repo
 from smelter.schemas import PullRequest
-from smelter.transforms.github_source import GitHubConfig, GitHubSource
+from smelter.transforms.mine.github_source import GitHubConfig, GitHubSource
 from tests.fixtures.github_standin import GitHubStandin, standin_from_demo
 
 

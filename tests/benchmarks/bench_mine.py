@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from smelter.schemas import PullRequest
-from smelter.transforms.gitrepo import GitRepo
-from smelter.transforms.mine_git import GitSource, MineConfig, MineGitFn, RepoSpec
+from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.mine.git_source import GitSource, MineConfig, MineGitFn, RepoSpec
 
 N_MODULES = 40
 LINES = 40

@@ -57,9 +57,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from smelter.transforms.pack_config import PackConfig
-from smelter.transforms.packing import martello_toth_l2, pack_arrays, split_items
-from smelter.transforms.shards import TokenStore, write_shards
+from smelter.transforms.pack.config import PackConfig
+from smelter.transforms.pack.packing import martello_toth_l2, pack_arrays, split_items
+from smelter.transforms.pack.shards import TokenStore, write_shards
 
 CASES: dict[str, tuple[str, int, int]] = {
     # name: (length distribution, documents, max_len)

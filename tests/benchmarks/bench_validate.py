@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from smelter.pipeline.demo_source import create_demo_repo
+from smelter.pipeline.demo import create_demo_repo
 from smelter.schemas import Candidate
-from smelter.transforms.docker_engine import connect, remove_image
-from smelter.transforms.grading import grade
-from smelter.transforms.validate import (
+from smelter.transforms.adapters.docker_engine import connect, remove_image
+from smelter.transforms.validate.grading import grade
+from smelter.transforms.validate.validate import (
     REPORT_PATH,
     ValidateConfig,
     Validator,
