@@ -21,6 +21,7 @@ from nbclient import NotebookClient
 
 from smelter.pipeline import report as rp
 from smelter.pipeline.cli import main
+from smelter.pipeline.report import frames, funnel, load
 from smelter.schemas import (
     Candidate,
     Dockerfiles,
@@ -108,7 +109,7 @@ def code_patch(n: int) -> str:
 
 
 # code_patch: 2 files, 3 hunks, added 3, removed 2
-CODE_STATS = rp.DiffStats(files=2, hunks=3, added=3, removed=2)
+CODE_STATS = frames.DiffStats(files=2, hunks=3, added=3, removed=2)
 
 
 def test_patch(n: int, tests: int) -> str:
@@ -290,7 +291,7 @@ def rejects() -> list[Rejection]:
 
 
 def funnel_json() -> dict:
-    rej = rp.rejection_reasons(rp.reject_frame(rejects()))
+    rej = rp.rejection_reasons(frames.reject_frame(rejects()))
     stages, n = [], 14
     for stage in ("mine", "snapshot", "environment", "validate", "clean", "pack"):
         reasons = {r: c for s, r, c in rej.iter_rows() if s == stage}
@@ -337,29 +338,31 @@ def out_dir(tmp_path: Path) -> Path:
 
 
 def test_diff_stats_counts_by_hunk_headers() -> None:
-    assert rp.diff_stats(code_patch(1)) == CODE_STATS
-    assert rp.diff_stats(test_patch(1, 3)) == rp.DiffStats(files=1, hunks=1, added=6, removed=0)
+    assert frames.diff_stats(code_patch(1)) == CODE_STATS
+    assert frames.diff_stats(test_patch(1, 3)) == frames.DiffStats(
+        files=1, hunks=1, added=6, removed=0
+    )
     binary = (
         "diff --git a/tests/data.bin b/tests/data.bin\nnew file mode 100644\n"
         "index 0000000..e69de29\nGIT binary patch\nliteral 4\nLcmZQzU|;|M00aO5\n\nliteral 0\n"
         "HcmV?d00001\n\n"
     )
-    assert rp.diff_stats(binary) == rp.DiffStats(files=1, hunks=0, added=0, removed=0)
+    assert frames.diff_stats(binary) == frames.DiffStats(files=1, hunks=0, added=0, removed=0)
     plain = "--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n-a\n+b\n c\n"
-    assert rp.diff_stats(plain) == rp.DiffStats(files=1, hunks=1, added=1, removed=1)
-    assert rp.diff_stats("") == rp.DiffStats(0, 0, 0, 0)
+    assert frames.diff_stats(plain) == frames.DiffStats(files=1, hunks=1, added=1, removed=1)
+    assert frames.diff_stats("") == frames.DiffStats(0, 0, 0, 0)
 
 
 def test_statement_change_and_ids() -> None:
-    ratio, sim = rp.statement_change("abcd", "abcd")
+    ratio, sim = frames.statement_change("abcd", "abcd")
     assert (ratio, sim) == (1.0, 1.0)
-    ratio, sim = rp.statement_change("abcdefgh", "abcd")
+    ratio, sim = frames.statement_change("abcdefgh", "abcd")
     assert ratio == 0.5 and 0 < sim < 1
-    assert rp.statement_change("", "x")[0] is None
-    assert rp.repo_of("psf__requests-1234") == "psf/requests"
-    assert rp.repo_of("weird") == ""
-    assert rp.doc_instance_id("a__b-1#2") == "a__b-1"
-    assert rp.normalize_stage("Validation") == "validate"
+    assert frames.statement_change("", "x")[0] is None
+    assert frames.repo_of("psf__requests-1234") == "psf/requests"
+    assert frames.repo_of("weird") == ""
+    assert frames.doc_instance_id("a__b-1#2") == "a__b-1"
+    assert frames.normalize_stage("Validation") == "validate"
 
 
 # --------------------------------------------------------------------------- full folder
@@ -380,7 +383,7 @@ def test_funnel_adds_up_and_matches_records(out_dir: Path) -> None:
     assert steps.get_column("dropped").to_list()[1:] == steps.get_column("rejected").to_list()[1:]
     assert steps.get_column("pending").to_list()[1:] == [0] * 5
 
-    check = rp.funnel_check(outcomes, data.rejects, data.funnel_json, data.present)
+    check = funnel.funnel_check(outcomes, data.rejects, data.funnel_json, data.present)
     assert check.balanced, check.messages
     assert (check.mined, check.tasks, check.rejected) == (14, 6, 8)
     assert check.summary == "14 mined = 6 tasks + 8 rejected"
@@ -403,11 +406,11 @@ def test_frames_from_records_equal_frames_from_the_folder(out_dir: Path) -> None
     data = rp.load_output(out_dir)
     tasks = [task(i) for i in TASK_IDS]
     candidates = [candidate(i) for i in CANDIDATE_IDS]
-    assert rp.task_frame(tasks).equals(data.tasks)
-    assert rp.test_run_frame(tasks).equals(data.runs)
-    assert rp.candidate_frame(candidates).equals(data.candidates)
-    assert rp.environment_frame(candidates, tasks).equals(data.environments)
-    assert rp.reject_frame(rejects()).equals(data.rejects)
+    assert frames.task_frame(tasks).equals(data.tasks)
+    assert frames.test_run_frame(tasks).equals(data.runs)
+    assert frames.candidate_frame(candidates).equals(data.candidates)
+    assert frames.environment_frame(candidates, tasks).equals(data.environments)
+    assert frames.reject_frame(rejects()).equals(data.rejects)
 
 
 def test_task_quality_matches_records(out_dir: Path) -> None:
@@ -548,7 +551,7 @@ def test_mismatch_is_reported_loudly(out_dir: Path, capsys) -> None:
         w.write(task("acme__ghost-5").model_dump(mode="json"))
 
     data = rp.load_output(out_dir)
-    check = rp.funnel_check(rp.outcomes_of(data), data.rejects, data.funnel_json, data.present)
+    check = funnel.funnel_check(rp.outcomes_of(data), data.rejects, data.funnel_json, data.present)
     assert not check.balanced
     assert (check.mined, check.pending, check.multiple, check.orphans) == (15, 1, 1, 1)
     joined = "\n".join(check.messages)
@@ -565,16 +568,16 @@ def test_mismatch_is_reported_loudly(out_dir: Path, capsys) -> None:
 
 
 def test_funnel_json_that_disagrees_is_named() -> None:
-    rej = rp.reject_frame(rejects())
+    rej = frames.reject_frame(rejects())
     doc = funnel_json()
-    assert rp.funnel_json_mismatches(doc, rej) == []
+    assert funnel.funnel_json_mismatches(doc, rej) == []
     doc["stages"][1]["rejected"]["empty_patch"] = 3
-    msgs = rp.funnel_json_mismatches(doc, rej)
+    msgs = funnel.funnel_json_mismatches(doc, rej)
     assert "funnel.json stage snapshot: in 12 - out 10 != 4 rejected" in msgs
     assert "funnel.json stage snapshot: empty_patch = 3, rejects.jsonl has 1" in msgs
-    assert rp.funnel_json_mismatches({"repos": {}}, rej) == ["funnel.json has no 'stages' list"]
+    assert funnel.funnel_json_mismatches({"repos": {}}, rej) == ["funnel.json has no 'stages' list"]
     # A funnel.json that starts from a different number of PRs than the records hold.
-    assert rp.funnel_json_mismatches(funnel_json(), rej, mined=15) == [
+    assert funnel.funnel_json_mismatches(funnel_json(), rej, mined=15) == [
         "funnel.json: 14 PRs into 'mine', records: 15"
     ]
 
@@ -605,7 +608,7 @@ def test_run_stopped_after_mining(tmp_path: Path, capsys) -> None:
     outcomes = rp.outcomes_of(data)
     steps = rp.funnel_steps(outcomes, rp.steps_with_evidence(data.present, data.rejects))
     assert steps.get_column("count").to_list() == [14, None, None, None, None, None]
-    check = rp.funnel_check(outcomes, data.rejects, data.funnel_json, data.present)
+    check = funnel.funnel_check(outcomes, data.rejects, data.funnel_json, data.present)
     assert (check.mined, check.rejected, check.pending) == (14, 2, 12)
     assert "no stage output after 'mine': the run did not finish" in check.messages[0]
 
@@ -630,7 +633,7 @@ def test_run_stopped_on_purpose_with_until(tmp_path: Path, capsys) -> None:
     (out / "run.json").write_text(json.dumps({"plan": {"until": "snapshot"}}))
 
     data = rp.load_output(out)
-    assert rp.run_until(data.run_json) == "snapshot"
+    assert funnel.run_until(data.run_json) == "snapshot"
     check = rp.check_of(data)
     assert check.balanced and check.pending == 10
     assert check.notes == (
@@ -662,7 +665,7 @@ def test_empty_folder_names_everything_missing(tmp_path: Path, capsys) -> None:
     out.mkdir()
     assert main(["report", str(out)]) == 0
     md = (out / "report" / "report.md").read_text()
-    assert all(f"{p} —" in md for p in rp.PARTS.values())
+    assert all(f"{p} —" in md for p in load.PARTS.values())
     assert "nothing was mined" in md
     assert list((out / "report").glob("*.png")) == []
     assert "missing:" in capsys.readouterr().out

@@ -28,6 +28,7 @@ import jsonlines
 import polars as pl
 
 from smelter.pipeline import report as rp
+from smelter.pipeline.report import render
 from smelter.schemas import Reason, Rejection
 from tests.test_report import candidate, pull_request, shard_row, task
 
@@ -115,7 +116,7 @@ def main() -> None:
                 rp.packing_summary(data.shards, 4096, data.rejects),
             ],
         )
-        timed("figures", rp.render_figures, data, Path(tmp) / "figs")
+        timed("figures", render.render_figures, data, Path(tmp) / "figs")
         timed("write_report (all)", rp.write_report, data)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"  funnel: {check.summary} (balanced={check.balanced})")
