@@ -15,7 +15,7 @@ WHEELS ?= $(HOME)/.cache/smelter/wheels
 LLAMA_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: demo test setup engine lint bench clean llama-cpp
+.PHONY: demo test unit setup engine lint bench clean llama-cpp
 
 setup: $(VENV)/.installed
 
@@ -55,15 +55,22 @@ demo: engine
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@# Type-check schemas/ and transforms/ under their import names (smelter.*): the folders are
-	@# mapped by setuptools' package-dir, which mypy cannot follow, so give it a symlinked tree.
-	@mkdir -p build/mypy/smelter && for d in schemas transforms pipeline; do \
+	@# Type-check the three packages under their import names (smelter.*). The folders are
+	@# mapped by setuptools' package-dir (the layout is fixed: no smelter/ folder), and mypy
+	@# derives a module's name from its folder, with no setting to map one to the other, so it
+	@# reads a tree of four links made here (build/ is ignored by git).
+	@mkdir -p build/mypy/smelter && for d in schemas transforms pipeline dockerfiles; do \
 	  ln -sfn ../../../$$d build/mypy/smelter/$$d; done
 	MYPYPATH=build/mypy $(BIN)/mypy --ignore-missing-imports --follow-imports=silent \
-	  -p smelter.schemas -p smelter.transforms
+	  -p smelter.schemas -p smelter.transforms -p smelter.pipeline
 
 test: engine lint
 	$(BIN)/python -m pytest
+
+# The fast tier: pure functions, real git and local HTTP stand-ins; no engine, no Docker, no
+# slow tests, so it runs before the engine or base images exist.
+unit: setup
+	$(BIN)/python -m pytest -m "not docker and not slow"
 
 bench: engine
 	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -41,7 +41,7 @@ from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, 
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import transform_evaluator as te
 from apache_beam.runners.dask.overrides import _Reshuffle, dask_overrides
-from apache_beam.transforms.core import DoFn
+from apache_beam.transforms.core import DoFn, ParDo
 from apache_beam.transforms.sideinputs import SideInputMap
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,14 @@ class _Translator(PipelineVisitor):
             return
         op_class = te.TRANSLATIONS.get(transform.__class__, te.NoOp)
         if op_class is not te.ParDo:
-            op = op_class(node, bag_kwargs=self.bag_kwargs)
+            op = op_class(node, bag_kwargs=self.bag_kwargs)  # type: ignore[abstract]
             if op_class is te.Flatten:
                 self.bags[node] = op.apply(inputs)
             else:
                 self.bags[node] = op.apply(inputs[0] if inputs else None)
             return
         (bag,) = inputs
+        assert isinstance(transform, ParDo)  # TRANSLATIONS sends exactly ParDo here
         side_specs, side_values = [], []
         for si in node.side_inputs:
             side_specs.append((type(si), si._view_options(), si._window_mapping_fn))
