@@ -8,7 +8,8 @@ from pathlib import Path
 from smelter.pipeline.demo import DemoRepo
 from smelter.schemas import Candidate, PullRequest
 from smelter.transforms.adapters.git import GitRepo
-from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.environment.builder import EnvironmentFn
+from smelter.transforms.environment.config import EnvConfig
 from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
 from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
 from smelter.transforms.stage import Rejected

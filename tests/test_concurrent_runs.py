@@ -17,7 +17,8 @@ import pytest
 from smelter.schemas import Candidate, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.base_images import BaseImage
-from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.environment.builder import EnvironmentFn
+from smelter.transforms.environment.config import EnvConfig
 from smelter.transforms.stage import Rejected
 from smelter.transforms.validate.validate import ValidateConfig, ValidateFn, Validator, kept_tag
 from tests.test_environment import make_candidate

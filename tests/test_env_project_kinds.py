@@ -22,7 +22,8 @@ import pytest
 
 from smelter.schemas import Candidate, Rejection
 from smelter.transforms.adapters import docker_engine as eng
-from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.environment.builder import EnvironmentFn
+from smelter.transforms.environment.config import EnvConfig
 from tests._gitutil import Repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

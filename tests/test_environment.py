@@ -15,8 +15,11 @@ from smelter.schemas import Candidate, Reason, Rejection
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.base_images import BaseImage
 from smelter.transforms.environment import builder as envmod
+from smelter.transforms.environment import buildlog, dockerfiles
+from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import recipe as rc
-from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.environment.builder import EnvironmentFn
+from smelter.transforms.environment.config import EnvConfig
 
 CREATED = "2025-06-01T12:00:00Z"
 
@@ -25,16 +28,16 @@ CREATED = "2025-06-01T12:00:00Z"
 
 
 def test_cutoffs() -> None:
-    assert envmod.instance_cutoff("2024-03-05T10:11:12+01:00") == "2024-03-05T09:11:12Z"
-    assert envmod.env_cutoff("2024-03-05T10:11:12Z", 1) == "2024-03-05"
-    bucket = envmod.env_cutoff("2024-03-05T10:11:12Z", 30)
+    assert dockerfiles.instance_cutoff("2024-03-05T10:11:12+01:00") == "2024-03-05T09:11:12Z"
+    assert dockerfiles.env_cutoff("2024-03-05T10:11:12Z", 1) == "2024-03-05"
+    bucket = dockerfiles.env_cutoff("2024-03-05T10:11:12Z", 30)
     assert bucket <= "2024-03-05"
     # neighbours in one bucket share the cutoff, so they share the env image
-    assert envmod.env_cutoff("2024-03-06T00:00:00Z", 30) in (bucket, "2024-03-06")
+    assert dockerfiles.env_cutoff("2024-03-06T00:00:00Z", 30) in (bucket, "2024-03-06")
 
 
 def test_env_dockerfile_inlines_requirements_and_cutoff() -> None:
-    text = envmod.render_env_dockerfile(
+    text = dockerfiles.render_env_dockerfile(
         repo="o/r", recipe="extras-test", base_image="smelter/base:x",
         requirements=["attrs>=21", "pytest ; python_version>'3'"], cutoff="2024-01-01",
         with_ca=True,
@@ -46,7 +49,7 @@ def test_env_dockerfile_inlines_requirements_and_cutoff() -> None:
     )
     assert "COPY extra-ca.crt" in text and "SSL_CERT_FILE" in text
     assert "PATH=/opt/smelter/venv/bin:$PATH" in text
-    plain = envmod.render_env_dockerfile(
+    plain = dockerfiles.render_env_dockerfile(
         repo="o/r", recipe="plain", base_image="b", requirements=["pytest"], cutoff=None,
         with_ca=False,
     )  # fmt: skip
@@ -54,7 +57,7 @@ def test_env_dockerfile_inlines_requirements_and_cutoff() -> None:
 
 
 def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> None:
-    text = envmod.render_instance_dockerfile(
+    text = dockerfiles.render_instance_dockerfile(
         repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="smelter/env:e",
         installable=True, extras=["test"], cutoff="2024-01-01T00:00:00Z",
         install_env={"SETUPTOOLS_SCM_PRETEND_VERSION": "0.0.0"},
@@ -87,11 +90,11 @@ def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> 
     assert text.index("USER 1000:1000") < text.index("uv pip install") < text.index("USER root")
     # git trusts the test user's tree before anything (setuptools-scm) reads it
     assert text.index("safe.directory /testbed") < text.index("uv pip install")
-    assert "python setup.py develop" in envmod.render_instance_dockerfile(
+    assert "python setup.py develop" in dockerfiles.render_instance_dockerfile(
         repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=True,
         extras=[], cutoff=None, install_env={}, has_setup_py=True,
     )  # fmt: skip
-    bare = envmod.render_instance_dockerfile(
+    bare = dockerfiles.render_instance_dockerfile(
         repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=False,
         extras=[], cutoff=None, install_env={}, source_paths=["/testbed/src", "/testbed"],
     )  # fmt: skip
@@ -100,25 +103,25 @@ def test_instance_dockerfile_installs_editable_with_extras_and_scm_version() -> 
 
 
 def test_env_requirements_add_build_requirements_once() -> None:
-    project = rc.project_metadata({"pyproject.toml": PYPROJECT})
+    project = pj.project_metadata({"pyproject.toml": PYPROJECT})
     assert project.build_requires == ("setuptools>=61",)
     rung = rc.install_ladder({"pyproject.toml": PYPROJECT})[0]
-    assert envmod.env_requirements(rung, project) == [
+    assert dockerfiles.env_requirements(rung, project) == [
         "pytest>=7",
         "pytest-timeout",
         "setuptools>=61",
         "pip",  # setuptools' develop and many setup.py scripts run `python -m pip`
     ]
-    legacy = rc.project_metadata({"setup.py": "from setuptools import setup\nsetup()\n"})
+    legacy = pj.project_metadata({"setup.py": "from setuptools import setup\nsetup()\n"})
     assert legacy.build_requires == ("setuptools>=40.8.0", "wheel")
 
 
 def test_check_script_exit_codes() -> None:
-    script = envmod.check_script(["pkg"], ["tests/test_a.py"], 2)
+    script = dockerfiles.check_script(["pkg"], ["tests/test_a.py"], 2)
     assert "python -c 'import pkg' || exit 91" in script
     assert script.count("git apply") == 2
     assert "--collect-only" in script and "|| exit 93" in script
-    assert "pytest" not in envmod.check_script(["pkg"], [], 0)
+    assert "pytest" not in dockerfiles.check_script(["pkg"], [], 0)
 
 
 def test_check_collects_only_test_files_that_still_exist(tmp_path: Path) -> None:
@@ -130,8 +133,8 @@ def test_check_collects_only_test_files_that_still_exist(tmp_path: Path) -> None
     shims.mkdir()
     (shims / "python").write_text('#!/bin/sh\necho "$@" >> "$ARGS_LOG"\n')
     (shims / "python").chmod(0o755)
-    script = envmod.check_script([], ["tests/test_gone.py", "tests/test_kept.py"], 0)
-    script = script.replace(f"cd {envmod.WORKDIR}", f"cd {tmp_path}")
+    script = dockerfiles.check_script([], ["tests/test_gone.py", "tests/test_kept.py"], 0)
+    script = script.replace(f"cd {dockerfiles.WORKDIR}", f"cd {tmp_path}")
     log = tmp_path / "args.log"
     env = {"PATH": f"{shims}:/usr/bin:/bin", "ARGS_LOG": str(log)}
     proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
@@ -148,8 +151,8 @@ def test_failure_reason_from_build_error() -> None:
     run_err = eng.BuildFailed(
         "The command '/bin/sh -c uv pip install x' returned a non-zero code: 1", ""
     )
-    assert envmod.failure_reason(run_err) is Reason.INSTALL_FAILED
-    assert envmod.failure_reason(eng.BuildFailed("COPY failed", "")) is Reason.BUILD_FAILED
+    assert buildlog.failure_reason(run_err) is Reason.INSTALL_FAILED
+    assert buildlog.failure_reason(eng.BuildFailed("COPY failed", "")) is Reason.BUILD_FAILED
 
 
 def test_recipe_memory_roundtrip(tmp_path: Path) -> None:
@@ -435,34 +438,34 @@ The command '/bin/sh -c { uv pip install -e . ; }' returned a non-zero code: 1
 
 def test_reject_detail_keeps_the_first_error_ahead_of_the_tail() -> None:
     """Regression: the detail kept the last 1,400 characters, which the echoed command filled."""
-    detail = envmod.reject_detail(UV_BUILD_LOG, "extras-test failed")
+    detail = buildlog.reject_detail(UV_BUILD_LOG, "extras-test failed")
     assert detail.startswith("first error:\nerror: The build backend returned an error")
     assert "AttributeError: 'HTMLParser' object has no attribute 'unescape'" in detail
     assert "\x1b[" not in detail and detail.endswith("-- extras-test failed")
     assert len(detail) < 1600
-    line = envmod.first_error_line(UV_BUILD_LOG)
+    line = buildlog.first_error_line(UV_BUILD_LOG)
     assert line == "AttributeError: 'HTMLParser' object has no attribute 'unescape'"
-    assert envmod.first_error("Step 1/2 : RUN echo error: not this\nall good\n") == ""
+    assert buildlog.first_error("Step 1/2 : RUN echo error: not this\nall good\n") == ""
 
 
 def test_needs_compiler() -> None:
-    assert envmod.needs_compiler("error: command 'gcc' failed: No such file or directory")
-    assert envmod.needs_compiler("src/x.c:1:10: fatal error: Python.h: No such file or directory")
-    assert envmod.needs_compiler("unable to execute 'x86_64-linux-gnu-gcc': No such file")
-    assert not envmod.needs_compiler("No solution found when resolving dependencies")
+    assert buildlog.needs_compiler("error: command 'gcc' failed: No such file or directory")
+    assert buildlog.needs_compiler("src/x.c:1:10: fatal error: Python.h: No such file or directory")
+    assert buildlog.needs_compiler("unable to execute 'x86_64-linux-gnu-gcc': No such file")
+    assert not buildlog.needs_compiler("No solution found when resolving dependencies")
 
 
 def test_resolver_cutoff_is_the_merge_but_never_before_the_python_was_usable() -> None:
-    assert envmod.resolver_cutoff("2025-03-01T10:00:00Z", "3.11") == "2025-03-01T10:00:00Z"
+    assert dockerfiles.resolver_cutoff("2025-03-01T10:00:00Z", "3.11") == "2025-03-01T10:00:00Z"
     # Python 3.9 came out 2020-10-05: a 2019 PR resolves as of 90 days later
-    assert envmod.resolver_cutoff("2019-05-01T00:00:00Z", "3.9") == "2021-01-03T00:00:00Z"
+    assert dockerfiles.resolver_cutoff("2019-05-01T00:00:00Z", "3.9") == "2021-01-03T00:00:00Z"
     c = Candidate(
         instance_id="o__r-1", repo="o/r", repo_url="/x", pull_number=1, base_commit="a",
         merge_commit="b", created_at="2023-01-01T00:00:00Z", merged_at="2026-01-01T00:00:00Z",
         problem_statement="", patch="", test_patch="",
     )  # fmt: skip
     # Regression: a PR branched in 2023 and merged in 2026 resolved 2023 packages
-    assert envmod.resolve_date(c) == "2026-01-01T00:00:00Z"
+    assert dockerfiles.resolve_date(c) == "2026-01-01T00:00:00Z"
 
 
 def test_build_context_mtimes_are_zip_safe() -> None:
@@ -525,13 +528,15 @@ def test_hatchling_gets_editables_and_its_own_error_is_the_first() -> None:
         '[build-system]\nrequires = ["hatchling", "hatch-vcs"]\n'
         'build-backend = "hatchling.build"\n[project]\nname = "fl"\ndynamic = ["version"]\n'
     )
-    project = rc.project_metadata({"pyproject.toml": pyproject})
+    project = pj.project_metadata({"pyproject.toml": pyproject})
     assert project.build_requires == ("hatchling", "hatch-vcs", "editables")
     assert not project.setuptools_backend
-    text = envmod.render_instance_dockerfile(
+    text = dockerfiles.render_instance_dockerfile(
         repo="o/r", instance_id="o__r-1", base_commit="abc", env_image="e", installable=True,
         extras=[], cutoff=None, install_env={}, legacy_develop=project.setuptools_backend,
     )  # fmt: skip
     assert "develop" not in text
-    assert envmod.first_error_line(HATCH_LOG) == "ModuleNotFoundError: No module named 'editables'"
-    assert rc.project_metadata({"setup.py": "setup()"}).setuptools_backend
+    assert (
+        buildlog.first_error_line(HATCH_LOG) == "ModuleNotFoundError: No module named 'editables'"
+    )
+    assert pj.project_metadata({"setup.py": "setup()"}).setuptools_backend

@@ -12,7 +12,8 @@ import pytest
 from smelter.schemas import Candidate
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.base_images import BaseImage
-from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn
+from smelter.transforms.environment.builder import EnvironmentFn
+from smelter.transforms.environment.config import EnvConfig
 from tests.test_environment import make_candidate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

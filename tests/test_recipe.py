@@ -1,9 +1,10 @@
-"""Recipe inference on file contents (pure; no git, no Docker)."""
+"""Recipe inference and project metadata on file contents (pure; no git, no Docker)."""
 
 from __future__ import annotations
 
 import pytest
 
+from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import recipe as r
 
 PYPROJECT = """
@@ -75,7 +76,7 @@ jobs:
 
 
 def test_project_metadata_from_pyproject() -> None:
-    p = r.project_metadata({"pyproject.toml": PYPROJECT})
+    p = pj.project_metadata({"pyproject.toml": PYPROJECT})
     assert p.name == "Demo-Pkg" and p.installable
     assert p.requires_python == ">=3.9"
     assert p.dependencies == ("attrs>=21", "click")
@@ -85,11 +86,11 @@ def test_project_metadata_from_pyproject() -> None:
 
 
 def test_project_metadata_from_setup_cfg_and_setup_py() -> None:
-    cfg = r.project_metadata({"setup.cfg": SETUP_CFG, "setup.py": "import setuptools\n"})
+    cfg = pj.project_metadata({"setup.cfg": SETUP_CFG, "setup.py": "import setuptools\n"})
     assert cfg.name == "oldpkg" and cfg.requires_python == ">=3.8"
     assert cfg.dependencies == ("requests>=2", "six")
     assert cfg.extras["testing"] == ("pytest", "mock")
-    legacy = r.project_metadata({"setup.py": SETUP_PY})
+    legacy = pj.project_metadata({"setup.py": SETUP_PY})
     assert legacy.requires_python == ">=3.6, <3.10"
     assert legacy.dependencies == ("simplejson",)
     assert legacy.extras == {"tests": ("nose", "pytest")}
@@ -98,7 +99,7 @@ def test_project_metadata_from_setup_cfg_and_setup_py() -> None:
 
 def test_dynamic_dependencies_are_flagged() -> None:
     text = '[project]\nname = "x"\ndynamic = ["dependencies", "version"]\n'
-    assert r.project_metadata({"pyproject.toml": text}).dependencies_dynamic
+    assert pj.project_metadata({"pyproject.toml": text}).dependencies_dynamic
 
 
 def test_python_hints_from_tox_and_ci_matrix() -> None:
@@ -106,7 +107,7 @@ def test_python_hints_from_tox_and_ci_matrix() -> None:
         "tox.ini": "[tox]\nenvlist = py38, py39-django{32,40}, py3{10,11}\n",
         ".github/workflows/ci.yml": WORKFLOW,
     }
-    assert r.python_hints(files) == ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+    assert pj.python_hints(files) == ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +126,7 @@ def test_python_hints_from_tox_and_ci_matrix() -> None:
     ],
 )  # fmt: skip
 def test_choose_python(files: dict[str, str], available: list[str], expected: str | None) -> None:
-    assert r.choose_python(files, available) == expected
+    assert pj.choose_python(files, available) == expected
 
 
 def test_flatten_requirements_inlines_includes_and_drops_local_lines() -> None:
@@ -174,13 +175,13 @@ def test_dependency_groups_rung() -> None:
 def test_import_names_and_test_files() -> None:
     paths = ["src/demo_pkg/__init__.py", "src/demo_pkg/core.py", "tests/__init__.py",
              "docs/conf.py", "other/__init__.py", "setup.py"]  # fmt: skip
-    assert r.import_names(paths, "Demo-Pkg") == ["demo_pkg", "other"]
+    assert pj.import_names(paths, "Demo-Pkg") == ["demo_pkg", "other"]
     touched = ["tests/test_core.py", "tests/conftest.py", "tests/data/x.json", "pkg/a_test.py"]
     assert r.collectable_test_files(touched) == ["pkg/a_test.py", "tests/test_core.py"]
 
 
 def test_scm_environment_only_for_git_versioned_projects() -> None:
-    scm = r.project_metadata(
+    scm = pj.project_metadata(
         {
             "pyproject.toml": PYPROJECT.replace(
                 'requires = ["setuptools>=61"]',
@@ -191,7 +192,7 @@ def test_scm_environment_only_for_git_versioned_projects() -> None:
     env = r.scm_environment(scm, "1.2.3")
     assert env["SETUPTOOLS_SCM_PRETEND_VERSION"] == "1.2.3"
     assert env["SETUPTOOLS_SCM_PRETEND_VERSION_FOR_DEMO_PKG"] == "1.2.3"
-    assert r.scm_environment(r.project_metadata({"pyproject.toml": PYPROJECT})) == {}
+    assert r.scm_environment(pj.project_metadata({"pyproject.toml": PYPROJECT})) == {}
 
 
 def test_wanted_files() -> None:
@@ -222,7 +223,7 @@ def test_extras_in_a_module_level_variable_are_read() -> None:
         "kw = dict(name='varpkg', install_requires=install)\n"
         "setup(extras_require=EXTRAS_REQUIRE, long_description=open('README').read(), **kw)\n"
     )
-    p = r.project_metadata({"setup.py": setup_py})
+    p = pj.project_metadata({"setup.py": setup_py})
     assert p.name == "varpkg" and p.dependencies == ("six", "attrs")
     assert p.extras["tests"] == ("pytest>=6", "hypothesis", "coverage")
     assert p.extras["dev"] == ("pytest>=6", "hypothesis", "coverage", "tox")
@@ -233,7 +234,7 @@ def test_extras_in_a_module_level_variable_are_read() -> None:
 
 def test_code_that_would_run_is_never_evaluated() -> None:
     setup_py = "import os\nDEPS = os.environ['X'].split()\nsetup(install_requires=DEPS)\n"
-    assert r.project_metadata({"setup.py": setup_py}).dependencies == ()
+    assert pj.project_metadata({"setup.py": setup_py}).dependencies == ()
 
 
 def test_requirement_files_of_different_purposes_are_never_merged() -> None:

@@ -23,11 +23,8 @@ from smelter.schemas import Candidate, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.git import GitRepo
 from smelter.transforms.environment import versions as vers
-from smelter.transforms.environment.builder import (
-    EnvironmentFn,
-    first_error_line,
-    read_recipe_files_at,
-)
+from smelter.transforms.environment.builder import EnvironmentFn, read_recipe_files_at
+from smelter.transforms.environment.buildlog import first_error_line
 from smelter.transforms.util import strip_ansi, tail
 from tests._calc_repo import git
 from tests.test_environment import _git, make_candidate, stage  # noqa: F401  # fixture

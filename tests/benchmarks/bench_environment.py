@@ -30,7 +30,8 @@ from smelter.pipeline.demo import create_demo_repo  # noqa: E402
 from smelter.schemas import Candidate  # noqa: E402
 from smelter.transforms.adapters import base_images as bi  # noqa: E402
 from smelter.transforms.adapters import docker_engine as eng  # noqa: E402
-from smelter.transforms.environment.builder import EnvConfig, EnvironmentFn  # noqa: E402
+from smelter.transforms.environment.builder import EnvironmentFn  # noqa: E402
+from smelter.transforms.environment.config import EnvConfig  # noqa: E402
 from smelter.transforms.stage import Rejected  # noqa: E402
 
 

@@ -35,390 +35,47 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import fcntl
 import hashlib
 import json
 import logging
 import os
-import re
-import shlex
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import docker
 import docker.errors
-from packaging.requirements import InvalidRequirement, Requirement
 
 from smelter.schemas import Candidate, Dockerfiles, EnvAttempt, Environment, Reason
 from smelter.transforms.adapters import base_images as bi
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters import registry as reg
 from smelter.transforms.adapters.git import GitError, GitRepo
+from smelter.transforms.environment import buildlog as bl
+from smelter.transforms.environment import dockerfiles as df
+from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import pyversion as pyv
 from smelter.transforms.environment import recipe as rc
 from smelter.transforms.environment import versions as vers
 from smelter.transforms.environment.config import EnvConfig
-from smelter.transforms.stage import Fatal, Rejected, Retryable, StageFn, stable_hash, tail
-from smelter.transforms.util import strip_ansi
+from smelter.transforms.errors import Fatal, Rejected, Retryable
+from smelter.transforms.stage import StageFn
+from smelter.transforms.util import stable_hash, tail
 
 log = logging.getLogger(__name__)
 
 STAGE = "environment"
 ENV_REPO = "smelter/env"
 INSTANCE_REPO = "smelter/instance"
-WORKDIR = "/testbed"
-TEST_USER = "smelter"
-CHECK_DIR = "/smelter-check"
 MAX_RECIPE_FILE_BYTES = 1_000_000
 # Furthest stage a failed rung reached; the rejection reports the furthest one.
 _PROGRESS = [Reason.BUILD_FAILED, Reason.INSTALL_FAILED, Reason.IMPORT_FAILED,
              Reason.COLLECTION_FAILED]  # fmt: skip
-
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def env_cutoff(created_at: str, bucket_days: int) -> str:
-    """The env layer's resolver cutoff: the PR's UTC date rounded down to a day bucket."""
-    when = _parse_time(created_at)
-    days = (when.date() - dt.date(1970, 1, 1)).days
-    start = dt.date(1970, 1, 1) + dt.timedelta(days=days - days % max(1, bucket_days))
-    return start.isoformat()
-
-
-def instance_cutoff(created_at: str) -> str:
-    """The instance layer's cutoff: the PR's own timestamp, RFC 3339 UTC."""
-    return _parse_time(created_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str) -> dt.datetime:
-    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC)
-
-
-def slug(text: str, limit: int = 60) -> str:
-    """A Docker-repository-safe rendering of a repo or instance id."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "x"
-
-
-def uv_flags(cutoff: str | None) -> str:
-    return f"--exclude-newer {cutoff}" if cutoff else ""
-
-
-def _template(name: str) -> Template:
-    return Template(resources.files("smelter.dockerfiles").joinpath(name).read_text())
-
-
-COMPILER_PACKAGES: tuple[str, ...] = ("gcc", "g++", "make", "libc6-dev", "python3-dev")
-"""Debian packages of the compiler rung: enough to build a C extension for the suite's own
-python3 (``python3-dev`` matches the base image's interpreter in every suite)."""
-
-
-def render_env_dockerfile(
-    *, repo: str, recipe: str, base_image: str, requirements: Sequence[str],
-    cutoff: str | None, with_ca: bool, system_packages: Sequence[str] = (),
-) -> str:  # fmt: skip
-    ca_setup = (
-        "COPY extra-ca.crt /usr/local/share/smelter/extra-ca.crt\n"
-        "RUN cat /usr/local/share/smelter/extra-ca.crt >> /etc/ssl/certs/ca-certificates.crt\n"
-        "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
-        if with_ca
-        else "# (no extra CA bundle)"
-    )
-    system_setup = (
-        "RUN apt-get update \\\n"
-        " && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-        + " ".join(shlex.quote(p) for p in system_packages)
-        + " \\\n && rm -rf /var/lib/apt/lists/*"
-        if system_packages
-        else "# (no system packages)"
-    )
-    return _template("env.Dockerfile").substitute(
-        repo=repo, recipe=recipe, base_image=base_image, ca_setup=ca_setup,
-        exclude_newer_note=cutoff or "the build date (no cutoff)", uv_flags=uv_flags(cutoff),
-        requirements=" ".join(shlex.quote(r) for r in requirements), system_setup=system_setup,
-    )  # fmt: skip
-
-
-INSTALL_MODE_FILE = "/opt/smelter/install-mode"
-INSTALL_LOG_FILE = "/opt/smelter/install.log"
-PR_METADATA_FILE = "/opt/smelter/pr-metadata.txt"
-REBUILD_FILE = "/opt/smelter/rebuild.sh"  # validation runs it after the patches, when present
-INSTALL_MODES = ("editable", "editable-pip", "legacy-develop", "none", "failed")
-# Modes that install without dependencies: the project's metadata says what is missing.
-UNCHECKED_MODES = ("editable-pip", "legacy-develop")
-# Prints the METADATA of the wheel ``uv build`` wrote (its Requires-Dist lines are what the
-# project asks for, computed by its own back end, offline).
-_READ_METADATA = (
-    "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/smelter-wheel/*.whl')[0]); "
-    "print(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode())"
-)
-
-
-def install_script(
-    *, installable: bool, extras: Sequence[str], cutoff: str | None,
-    install_env: Mapping[str, str], has_setup_py: bool, legacy_develop: bool = True,
-    rebuild: bool = False,
-) -> str:  # fmt: skip
-    """The instance layer's install, as one shell command run offline as the test user: the
-    first way that works wins and names itself in ``INSTALL_MODE_FILE``.
-
-    1. editable, no build isolation: the env layer holds the build requirements and the
-       dependencies, so nothing is downloaded (``--offline`` makes a missing one fail at once);
-    2. ``setup.py develop`` (setuptools back ends only): setuptools older than 64 (what an old
-       PR's date resolves to) has no PEP 660 hook ("has no attribute 'build_editable'"), but
-       has always had ``develop``, which links the source tree into the venv just the same;
-    3. pip's editable install, where uv is stricter than the back end (see below);
-    4. otherwise ``failed``, and the project's metadata as its own back end computes it (a
-       wheel built offline), so the missing dependency lines can go into a new env layer.
-    """
-    if not installable:
-        return f"echo none > {INSTALL_MODE_FILE}"  # the source runs from PYTHONPATH
-    target = "." + (f"[{','.join(extras)}]" if extras else "")
-    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(install_env.items()))
-    cmd = (
-        f"{prefix}uv pip install --offline --no-build-isolation {uv_flags(cutoff)} "
-        f"-e {shlex.quote(target)}"
-    ).replace("  ", " ")
-    setup = "setup.py" if has_setup_py else "-c 'import setuptools; setuptools.setup()'"
-    legacy = f"{prefix}python {setup} develop --no-deps"
-    probe = (
-        f"{{ {prefix}uv build --offline --no-build-isolation --wheel -o /tmp/smelter-wheel . "
-        f"|| {prefix}python -m pip wheel --no-index --no-build-isolation --no-deps "
-        f"-w /tmp/smelter-wheel . ; }} "
-        f"&& python -c {shlex.quote(_READ_METADATA)} > {PR_METADATA_FILE}"
-    )
-    # pip where uv is stricter than the back end (uv refuses a pre-PEP 621 ``[project]`` table
-    # such as old pdm's ``version = {from = ...}``); ``--no-deps``, so checked like develop.
-    pip = (
-        f"{prefix}python -m pip install --no-index --no-build-isolation --no-deps "
-        f"-e {shlex.quote(target)}"
-    )
-    # ``develop --no-deps`` succeeds whatever is missing, so its dependencies are checked
-    # against the metadata as well (``probe`` after it). Only setuptools has ``develop``: for
-    # other back ends it would run setuptools on their pyproject.toml and bury their own error.
-    develop = (
-        f" || {{ {legacy} && echo legacy-develop > {INSTALL_MODE_FILE}"
-        f" && {{ {probe} || true; }}; }} \\\n"
-        if legacy_develop
-        else ""
-    )
-    chain = (
-        f"{{ {cmd} && echo editable > {INSTALL_MODE_FILE}; }} \\\n{develop}"
-        f" || {{ {pip} && echo editable-pip > {INSTALL_MODE_FILE} && {{ {probe} || true; }}; }}"
-        f" \\\n || {{ echo failed > {INSTALL_MODE_FILE}; {probe} || true; }}"
-    )
-    if not rebuild:
-        return chain
-    # A compiled extension is built at install time: a fix to its C source reaches the tests
-    # only if validation builds it again after applying the patch (offline, as the test user).
-    again = " || ".join([cmd, *([legacy] if legacy_develop else []), pip])
-    return f"{chain}; \\\n echo {shlex.quote(again)} > {REBUILD_FILE}"
-
-
-def missing_requirements(
-    metadata: str, installed: Iterable[str], extras: Sequence[str], python: str
-) -> list[str]:
-    """``Requires-Dist`` lines of ``metadata`` (for ``extras`` and ``python`` on Linux) whose
-    package is not among ``installed`` names: what a new env layer must add."""
-    have = {rc._norm(n) for n in installed}
-    env = {
-        "python_version": python, "python_full_version": f"{python}.0", "os_name": "posix",
-        "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-        "implementation_name": "cpython", "platform_python_implementation": "CPython",
-    }  # fmt: skip
-    out: list[str] = []
-    for line in metadata.splitlines():
-        if not line.startswith("Requires-Dist:"):
-            continue
-        try:
-            req = Requirement(line.removeprefix("Requires-Dist:").strip())
-        except InvalidRequirement:
-            continue
-        wanted = req.marker is None or any(
-            req.marker.evaluate({**env, "extra": e}) for e in ("", *extras)
-        )
-        if wanted and rc._norm(req.name) not in have:
-            req.marker = None
-            out.append(str(req))
-    return list(dict.fromkeys(out))
-
-
-def frozen_names(frozen: str) -> list[str]:
-    """Package names of ``uv pip freeze`` output (``name==v``, ``name @ url``, ``-e ...``)."""
-    names = []
-    for line in frozen.splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(==|@)", line.strip())
-        if m:
-            names.append(m.group(1))
-    return names
-
-
-def render_instance_dockerfile(
-    *, repo: str, instance_id: str, base_commit: str, env_image: str, installable: bool,
-    extras: Sequence[str], cutoff: str | None, install_env: Mapping[str, str],
-    source_paths: Sequence[str] = (), has_setup_py: bool = False, legacy_develop: bool = True,
-    rebuild: bool = False,
-) -> str:  # fmt: skip
-    install = install_script(
-        installable=installable, extras=extras, cutoff=cutoff, install_env=install_env,
-        has_setup_py=has_setup_py, legacy_develop=legacy_develop, rebuild=rebuild,
-    )  # fmt: skip
-    source_env = (
-        f"ENV PYTHONPATH={':'.join(source_paths)}"
-        if source_paths
-        else "# (installed into the venv; no PYTHONPATH needed)"
-    )
-    return _template("instance.Dockerfile").substitute(
-        repo=repo, instance_id=instance_id, base_commit=base_commit, env_image=env_image,
-        source_env=source_env, install=install,
-    )  # fmt: skip
-
-
-# Lines that say what went wrong in a build log, in uv's, pip's, setuptools' and Docker's words.
-_ERROR_LINE = re.compile(
-    r"(^|\s)(×|error:|ERROR:|Error:|fatal:|FAILED|No solution found|Traceback \(most recent"
-    r"|[A-Z]\w*(Error|Exception)\b:?|Because .* (depends|requires)|hint:)"
-)
-_NOISE_LINE = re.compile(
-    r"^\s*(Step \d+/\d+|RUN |---> |Removing intermediate|#\d+ )|^first error:$"
-)
-
-
-def first_error(log: str, context: int = 6) -> str:
-    """The first line of ``log`` that states an error, with the lines after it: what a person
-    reads first. The echoed command (``Step 5/7 : RUN ...``) is never taken for it. When the
-    error wraps a Python exception ("The build backend returned an error"), the exception's
-    own line follows, however far below it comes."""
-    lines = strip_ansi(log).splitlines()
-    for i, line in enumerate(lines):
-        if _NOISE_LINE.match(line) or not _ERROR_LINE.search(line):
-            continue
-        block = [x.rstrip() for x in lines[i : i + 1 + context] if x.strip()]
-        cause = _exception_after(lines, i)
-        if cause and cause not in block:
-            block.append(f"... {cause}")
-        return "\n".join(block)
-    return ""
-
-
-_EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Warning)|error):? ")
-
-
-def _exception_after(lines: Sequence[str], start: int, span: int = 200) -> str:
-    """The exception raised by the first traceback after ``start`` (its first line back at the
-    traceback's indentation), or else the last exception-looking line, before the next build
-    step. The first traceback is the back end's own; later ones belong to fallbacks."""
-    found = ""
-    indent: int | None = None
-    for line in lines[start : start + span]:
-        if _NOISE_LINE.match(line) or line.startswith("The command '"):
-            break
-        stripped = line.lstrip()
-        depth = len(line) - len(stripped)
-        if stripped.startswith("Traceback (most recent call last)"):
-            indent = depth if indent is None else indent
-            continue
-        if _EXCEPTION_LINE.match(line) and not stripped.startswith("error: The build"):
-            if indent is not None and depth <= indent:
-                return stripped
-            found = found or stripped if indent is None else found
-    return found
-
-
-def first_error_line(log: str) -> str:
-    """One line for a table: the exception a failure raised, else its first error line."""
-    block = first_error(log, context=0)
-    last = block.splitlines()[-1] if block else ""
-    return last.removeprefix("... ")[:300]
-
-
-_NEEDS_COMPILER = re.compile(
-    r"(gcc|cc|c\+\+|g\+\+|x86_64-linux-gnu-gcc|aarch64-linux-gnu-gcc)['`\"]?:? (failed|not found)"
-    r"|command '[^']*gcc' failed|unable to execute '[^']*(gcc|cc)'|Python\.h: No such file"
-    r"|error: command '.*' failed with exit (code|status)|No such file or directory: '(gcc|cc)'"
-    r"|You need a C compiler|C compiler cannot create|Unknown compiler|compiler not found"
-    r"|Microsoft Visual C\+\+|\bcc1: |could not find a C compiler",
-    re.IGNORECASE,
-)
-
-
-def needs_compiler(log: str) -> bool:
-    """Whether a failed build wanted a C compiler or Python headers (a dependency, or the
-    project itself, with no wheel for this Python)."""
-    return bool(_NEEDS_COMPILER.search(log))
-
-
-def reject_detail(log: str, summary: str, limit: int = 1400) -> str:
-    """The first error ahead of the tail, then the summary: a tail alone is filled by the echoed
-    command and the resolver's last words, and the cause scrolls away."""
-    log = strip_ansi(log)
-    head = first_error(log)[:700]
-    rest = tail(log, max(200, limit - len(head)))
-    if head and head in rest:
-        return f"{rest}\n-- {summary}"
-    return f"first error:\n{head}\n...\n{rest}\n-- {summary}" if head else f"{rest}\n-- {summary}"
-
-
-def env_requirements(rung: rc.Rung, project: rc.Project) -> list[str]:
-    """The env layer's lines: the rung's, plus the build requirements not already named, plus
-    pip: a uv venv has none, and setuptools' own ``develop`` (since 80) and many setup.py
-    scripts shell out to ``python -m pip``."""
-    lines = list(rung.requirements)
-    for req in project.build_requires:
-        if req not in lines:
-            lines.append(req)
-    named = set()
-    for line in lines:
-        with contextlib.suppress(InvalidRequirement):
-            named.add(rc._norm(Requirement(line).name))
-    if "pip" not in named:
-        lines.append("pip")
-    return lines
-
-
-def check_script(import_names: Sequence[str], collect_files: Sequence[str], patches: int) -> str:
-    """Shell run in the check container; its exit code says which step failed (91/92/93)."""
-    lines = ["set -u", f"cd {WORKDIR} || exit 90"]
-    if import_names:
-        stmt = "; ".join(f"import {n}" for n in import_names)
-        lines.append(f"python -c {shlex.quote(stmt)} || exit 91")
-    for i in range(patches):
-        lines.append(f"git apply --whitespace=nowarn {CHECK_DIR}/{i}.diff || exit 92")
-    if patches:  # the patched C source of a compiled extension, built as validation will
-        lines.append(f"if [ -f {REBUILD_FILE} ]; then sh {REBUILD_FILE} > /dev/null 2>&1; fi")
-    if collect_files:
-        # Only the files still there with both patches applied: a PR that deletes a test
-        # module (merged into another, say) has nothing of it to collect.
-        files = " ".join(shlex.quote(f) for f in collect_files)
-        lines += [
-            "set --",
-            f'for f in {files}; do [ -e "$f" ] && set -- "$@" "$f"; done',
-            'if [ "$#" -gt 0 ]; then',
-            "  python -m pytest --collect-only -q -p no:cacheprovider -p no:randomly"
-            ' "$@" || exit 93',
-            "fi",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-CHECK_EXIT_REASONS = {91: Reason.IMPORT_FAILED, 92: Reason.COLLECTION_FAILED,
-                      93: Reason.COLLECTION_FAILED}  # fmt: skip
-
-
-def failure_reason(err: eng.BuildFailed) -> Reason:
-    """A RUN step that exited non-zero is an install failure; anything else a build failure."""
-    return Reason.INSTALL_FAILED if "returned a non-zero code" in str(err) else Reason.BUILD_FAILED
 
 
 def read_recipe_files_at(repo: GitRepo, commit: str) -> tuple[dict[str, str], list[str]]:
@@ -435,24 +92,6 @@ def read_recipe_files_at(repo: GitRepo, commit: str) -> tuple[dict[str, str], li
             if data is not None and len(data) <= MAX_RECIPE_FILE_BYTES:
                 files[path] = data.decode(errors="replace")
     return files, paths
-
-
-def resolve_date(c: Candidate) -> str:
-    """Dependencies resolve as of the merge: a PR branched long before it landed was made to
-    work against what existed when it was merged, not when its first commit was written."""
-    return c.merged_at or c.created_at
-
-
-def resolver_cutoff(when: str, python: str) -> str:
-    """The resolver's date for a PR on ``python``: the PR's date, but never before that Python
-    had been out for ``pyversion.ADOPTION_LAG``. Packages from before an interpreter existed
-    often break on it (setuptools of 2019 calls ``HTMLParser().unescape``, gone in 3.9; pytest
-    of 2021 fails on 3.11's ``__spec__``), and no older interpreter can be had here, so an old
-    PR resolves as of the earliest date its interpreter was usable."""
-    floor = dt.datetime.combine(
-        pyv.release_date(python) + pyv.ADOPTION_LAG, dt.time(), tzinfo=dt.UTC
-    )
-    return max(_parse_time(when), floor).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- side effects
@@ -487,7 +126,7 @@ class RecipeMemory:
         self._dir = cache_dir / "recipes"
 
     def _path(self, repo: str) -> Path:
-        return self._dir / f"{slug(repo, 100)}.json"
+        return self._dir / f"{df.slug(repo, 100)}.json"
 
     def get(self, repo: str) -> str | None:
         try:
@@ -526,7 +165,7 @@ class _Source:
     tree: Path
     files: Mapping[str, str]
     paths: list[str]
-    project: rc.Project
+    project: pj.Project
     scm_version: str
     version: str  # SWE-bench's major.minor (transforms.versions)
 
@@ -560,12 +199,12 @@ class Builder:
             repo = self._repo(candidate)
             files, paths = read_recipe_files_at(repo, candidate.base_commit)
             self._export(repo, candidate, tree)
-            project = rc.project_metadata(files)
+            project = pj.project_metadata(files)
             tag = repo.nearest_tag(candidate.base_commit)
             scm_version = rc.version_from_tag(tag) or self.config.env_scm_pretend_version
             version = vers.project_version(tag, files)
             src = _Source(tree, files, paths, project, scm_version, version)
-            versions = self._python_candidates(files, resolve_date(candidate))
+            versions = self._python_candidates(files, df.resolve_date(candidate))
             if not versions:
                 raise Rejected(
                     Reason.NO_PYTHON_VERSION,
@@ -591,14 +230,14 @@ class Builder:
             best = max(failures, key=lambda a: _PROGRESS.index(a.reason))
             tried = ", ".join(f"{a.python_version}/{a.rung}: {a.outcome}" for a in attempts)
             summary = f"{best.rung} on Python {best.python} failed; tried {tried}"
-            raise Rejected(best.reason, reject_detail(best.log, summary))
+            raise Rejected(best.reason, bl.reject_detail(best.log, summary))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # -- steps ---------------------------------------------------------------------------------
     def _versions(self) -> list[str]:
         versions = self.bases.versions() if hasattr(self.bases, "versions") else list(self.bases)
-        return sorted(versions, key=rc._vkey)
+        return sorted(versions, key=pj._vkey)
 
     def _base(self, version: str) -> bi.BaseImage:
         """The base image of ``version``, bootstrapped by a lazy provider on first need."""
@@ -641,17 +280,17 @@ class Builder:
         project = src.project
         rungs = rc.order_ladder(rc.install_ladder(src.files), self.memory.get(c.repo))
         rungs = rungs[: max(1, self.config.env_max_rungs)]
-        names = rc.import_names(src.paths, project.name) if project.installable else []
+        names = pj.import_names(src.paths, project.name) if project.installable else []
         collect = [f for f in rc.collectable_test_files(c.test_files)]
-        when = resolver_cutoff(resolve_date(c), python)
-        inst_cut = instance_cutoff(when) if self.config.env_exclude_newer else None
+        when = df.resolver_cutoff(df.resolve_date(c), python)
+        inst_cut = df.instance_cutoff(when) if self.config.env_exclude_newer else None
         env_cuts: list[str | None] = [None]
         if self.config.env_exclude_newer:
-            bucket = env_cutoff(when, self.config.env_exclude_newer_bucket_days)
-            env_cuts = list(dict.fromkeys([bucket, env_cutoff(when, 1)]))
-        native = rc.builds_native_code(src.files, src.paths)
+            bucket = df.env_cutoff(when, self.config.env_exclude_newer_bucket_days)
+            env_cuts = list(dict.fromkeys([bucket, df.env_cutoff(when, 1)]))
+        native = pj.builds_native_code(src.files, src.paths)
         systems: tuple[tuple[str, ...], ...] = (
-            (COMPILER_PACKAGES,) if native else ((), COMPILER_PACKAGES)
+            (df.COMPILER_PACKAGES,) if native else ((), df.COMPILER_PACKAGES)
         )
         for rung in rungs:
             for system in systems:
@@ -662,9 +301,10 @@ class Builder:
                     failures.append(built)
                     attempts.append(EnvAttempt(
                         python_version=python, rung=label, outcome=built.reason.value,
-                        error=first_error_line(built.log),
+                        error=bl.first_error_line(built.log),
                     ))  # fmt: skip
-                    if not system and self.config.env_compiler_rung and needs_compiler(built.log):
+                    compiler = self.config.env_compiler_rung and bl.needs_compiler(built.log)
+                    if not system and compiler:
                         continue
                     break
                 plan, env_hit, env_log, (alias, inst_log), rung_built = built
@@ -675,7 +315,7 @@ class Builder:
                         failures.append(_Attempt(label, check.reason, check.output, python))
                         attempts.append(EnvAttempt(
                             python_version=python, rung=label, outcome=check.reason.value,
-                            error=first_error_line(check.output),
+                            error=bl.first_error_line(check.output),
                         ))  # fmt: skip
                         break
                     label = label.replace(rung.name, rung_built.name, 1)
@@ -702,12 +342,12 @@ class Builder:
     ) -> Environment:  # fmt: skip
         """The Environment of a rung that worked: everything needed to rebuild its image."""
         frozen = eng.read_image_file(self.client, alias, "/opt/smelter/frozen.txt") or b""
-        mode = eng.read_image_file(self.client, alias, INSTALL_MODE_FILE) or b""
+        mode = eng.read_image_file(self.client, alias, df.INSTALL_MODE_FILE) or b""
         size = self.client.images.get(alias).attrs.get("Size")
         install_commands = [
             line.removeprefix("RUN ").strip()
-            for df in (plan.env_df, plan.inst_df)
-            for line in _logical_lines(df)
+            for dockerfile in (plan.env_df, plan.inst_df)
+            for line in df.logical_lines(dockerfile)
             if line.startswith("RUN ")
         ]
         scm = rc.scm_environment(src.project, src.scm_version)
@@ -717,7 +357,7 @@ class Builder:
             install_commands=install_commands,
             pre_install=[f"{k}={v}" for k, v in sorted(scm.items())],
             test_command=list(rc.TEST_COMMAND), test_files=list(c.test_files),
-            workdir=WORKDIR, test_user=check.user if check else TEST_USER,
+            workdir=df.WORKDIR, test_user=check.user if check else df.TEST_USER,
             exclude_newer=inst_cut,
             frozen_requirements=[
                 ln for ln in frozen.decode(errors="replace").splitlines() if ln.strip()
@@ -755,26 +395,26 @@ class Builder:
                 except eng.BuildFailed as e:
                     if i + 1 < len(env_cuts) and "No solution found" in e.log:
                         break
-                    return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
+                    return _Attempt(rung.name, bl.failure_reason(e), f"{e}\n{e.log}")
                 try:
                     alias, inst_log = self._ensure_instance(
                         plan.inst_tag, plan.inst_df, src.tree, c, rung.name, plan.env_hash
                     )
                 except eng.BuildFailed as e:
-                    return _Attempt(rung.name, failure_reason(e), f"{e}\n{e.log}")
-                mode = self._image_text(alias, INSTALL_MODE_FILE).strip()
-                if mode != "failed" and mode not in UNCHECKED_MODES:
+                    return _Attempt(rung.name, bl.failure_reason(e), f"{e}\n{e.log}")
+                mode = self._image_text(alias, df.INSTALL_MODE_FILE).strip()
+                if mode != "failed" and mode not in df.UNCHECKED_MODES:
                     return plan, env_hit, env_log, (alias, inst_log), rung
-                installed = frozen_names(
+                installed = df.frozen_names(
                     self._image_text(plan.env_tag, "/opt/smelter/env-frozen.txt")
                 )
-                missing = missing_requirements(
-                    self._image_text(alias, PR_METADATA_FILE), installed, rung.extras,
+                missing = df.missing_requirements(
+                    self._image_text(alias, df.PR_METADATA_FILE), installed, rung.extras,
                     base.python_version,
                 )  # fmt: skip
-                if mode in UNCHECKED_MODES and not missing:
+                if mode in df.UNCHECKED_MODES and not missing:
                     return plan, env_hit, env_log, (alias, inst_log), rung
-                log_text = self._image_text(alias, INSTALL_LOG_FILE) or inst_log
+                log_text = self._image_text(alias, df.INSTALL_LOG_FILE) or inst_log
                 if not self.config.env_keep_instance_images:
                     eng.remove_image(self.client, alias, force=False, lock_dir=locks_dir())
                 if extended or not missing:
@@ -798,24 +438,24 @@ class Builder:
         env_cut: str | None, inst_cut: str | None, system: Sequence[str],
     ) -> _Plan:  # fmt: skip
         project = src.project
-        env_df = render_env_dockerfile(
+        env_df = df.render_env_dockerfile(
             repo=c.repo, recipe=rung.name, base_image=base.tag,
-            requirements=env_requirements(rung, project), cutoff=env_cut,
+            requirements=df.env_requirements(rung, project), cutoff=env_cut,
             with_ca=self.ca_bundle is not None, system_packages=system,
         )  # fmt: skip
         ca_hash = hashlib.sha256(self.ca_bundle or b"").hexdigest()
         env_hash = stable_hash(rc.RECIPE_VERSION, env_df, ca_hash, length=16)
-        env_tag = f"{ENV_REPO}:{slug(c.repo)}-{env_hash}"
-        inst_df = render_instance_dockerfile(
+        env_tag = f"{ENV_REPO}:{df.slug(c.repo)}-{env_hash}"
+        inst_df = df.render_instance_dockerfile(
             repo=c.repo, instance_id=c.instance_id, base_commit=c.base_commit,
             env_image=env_tag, installable=project.installable, extras=rung.extras,
             cutoff=inst_cut, install_env=rc.scm_environment(project, src.scm_version),
-            source_paths=[] if project.installable else _source_paths(src.paths),
+            source_paths=[] if project.installable else df.pythonpath(src.paths),
             has_setup_py="setup.py" in src.files, legacy_develop=project.setuptools_backend,
             rebuild=bool(system),
         )  # fmt: skip
         inst_tag = (
-            f"{INSTANCE_REPO}:{slug(c.instance_id)}-"
+            f"{INSTANCE_REPO}:{df.slug(c.instance_id)}-"
             f"{stable_hash(env_tag, c.base_commit, inst_df, length=16)}"
         )
         return _Plan(env_df, env_hash, env_tag, inst_df, inst_tag)
@@ -890,10 +530,10 @@ class Builder:
         if not names and not collect:
             return None
         patches = [p for p in (c.patch, c.test_patch) if p.strip()]
-        files = {f"{CHECK_DIR}/{i}.diff": p for i, p in enumerate(patches)}
-        script = check_script(names, collect, len(patches))
+        files = {f"{df.CHECK_DIR}/{i}.diff": p for i, p in enumerate(patches)}
+        script = df.check_script(names, collect, len(patches))
         first: _Check | None = None
-        for user in (TEST_USER, "root"):
+        for user in (df.TEST_USER, "root"):
             res = eng.run_container(
                 self.client, tag, ["sh", "-c", script], files=files, user=user,
                 timeout=self.config.env_check_timeout_seconds, network="none",
@@ -904,7 +544,7 @@ class Builder:
             reason = (
                 Reason.COLLECTION_FAILED
                 if res.timed_out
-                else CHECK_EXIT_REASONS.get(res.exit_code or 0, Reason.BUILD_FAILED)
+                else df.CHECK_EXIT_REASONS.get(res.exit_code or 0, Reason.BUILD_FAILED)
             )
             first = first or _Check(
                 reason, f"[as {user}, exit {res.exit_code}]\n{res.output}", None
@@ -923,26 +563,6 @@ def locks_dir() -> Path:
     """Build and image-tag locks are per machine (one engine), whatever cache folder a run was
     given; validation takes the same tag locks when it removes its alias."""
     return bi.default_cache_dir() / "locks"
-
-
-def _source_paths(paths: Iterable[str]) -> list[str]:
-    has_src = any(p.startswith("src/") for p in paths)
-    return [f"{WORKDIR}/src", WORKDIR] if has_src else [WORKDIR]
-
-
-def _logical_lines(dockerfile: str) -> list[str]:
-    """Dockerfile instructions with backslash continuations joined."""
-    out: list[str] = []
-    buf = ""
-    for line in dockerfile.splitlines():
-        if line.lstrip().startswith("#") and not buf:
-            continue
-        if line.rstrip().endswith("\\"):
-            buf += line.rstrip()[:-1].rstrip() + " "
-            continue
-        out.append((buf + line.strip()).strip())
-        buf = ""
-    return [o for o in out if o]
 
 
 def resolve_ca_bundle(setting: str | None) -> bytes | None:

@@ -7,9 +7,9 @@ The rules, and why:
 
 1. ``requires-python`` filters hard. It is the one statement the packaging tools enforce
    (pip/uv refuse to install a project on a Python it excludes), so an excluded interpreter can
-   only fail. An unparseable specifier filters nothing (``recipe.allows``): the build decides.
+   only fail. An unparseable specifier filters nothing (``project.allows``): the build decides.
 2. Among the allowed versions, a version the project *names* (trove classifiers, tox envlist, CI
-   matrix, ``.python-version``; ``recipe.python_hints``) that was already released at the PR date
+   matrix, ``.python-version``; ``project.python_hints``) that was already released at the PR date
    comes first, newest such one. Naming is the project's claim that its tests ran there; the date
    check drops names of pre-releases a CI matrix tried early (``3.14-dev`` in a mid-2025 workflow),
    whose dependencies, resolved as of the PR date, would have no wheels for them.
@@ -38,7 +38,7 @@ import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 
-from smelter.transforms.environment import recipe as rc
+from smelter.transforms.environment import project as pj
 
 PYVERSION_VERSION = "pyversion_v1"  # bump when the choice changes (recorded with environments)
 
@@ -103,14 +103,14 @@ def python_candidates(
     ``files`` are the project's metadata files at ``base_commit`` (``recipe.wanted`` paths);
     ``pr_date`` is the PR's creation time; None means "now" (every version counts as released).
     """
-    project = rc.project_metadata(files)
-    allowed = sorted({v for v in available if rc.allows(project.requires_python, v)}, key=vkey)
+    project = pj.project_metadata(files)
+    allowed = sorted({v for v in available if pj.allows(project.requires_python, v)}, key=vkey)
     if not allowed:
         return []
     when = as_date(pr_date)
     released = [v for v in allowed if when is None or release_date(v) <= when]
     adopted = [v for v in released if when is None or release_date(v) + lag <= when]
-    hints = rc.python_hints(files)
+    hints = pj.python_hints(files)
     named = [v for v in released if v in hints]
     if named:
         first = named[-1]

@@ -20,6 +20,7 @@ import apache_beam as beam
 from packaging.version import InvalidVersion, Version
 
 from smelter.schemas import Task
+from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import recipe as rc
 from smelter.transforms.util import utc_iso
 
@@ -42,15 +43,15 @@ def static_version(files: Mapping[str, str]) -> str | None:
     ``[metadata] version`` (not ``attr:`` / ``file:``, which need the code), then a string
     ``setup(version=...)`` that evaluates statically. A dynamic version is None, never guessed.
     """
-    data = rc._toml(files)
+    data = pj._toml(files)
     project = data.get("project")
     tool = data.get("tool")
     poetry = tool.get("poetry") if isinstance(tool, dict) else None
     found = [
         project.get("version") if isinstance(project, dict) else None,
         poetry.get("version") if isinstance(poetry, dict) else None,
-        rc._ini(files.get("setup.cfg")).get("metadata", "version", fallback=None),
-        rc._setup_py_kwargs(files.get("setup.py")).get("version"),
+        pj._ini(files.get("setup.cfg")).get("metadata", "version", fallback=None),
+        pj._setup_py_kwargs(files.get("setup.py")).get("version"),
     ]
     for value in found:
         if isinstance(value, str) and value.strip() and ":" not in value:

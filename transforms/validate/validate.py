@@ -65,8 +65,8 @@ from smelter.transforms.adapters.sandbox import (
     install_cleanup_handlers,
 )
 from smelter.transforms.diff import parse_section, sections
-from smelter.transforms.environment.builder import REBUILD_FILE as REBUILD_PATH
 from smelter.transforms.environment.builder import locks_dir
+from smelter.transforms.environment.dockerfiles import REBUILD_FILE as REBUILD_PATH
 from smelter.transforms.stage import Rejected, StageFn, stable_hash, tail
 from smelter.transforms.validate.config import ValidateConfig
 from smelter.transforms.validate.grading import extra_runs, flake_risk, grade
