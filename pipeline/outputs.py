@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from smelter.pipeline.run_folder import CANDIDATES, PULL_REQUESTS, REJECTS, TASKS
 from smelter.schemas import PullRequest, Rejection
 
 STAGE_ORDER = ("mine", "snapshot", "environment", "validate", "clean", "render", "pack")
@@ -42,10 +43,10 @@ def count_lines(path: Path) -> int:
 
 def compute_funnel(out_dir: Path, until: str = "pack") -> dict[str, Any]:
     """Per-stage in/out/rejected counts, overall and per repository, plus consistency checks."""
-    rejects = [Rejection.model_validate(d) for d in iter_jsonl(out_dir / "rejects.jsonl")]
-    prs = [PullRequest.model_validate(d) for d in iter_jsonl(out_dir / "pull_requests.jsonl")]
-    task_ids = [d["instance_id"] for d in iter_jsonl(out_dir / "tasks.jsonl")]
-    candidates = count_lines(out_dir / "candidates.jsonl")
+    rejects = [Rejection.model_validate(d) for d in iter_jsonl(out_dir / REJECTS)]
+    prs = [PullRequest.model_validate(d) for d in iter_jsonl(out_dir / PULL_REQUESTS)]
+    task_ids = [d["instance_id"] for d in iter_jsonl(out_dir / TASKS)]
+    candidates = count_lines(out_dir / CANDIDATES)
     by_stage: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     repo_of = {pr.instance_id: pr.repo for pr in prs}
     per_repo: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)

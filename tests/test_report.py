@@ -20,8 +20,9 @@ import pytest
 from nbclient import NotebookClient
 
 from smelter.pipeline import report as rp
+from smelter.pipeline import run_folder
 from smelter.pipeline.cli import main
-from smelter.pipeline.report import frames, funnel, load
+from smelter.pipeline.report import frames, funnel
 from smelter.schemas import (
     Candidate,
     Dockerfiles,
@@ -665,7 +666,7 @@ def test_empty_folder_names_everything_missing(tmp_path: Path, capsys) -> None:
     out.mkdir()
     assert main(["report", str(out)]) == 0
     md = (out / "report" / "report.md").read_text()
-    assert all(f"{p} —" in md for p in load.PARTS.values())
+    assert all(f"{p} —" in md for p in run_folder.FILES.values())
     assert "nothing was mined" in md
     assert list((out / "report").glob("*.png")) == []
     assert "missing:" in capsys.readouterr().out

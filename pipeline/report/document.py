@@ -38,6 +38,7 @@ from smelter.pipeline.report.summaries import (
     task_sizes,
     test_durations,
 )
+from smelter.pipeline.run_folder import FILES, RUN, SHARD_STATS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +148,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
     # task quality
     b.append(Heading("Task quality"))
     if not data.tasks.height:
-        b.append(Text("No tasks (tasks.jsonl missing or empty).", "missing"))
+        b.append(Text(f"No tasks ({FILES['tasks']} missing or empty).", "missing"))
     else:
         b.append(
             Text(
@@ -226,7 +227,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
     # packing
     b.append(Heading("Packing"))
     if not data.shards.height:
-        b.append(Text("No shards (shards/*.parquet missing or empty).", "missing"))
+        b.append(Text(f"No shards ({FILES['shards']} missing or empty).", "missing"))
     else:
         max_len, where = sequence_length(data.shards, data.shard_stats, data.run_json)
         b.append(Text(f"Sequence length {max_len} (from {where})."))
@@ -235,7 +236,7 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
         if "packing" in images:
             b.append(Image(images["packing"], "fill distribution and tokens per shard"))
     if data.shard_stats:
-        b.append(Table(key_values(data.shard_stats), "shards/stats.json"))
+        b.append(Table(key_values(data.shard_stats), SHARD_STATS))
 
     # examples
     ex = example_tasks(data.tasks, examples)
@@ -259,5 +260,5 @@ def build_document(data: RunData, images: dict[str, Path], examples: int = 3) ->
     # run
     if data.run_json:
         b.append(Heading("Run"))
-        b.append(Table(key_values(data.run_json), "run.json (config, versions, stage seconds)"))
+        b.append(Table(key_values(data.run_json), f"{RUN} (config, versions, stage seconds)"))
     return b

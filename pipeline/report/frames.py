@@ -4,7 +4,7 @@ Deliberate choices:
 - Every frame has an explicit schema, so a folder with no records of a kind still yields a frame
   with the right columns and dtypes, and everything downstream runs unchanged on it.
 - Rows are built one record at a time (``*_row``), so the loader can stream records and keep only
-  rows (see ``load.iter_records``).
+  rows (see ``run_folder.iter_records``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import polars as pl
 
 from smelter.pipeline.report.frames import frame, normalize_stage
 from smelter.pipeline.report.load import RunData, last_stage_with_output
+from smelter.pipeline.run_folder import PULL_REQUESTS
 
 STEPS: tuple[str, ...] = (
     "mined",
@@ -358,7 +359,7 @@ def funnel_check(
     orphans = outcomes.filter(pl.col("orphan"))
     if orphans.height:
         messages.append(
-            f"{orphans.height} ids appear downstream but not in pull_requests.jsonl: "
+            f"{orphans.height} ids appear downstream but not in {PULL_REQUESTS}: "
             f"{examples(orphans)}"
         )
     if present.get("candidates"):

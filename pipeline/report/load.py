@@ -8,15 +8,13 @@ counted as problems, not fatal.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jsonlines
 import polars as pl
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from smelter.pipeline.report.frames import (
     CANDIDATE_SCHEMA,
@@ -32,20 +30,12 @@ from smelter.pipeline.report.frames import (
     run_rows,
     task_row,
 )
+from smelter.pipeline.run_folder import FILES, SHARDS, TASKS, iter_records, read_json, shard_paths
 from smelter.schemas import Candidate, PullRequest, Rejection, Task
 
 M = TypeVar("M", bound=BaseModel)
 
-PARTS: dict[str, str] = {
-    "pull_requests": "pull_requests.jsonl",
-    "candidates": "candidates.jsonl",
-    "tasks": "tasks.jsonl",
-    "rejects": "rejects.jsonl",
-    "funnel": "funnel.json",
-    "run": "run.json",
-    "shards": "shards/*.parquet",
-    "shard_stats": "shards/stats.json",
-}
+# What the report lacks when a part of the output folder (run_folder.FILES) is absent.
 PART_EFFECT = {
     "pull_requests": "PRs mined are inferred from the other files",
     "candidates": "the snapshot stage's output is unknown",
@@ -84,55 +74,10 @@ def read_shards(paths: Sequence[Path]) -> tuple[pl.DataFrame, list[str]]:
             ]
             frames.append(lf.select(cols).collect())
         except Exception as e:
-            problems.append(f"shards/{path.name}: unreadable ({type(e).__name__}: {e})")
+            problems.append(f"{SHARDS}/{path.name}: unreadable ({type(e).__name__}: {e})")
     if not frames:
         return frame([], SHARD_SCHEMA), problems
     return pl.concat(frames, how="vertical").cast(SHARD_SCHEMA), problems  # type: ignore[arg-type]
-
-
-def read_records(path: Path, model: type[M]) -> tuple[list[M], list[str]]:
-    """Records of one JSONL file; a line that is not JSON or not a valid record is a problem."""
-    problems: list[str] = []
-    return list(iter_records(path, model, problems)), problems
-
-
-def iter_records(path: Path, model: type[M], problems: list[str]) -> Iterator[M]:
-    """Stream the valid records of a JSONL file, appending one line per bad line to ``problems``.
-
-    Streaming keeps one record in memory at a time: a report over 100k tasks holds their rows,
-    not their pydantic objects (whose validation runs alone weigh several times the file).
-    """
-    with jsonlines.open(path) as reader:
-        line = 0
-        while True:
-            line += 1
-            try:
-                obj = reader.read(skip_empty=True)
-            except EOFError:
-                break
-            except jsonlines.InvalidLineError as e:
-                problems.append(f"{path.name} line {e.lineno}: not JSON")
-                continue
-            try:
-                record = model.model_validate(obj)
-            except ValidationError as e:
-                first = e.errors()[0]
-                where = ".".join(str(x) for x in first["loc"])
-                problems.append(f"{path.name} record {line}: {where}: {first['msg']}")
-                continue
-            yield record
-
-
-def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        problems.append(f"{path.name}: unreadable ({e})")
-        return None
-    if not isinstance(doc, dict):
-        problems.append(f"{path.name}: expected a JSON object")
-        return None
-    return doc
 
 
 # --------------------------------------------------------------------------- loading
@@ -158,7 +103,7 @@ class RunData:
 
     def task(self, instance_id: str) -> Task:
         """The full Task record, for opening one task in a notebook."""
-        for t in iter_records(self.out_dir / PARTS["tasks"], Task, []):
+        for t in iter_records(self.out_dir / TASKS, Task, []):
             if t.instance_id == instance_id:
                 return t
         raise KeyError(instance_id)
@@ -168,10 +113,10 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
     """Read every part of an output folder that exists; absent parts become empty frames."""
     out = Path(out_dir)
     problems: list[str] = []
-    present = {name: False for name in PARTS}
+    present = {name: False for name in FILES}
 
     def records(name: str, model: type[M]) -> Iterator[M]:
-        path = out / PARTS[name]
+        path = out / FILES[name]
         if path.is_file():
             present[name] = True
             yield from iter_records(path, model, problems)
@@ -194,13 +139,13 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
 
     docs: dict[str, dict[str, Any] | None] = {}
     for name in ("funnel", "run", "shard_stats"):
-        path = out / PARTS[name]
+        path = out / FILES[name]
         present[name] = path.is_file()
-        docs[name] = _read_json(path, problems) if present[name] else None
+        docs[name] = read_json(path, problems) if present[name] else None
 
-    shard_paths = sorted((out / "shards").glob("*.parquet"))
-    present["shards"] = bool(shard_paths)
-    shards, probs = read_shards(shard_paths)
+    shards_found = shard_paths(out)
+    present["shards"] = bool(shards_found)
+    shards, probs = read_shards(shards_found)
     problems.extend(probs)
 
     return RunData(
@@ -225,7 +170,7 @@ def missing_parts(present: dict[str, bool], shard_stats: dict[str, Any] | None =
     effect = dict(PART_EFFECT)
     if shard_stats is not None and shard_stats.get("sequences") == 0:
         effect["shards"] = "the pack stage wrote no sequence (stats.json: 0 sequences)"
-    return [f"{PARTS[name]} — {effect[name]}" for name, ok in present.items() if not ok]
+    return [f"{FILES[name]} — {effect[name]}" for name, ok in present.items() if not ok]
 
 
 def last_stage_with_output(present: dict[str, bool]) -> str | None:

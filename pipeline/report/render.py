@@ -39,6 +39,7 @@ from smelter.pipeline.report.plots import (
     plot_test_durations,
 )
 from smelter.pipeline.report.summaries import describe, sequence_length
+from smelter.pipeline.run_folder import REPORT
 
 
 def render_figures(data: RunData, image_dir: Path) -> dict[str, Path]:
@@ -187,7 +188,7 @@ def write_report(
     examples: int = 3,
 ) -> ReportFiles:
     """Render PNGs into ``report_dir`` (default OUT_DIR/report) and write report.md/.html."""
-    report_dir = report_dir or data.out_dir / "report"
+    report_dir = report_dir or data.out_dir / REPORT
     md_path = md_path or report_dir / "report.md"
     html_path = html_path or report_dir / "report.html"
     images = render_figures(data, report_dir)

@@ -10,6 +10,7 @@ import polars as pl
 
 from smelter.pipeline.report.frames import frame
 from smelter.pipeline.report.funnel import POST_TASK_STAGES
+from smelter.pipeline.run_folder import RUN, SHARD_STATS
 
 # --------------------------------------------------------------------------- task quality
 
@@ -262,7 +263,7 @@ def sequence_length(
     shards: pl.DataFrame, shard_stats: dict[str, Any] | None, run_json: dict[str, Any] | None
 ) -> tuple[int | None, str]:
     """The packing length and where it came from: stats.json, run.json, else the rows' length."""
-    for doc, where in ((shard_stats, "shards/stats.json"), (run_json, "run.json")):
+    for doc, where in ((shard_stats, SHARD_STATS), (run_json, RUN)):
         n = _find_number(doc, _MAX_LEN_KEYS) if doc else None
         if n:
             return n, where
