@@ -1,8 +1,9 @@
-"""Reading a run's output folder back: the funnel, the run manifest, the end-of-run summary.
+"""The end of a run: its funnel (computed by ``report.funnel``), progress display and manifests.
 
 Deliberate choices:
 - The funnel is computed from the written files, not from in-flight counters, so it is the same
-  whether the run was fresh, resumed or served from cache, and ``smelter report`` can recompute it.
+  whether the run was fresh, resumed or served from cache; ``smelter report`` shows the same
+  outcomes, computed by the same code.
 - Every mined PR must end as a task or as exactly one rejection; a record that is neither, or
   both, is reported as a defect (``unaccounted`` / ``duplicated``), never silently absorbed.
 """
@@ -14,7 +15,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,65 +23,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from smelter.pipeline.run_folder import CANDIDATES, PULL_REQUESTS, REJECTS, TASKS
-from smelter.schemas import PullRequest, Rejection
-
-STAGE_ORDER = ("mine", "snapshot", "environment", "validate", "clean", "render", "pack")
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with path.open() as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-def count_lines(path: Path) -> int:
-    return sum(1 for _ in iter_jsonl(path))
-
 
 def compute_funnel(out_dir: Path, until: str = "pack") -> dict[str, Any]:
-    """Per-stage in/out/rejected counts, overall and per repository, plus consistency checks."""
-    rejects = [Rejection.model_validate(d) for d in iter_jsonl(out_dir / REJECTS)]
-    prs = [PullRequest.model_validate(d) for d in iter_jsonl(out_dir / PULL_REQUESTS)]
-    task_ids = [d["instance_id"] for d in iter_jsonl(out_dir / TASKS)]
-    candidates = count_lines(out_dir / CANDIDATES)
-    by_stage: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    repo_of = {pr.instance_id: pr.repo for pr in prs}
-    per_repo: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for r in rejects:
-        by_stage[r.stage][r.reason.value] += 1
-        per_repo[r.repo or repo_of.get(r.instance_id, "?")][f"{r.stage}:{r.reason.value}"] += 1
-    for pr in prs:
-        per_repo[pr.repo]["mined"] += 1
-    for tid in task_ids:
-        per_repo[repo_of.get(tid, "?")]["tasks"] += 1
+    """funnel.json's document: the report's funnel (``report.funnel.funnel_document``).
 
-    stages = []
-    last = STAGE_ORDER.index(until) if until in STAGE_ORDER else len(STAGE_ORDER) - 1
-    n_in = len(prs) + sum(by_stage["mine"].values())
-    for stage in STAGE_ORDER[: last + 1]:
-        rejected = dict(sorted(by_stage.get(stage, {}).items()))
-        n_out = n_in - sum(rejected.values())
-        stages.append({"stage": stage, "in": n_in, "out": n_out, "rejected": rejected})
-        n_in = n_out
+    Imported here, when a run ends, so that ``smelter --help`` never loads polars.
+    """
+    from smelter.pipeline.report.funnel import funnel_document
 
-    checks = {"pull_requests": len(prs), "candidates": candidates, "tasks": len(task_ids)}
-    ended = collections.Counter(task_ids) + collections.Counter(
-        r.instance_id for r in rejects if r.stage not in ("mine", "render", "pack")
-    )
-    final_stage_ids = {pr.instance_id for pr in prs}
-    unaccounted = sorted(final_stage_ids - set(ended)) if until in ("clean", "validate") else []
-    duplicated = sorted(i for i, n in ended.items() if n > 1)
-    return {
-        "stages": stages,
-        "files": checks,
-        "repos": {repo: dict(sorted(c.items())) for repo, c in sorted(per_repo.items())},
-        "unaccounted": unaccounted,
-        "duplicated": duplicated,
-    }
+    return funnel_document(out_dir, until)
 
 
 def funnel_table(funnel: dict[str, Any]) -> Table:

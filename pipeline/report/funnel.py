@@ -1,21 +1,34 @@
 """The funnel: what became of every mined PR, and whether the output folder adds up.
 
-Deliberate choice: the funnel is recomputed per ``instance_id`` from the records themselves (PRs,
-candidates, tasks, rejects, shard doc ids); ``funnel.json`` is only cross-checked against them. A
-PR with no outcome, with two outcomes, or a record of a PR nobody mined is reported loudly: a
-funnel that does not add up means records were lost or duplicated.
+Deliberate choices:
+- The funnel is computed per ``instance_id`` from the records themselves (PRs, candidates, tasks,
+  rejects, shard doc ids), here only: ``smelter run`` writes funnel.json with ``funnel_document``
+  and ``smelter report`` shows ``funnel_steps`` and ``funnel_check`` of the same outcomes, so the
+  two cannot disagree and nothing cross-checks one against the other.
+- A PR with no outcome, with two outcomes, or a record of a PR nobody mined is reported loudly: a
+  funnel that does not add up means records were lost or duplicated. Only a run stopped on purpose
+  (``--until``) excuses the PRs that reached that stage's output and went no further.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from smelter.pipeline.report.frames import frame, normalize_stage
-from smelter.pipeline.report.load import RunData, last_stage_with_output
-from smelter.pipeline.run_folder import PULL_REQUESTS
+from smelter.pipeline.report.frames import (
+    frame,
+    normalize_stage,
+    pull_request_frame,
+    reject_frame,
+)
+from smelter.pipeline.report.load import RunData, last_stage_with_output, read_shards
+from smelter.pipeline.run_folder import FILES, PULL_REQUESTS, M, iter_records, shard_paths
+from smelter.schemas import Candidate, PullRequest, Rejection, Task
 
 STEPS: tuple[str, ...] = (
     "mined",
@@ -311,10 +324,18 @@ def run_until(run_json: dict[str, Any] | None) -> str | None:
     return normalize_stage(until) if isinstance(until, str) else None
 
 
+def split_pending(outcomes: pl.DataFrame, until: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(lost, stopped) mined PRs with no outcome: ``stopped`` are those a run stopped with
+    ``--until`` delivered to that stage's output on purpose; ``lost`` are all the others."""
+    pending = outcomes.filter(~pl.col("orphan") & (pl.col("outcome") == "pending"))
+    if until not in UNTIL_STEP:
+        return pending, pending.head(0)
+    stopped = pl.col("reached") >= UNTIL_STEP[until]
+    return pending.filter(~stopped), pending.filter(stopped)
+
+
 def funnel_check(
     outcomes: pl.DataFrame,
-    rejects: pl.DataFrame,
-    funnel_json: dict[str, Any] | None = None,
     present: dict[str, bool] | None = None,
     until: str | None = None,
 ) -> FunnelCheck:
@@ -333,15 +354,12 @@ def funnel_check(
         ids = df.get_column("instance_id").head(3).to_list()
         return ", ".join(ids) + (", …" if df.height > 3 else "")
 
-    pending = mined_rows.filter(pl.col("outcome") == "pending")
-    if until in UNTIL_STEP and pending.height:
-        stopped = pending.filter(pl.col("reached") >= UNTIL_STEP[until])
-        if stopped.height:
-            notes.append(
-                f"{stopped.height} PRs went no further than '{until}': the run was stopped there "
-                "on purpose (--until)"
-            )
-        pending = pending.filter(pl.col("reached") < UNTIL_STEP[until])
+    pending, stopped = split_pending(outcomes, until)
+    if stopped.height:
+        notes.append(
+            f"{stopped.height} PRs went no further than '{until}': the run was stopped there "
+            "on purpose (--until)"
+        )
     if pending.height:
         last = last_stage_with_output(present)
         why = (
@@ -375,7 +393,6 @@ def funnel_check(
                 f"{unpacked.height} tasks are neither packed nor rejected by render/tokenize/pack: "
                 f"{examples(unpacked)}"
             )
-    messages.extend(funnel_json_mismatches(funnel_json, rejects, mined_rows.height))
     return FunnelCheck(
         mined=mined_rows.height,
         tasks=count("task"),
@@ -392,48 +409,95 @@ def check_of(data: RunData, outcomes: pl.DataFrame | None = None) -> FunnelCheck
     """``funnel_check`` with everything it needs taken from a loaded output folder."""
     return funnel_check(
         outcomes if outcomes is not None else outcomes_of(data),
-        data.rejects,
-        data.funnel_json,
         data.present,
         run_until(data.run_json),
     )
 
 
-def funnel_json_mismatches(
-    funnel_json: dict[str, Any] | None, rejects: pl.DataFrame, mined: int | None = None
-) -> list[str]:
-    """Where the pipeline's own funnel.json disagrees with rejects.jsonl, the PRs, or itself."""
-    if not funnel_json:
-        return []
-    out: list[str] = []
-    counted = {
-        (s, r): n
-        for s, r, n in rejection_reasons(rejects).select("stage", "reason", "count").iter_rows()
+# --------------------------------------------------------------------------- funnel.json
+
+FUNNEL_STAGES: tuple[str, ...] = (
+    "mine",
+    "snapshot",
+    "environment",
+    "validate",
+    "clean",
+    "render",
+    "pack",
+)
+"""funnel.json's stages: the pipeline's, in run order (``--until`` ends the list)."""
+
+
+def funnel_document(out_dir: str | os.PathLike[str], until: str = "pack") -> dict[str, Any]:
+    """funnel.json: PRs into and out of each stage with rejections by reason, record counts, per
+    repository counts, and the ids of PRs that did not add up (``unaccounted``: no outcome, other
+    than the ones ``--until`` stopped on purpose; ``duplicated``: more than one outcome).
+
+    The same outcomes as the report's (``instance_outcomes``), read with only the columns they
+    need, so the end of a large run does not pay for the report's statement similarities.
+    """
+    out = Path(out_dir)
+    problems: list[str] = []  # unreadable lines: the report names them; the funnel skips them
+    present = {name: (out / FILES[name]).is_file() for name in FILES}
+    present["shards"] = bool(found := shard_paths(out))
+
+    def records(name: str, model: type[M]) -> Iterator[M]:
+        if present[name]:
+            yield from iter_records(out / FILES[name], model, problems)
+
+    ids = {"instance_id": pl.String, "repo": pl.String}
+    prs = pull_request_frame(records("pull_requests", PullRequest))
+    candidates = frame(
+        [
+            {
+                "instance_id": c.instance_id,
+                "repo": c.repo,
+                "has_environment": c.environment is not None,
+            }
+            for c in records("candidates", Candidate)
+        ],
+        {**ids, "has_environment": pl.Boolean},
+    )
+    tasks = frame(
+        [{"instance_id": t.instance_id, "repo": t.repo} for t in records("tasks", Task)], ids
+    )
+    rejects = reject_frame(records("rejects", Rejection))
+    shards, _ = read_shards(found)
+    outcomes = instance_outcomes(
+        prs, candidates, tasks, rejects, shards, prs_known=present["pull_requests"]
+    )
+    stop = normalize_stage(until)
+    check = funnel_check(outcomes, present, stop)
+
+    counted = rejection_reasons(rejects)
+    stages = []
+    last = FUNNEL_STAGES.index(stop) if stop in FUNNEL_STAGES else len(FUNNEL_STAGES) - 1
+    n_in = check.mined
+    for stage in FUNNEL_STAGES[: last + 1]:
+        here = counted.filter(pl.col("stage") == stage).sort("reason")
+        rejected = dict(here.select("reason", "count").iter_rows())
+        n_out = n_in - sum(rejected.values())
+        stages.append({"stage": stage, "in": n_in, "out": n_out, "rejected": rejected})
+        n_in = n_out
+
+    per_repo: dict[str, dict[str, int]] = {}
+    for repo, n in prs.group_by("repo").len().iter_rows():
+        per_repo.setdefault(repo, {})["mined"] = n
+    for repo, n in tasks.group_by("repo").len().iter_rows():
+        per_repo.setdefault(repo or "?", {})["tasks"] = n
+    for repo, stage, reason, n in rejection_reasons(rejects, by_repo=True).iter_rows():
+        per_repo.setdefault(repo or "?", {})[f"{stage}:{reason}"] = n
+
+    lost, _ = split_pending(outcomes, stop)
+    multiple = outcomes.filter(pl.col("outcome") == "multiple")
+    return {
+        "stages": stages,
+        "files": {
+            "pull_requests": prs.height,
+            "candidates": candidates.height,
+            "tasks": tasks.height,
+        },
+        "repos": {repo: dict(sorted(c.items())) for repo, c in sorted(per_repo.items())},
+        "unaccounted": sorted(lost.get_column("instance_id").to_list()),
+        "duplicated": sorted(multiple.get_column("instance_id").to_list()),
     }
-    stages = funnel_json.get("stages")
-    if not isinstance(stages, list):
-        return ["funnel.json has no 'stages' list"]
-    first = stages[0] if stages and isinstance(stages[0], dict) else {}
-    if mined is not None and isinstance(first.get("in"), int) and first["in"] != mined:
-        out.append(f"funnel.json: {first['in']} PRs into '{first.get('stage')}', records: {mined}")
-    for entry in stages:
-        if not isinstance(entry, dict) or "stage" not in entry:
-            out.append(f"funnel.json: malformed stage entry {entry!r:.80}")
-            continue
-        stage = normalize_stage(str(entry["stage"]))
-        rejected = entry.get("rejected") or {}
-        n_in, n_out = entry.get("in"), entry.get("out")
-        if isinstance(n_in, int) and isinstance(n_out, int):
-            total = sum(int(v) for v in rejected.values())
-            if n_in - n_out != total:
-                out.append(
-                    f"funnel.json stage {stage}: in {n_in} - out {n_out} != {total} rejected"
-                )
-        for reason, n in rejected.items():
-            got = counted.get((stage, reason), 0)
-            if int(n) != got:
-                out.append(f"funnel.json stage {stage}: {reason} = {n}, rejects.jsonl has {got}")
-        for (s, reason), n in counted.items():
-            if s == stage and reason not in rejected:
-                out.append(f"funnel.json stage {stage}: {reason} missing, rejects.jsonl has {n}")
-    return out

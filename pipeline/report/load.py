@@ -35,13 +35,13 @@ from smelter.schemas import Candidate, PullRequest, Rejection, Task
 
 M = TypeVar("M", bound=BaseModel)
 
-# What the report lacks when a part of the output folder (run_folder.FILES) is absent.
+# The parts of the output folder (run_folder.FILES) the report reads, and what it lacks without
+# each. funnel.json is not one: the report computes the funnel that file was written from.
 PART_EFFECT = {
     "pull_requests": "PRs mined are inferred from the other files",
     "candidates": "the snapshot stage's output is unknown",
     "tasks": "no task quality, no examples",
     "rejects": "rejection reasons are unknown",
-    "funnel": "nothing to cross-check the funnel against",
     "run": "no config or stage timings",
     "shards": "no packing section",
     "shard_stats": "packing figures come from the shards alone",
@@ -95,7 +95,6 @@ class RunData:
     environments: pl.DataFrame
     rejects: pl.DataFrame
     shards: pl.DataFrame
-    funnel_json: dict[str, Any] | None
     run_json: dict[str, Any] | None
     shard_stats: dict[str, Any] | None
     present: dict[str, bool]
@@ -113,7 +112,7 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
     """Read every part of an output folder that exists; absent parts become empty frames."""
     out = Path(out_dir)
     problems: list[str] = []
-    present = {name: False for name in FILES}
+    present = {name: False for name in PART_EFFECT}
 
     def records(name: str, model: type[M]) -> Iterator[M]:
         path = out / FILES[name]
@@ -138,7 +137,7 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
     rejects = reject_frame(records("rejects", Rejection))
 
     docs: dict[str, dict[str, Any] | None] = {}
-    for name in ("funnel", "run", "shard_stats"):
+    for name in ("run", "shard_stats"):
         path = out / FILES[name]
         present[name] = path.is_file()
         docs[name] = read_json(path, problems) if present[name] else None
@@ -157,7 +156,6 @@ def load_output(out_dir: str | os.PathLike[str]) -> RunData:
         environments=frame([envs[k] for k in sorted(envs)], ENV_SCHEMA),
         rejects=rejects,
         shards=shards,
-        funnel_json=docs["funnel"],
         run_json=docs["run"],
         shard_stats=docs["shard_stats"],
         present=present,
