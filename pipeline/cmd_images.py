@@ -17,6 +17,7 @@ from rich.table import Table
 
 from smelter.transforms.adapters import base_images as bi
 from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters import docker_prune as dprune
 
 
 def _err() -> Console:
@@ -82,7 +83,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     client = eng.connect()
     err = _err()
-    removed = eng.prune(
+    removed = dprune.prune(
         client, images=not args.keep_instances, all_images=args.all,
         all_owners=args.all_owners, match={eng.LABEL_REPO: args.repo} if args.repo else None,
         say=lambda m: err.print(f"  {m}"),
@@ -101,7 +102,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
               "build on them (--all-owners removes them too)")  # fmt: skip
     if removed["layers_spared"]:
         print(f"kept {removed['layers_spared']} untagged layers younger than "
-              f"{eng.BUILD_GRACE_SECONDS:.0f}s: image builds in progress may need them "
+              f"{dprune.BUILD_GRACE_SECONDS:.0f}s: image builds in progress may need them "
               "(a later prune removes them)")  # fmt: skip
     return 0
 
@@ -153,7 +154,7 @@ def register(sub: Any) -> None:
                     "instance images held by a smelter process still running (or on another "
                     "machine) are kept, and so are the steps and untagged layers of image builds "
                     "that may be in progress (younger than "
-                    f"{eng.BUILD_GRACE_SECONDS / 60:.0f} minutes); those of runs that died "
+                    f"{dprune.BUILD_GRACE_SECONDS / 60:.0f} minutes); those of runs that died "
                     "(e.g. SIGKILLed) go.",
     )  # fmt: skip
     prune.add_argument("--all", action="store_true", help="also env, base and rootfs images")

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters import docker_prune as dprune
 from smelter.transforms.adapters.base_images import BaseImage
 from smelter.transforms.stage import Retryable
 
@@ -165,7 +166,7 @@ def test_prune_removes_dead_owners_leftovers_and_spares_live_ones(
                 eng.LABEL_OWNER_PID: "999999999"},
     )  # fmt: skip
     try:
-        eng.prune(docker_client, match=tag, say=print)  # scoped: other tests' containers live
+        dprune.prune(docker_client, match=tag, say=print)  # scoped: other tests' containers live
         ids = {c["Id"] for c in docker_client.api.containers(
             all=True, filters={"label": "dev.smelter.test-marker=prune"})}  # fmt: skip
         assert live.id in ids and dead.id not in ids
@@ -189,11 +190,11 @@ def test_prune_images_removes_unused_instance_images_only(
         tag, ["true"], labels={**eng.labels(eng.KIND_CHECK), **eng.owner_labels(), **marker}
     )
     try:
-        eng.prune(docker_client, images=True, match=marker, say=print)
+        dprune.prune(docker_client, images=True, match=marker, say=print)
         assert eng.image_exists(docker_client, tag)  # a live owner's container still uses it
     finally:
         user.remove(force=True)
-    result = eng.prune(docker_client, images=True, match=marker, say=print)
+    result = dprune.prune(docker_client, images=True, match=marker, say=print)
     assert result["images"] == 1 and not eng.image_exists(docker_client, tag)
     assert eng.image_exists(docker_client, base_image.tag)  # never a base without --all
 
@@ -218,7 +219,7 @@ def test_aliases_hold_an_image_and_prune_spares_live_runs_only(
         assert eng.remove_image(docker_client, live, force=False)
         assert eng.image_exists(docker_client, other_live)
         # Prune: the killed run's alias goes; the live run's alias and the content tag stay.
-        result = eng.prune(docker_client, images=True, match=marker, say=print)
+        result = dprune.prune(docker_client, images=True, match=marker, say=print)
         assert result["spared"] == 1 and result["images"] == 0
         assert set(docker_client.images.get(image_id).tags) == {content, other_live}
         # The last alias takes the content tag and so the image with it.
@@ -231,7 +232,7 @@ def test_aliases_hold_an_image_and_prune_spares_live_runs_only(
             tag=content, image_labels={**eng.labels(eng.KIND_INSTANCE), **marker},
         )  # fmt: skip
         assert eng.acquire_alias(docker_client, content, eng.new_owner(pid=_dead_pid()))
-        result = eng.prune(docker_client, images=True, match=marker, say=print)
+        result = dprune.prune(docker_client, images=True, match=marker, say=print)
         assert result["images"] == 1 and not eng.image_exists(docker_client, image_id)
     finally:
         for img in docker_client.images.list(filters={"label": "dev.smelter.test-marker"

@@ -25,6 +25,7 @@ import docker.errors
 import pytest
 
 from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.adapters import docker_prune as dprune
 from smelter.transforms.adapters.base_images import BaseImage
 from tests._calc_repo import make_calc_repo
 
@@ -90,7 +91,7 @@ def test_prune_during_a_build_spares_its_steps_and_removes_dead_owners(
         # Then prune without pause until the build ends: steps that exited and wait to be
         # committed, and the next step's fresh container, must be spared as well.
         while thread.is_alive():
-            eng.prune(docker_client, match=match, say=print)
+            dprune.prune(docker_client, match=match, say=print)
             time.sleep(0.1)
         thread.join()
         assert "error" not in built, built.get("error")
@@ -170,7 +171,7 @@ def test_prune_all_during_a_build_spares_its_dangling_layers(
     try:
         thread.start()
         while thread.is_alive():
-            removed = eng.prune(docker_client, all_images=True, match=match, say=lambda _m: None)
+            removed = dprune.prune(docker_client, all_images=True, match=match, say=lambda _m: None)
             spared += removed["layers_spared"]
             time.sleep(0.01)
         thread.join()
@@ -199,11 +200,11 @@ def test_dangling_layers_go_once_old(
         ]  # fmt: skip
         old = docker_client.images.get(ids[0])
         assert old.tags == []  # the second build took the tag: the first is dangling
-        removed = eng.prune(docker_client, images=True, match=match, say=print)
+        removed = dprune.prune(docker_client, images=True, match=match, say=print)
         assert removed["layers_spared"] == 1 and removed["images"] == 1  # the tagged one went
         old.reload()  # still there
-        later = time.time() + eng.BUILD_GRACE_SECONDS + 60
-        removed = eng.prune(docker_client, images=True, match=match, say=print, now=later)
+        later = time.time() + dprune.BUILD_GRACE_SECONDS + 60
+        removed = dprune.prune(docker_client, images=True, match=match, say=print, now=later)
         assert removed["images"] == 1 and removed["layers_spared"] == 0
         with pytest.raises(docker.errors.ImageNotFound):
             old.reload()
@@ -221,20 +222,20 @@ def test_prune_all_keeps_env_and_base_images_while_a_run_is_live(
     repo, match = _labelled_parent(docker_client, base_image, "prune-env")
     parent = f"smelter-test/prune-env-parent:{repo.rsplit('-', 1)[1]}"
     env_tag = f"smelter-test/prune-env:{repo.rsplit('-', 1)[1]}"
-    later = time.time() + eng.BUILD_GRACE_SECONDS + 60
+    later = time.time() + dprune.BUILD_GRACE_SECONDS + 60
     try:
         eng.build_image(docker_client, dockerfile=f"FROM {parent}\nRUN echo env > /env\n",
                         tag=env_tag, image_labels=eng.labels(eng.KIND_ENV, repo=repo))  # fmt: skip
-        removed = eng.prune(docker_client, all_images=True, match=match, say=print)
+        removed = dprune.prune(docker_client, all_images=True, match=match, say=print)
         assert removed["base_spared"] == 2 and removed["images"] == 0  # fresh
         live = docker_client.containers.create(
             parent, ["true"], labels={**eng.labels(eng.KIND_CHECK, repo=repo), **eng.owner_labels()}
         )  # this process is alive: a live run shows on the engine
-        removed = eng.prune(docker_client, all_images=True, match=match, say=print, now=later)
+        removed = dprune.prune(docker_client, all_images=True, match=match, say=print, now=later)
         assert removed["containers_spared"] == 1 and removed["base_spared"] == 2
         assert eng.image_exists(docker_client, env_tag) and eng.image_exists(docker_client, parent)
         live.remove(force=True)
-        removed = eng.prune(docker_client, all_images=True, match=match, say=print, now=later)
+        removed = dprune.prune(docker_client, all_images=True, match=match, say=print, now=later)
         assert removed["images"] == 2 and removed["base_spared"] == 0
         assert not eng.image_exists(docker_client, env_tag)
     finally:
@@ -243,25 +244,25 @@ def test_prune_all_keeps_env_and_base_images_while_a_run_is_live(
 
 def test_unowned_containers_count_as_build_steps_only_while_recent() -> None:
     """The pure part of the rule, with the engine's timestamps."""
-    now = eng._engine_time("2024-05-01T10:00:00.123456789Z")
+    now = dprune._engine_time("2024-05-01T10:00:00.123456789Z")
     assert now == pytest.approx(1714557600.123456)
     created = {"Id": "x", "Labels": {eng.LABEL: "1"}, "State": "created"}
-    assert eng.maybe_live_build_step(None, {**created, "Created": now - 5}, now)  # type: ignore[arg-type]
-    assert not eng.maybe_live_build_step(None, {**created, "Created": now - 3600}, now)  # type: ignore[arg-type]
+    assert dprune.maybe_live_build_step(None, {**created, "Created": now - 5}, now)  # type: ignore[arg-type]
+    assert not dprune.maybe_live_build_step(None, {**created, "Created": now - 3600}, now)  # type: ignore[arg-type]
     running = {"Id": "x", "Labels": {eng.LABEL: "1"}, "State": "running", "Created": 0}
-    assert eng.maybe_live_build_step(None, running, now)  # type: ignore[arg-type]
+    assert dprune.maybe_live_build_step(None, running, now)  # type: ignore[arg-type]
     owned = {**running, "Labels": {eng.LABEL: "1", **eng.owner_labels()}}
-    assert not eng.maybe_live_build_step(None, owned, now)  # type: ignore[arg-type]
+    assert not dprune.maybe_live_build_step(None, owned, now)  # type: ignore[arg-type]
 
 
 def test_untagged_images_count_as_build_layers_only_while_recent() -> None:
     now = 1714557600.0
     listed = {"Id": "sha256:x", "RepoTags": ["<none>:<none>"], "Created": int(now) - 5}
-    assert eng.maybe_live_build_layer(listed, now)
-    assert not eng.maybe_live_build_layer({**listed, "Created": int(now) - 3600}, now)
-    assert not eng.maybe_live_build_layer({**listed, "RepoTags": ["smelter/env:x"]}, now)
+    assert dprune.maybe_live_build_layer(listed, now)
+    assert not dprune.maybe_live_build_layer({**listed, "Created": int(now) - 3600}, now)
+    assert not dprune.maybe_live_build_layer({**listed, "RepoTags": ["smelter/env:x"]}, now)
     inspected = {"RepoTags": [], "Created": "2024-05-01T09:59:58.5Z"}  # Image.attrs form
-    assert eng.maybe_live_build_layer(inspected, now)
+    assert dprune.maybe_live_build_layer(inspected, now)
 
 
 def _cli_run(repo: Path, name: str, out: Path) -> list[str]:
@@ -329,7 +330,7 @@ def test_two_runs_with_prunes_between_and_during_both_finish(
                                                       timeout=300)  # fmt: skip
                     during_build += 1
                 else:
-                    eng.prune(docker_client, images=True, match={eng.LABEL_REPO: name},
+                    dprune.prune(docker_client, images=True, match={eng.LABEL_REPO: name},
                               say=lambda _m: None)  # fmt: skip
                     during_build += bool(steps)
                 time.sleep(0.3)
