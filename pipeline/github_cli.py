@@ -78,22 +78,6 @@ def normalize_repo_name(name: str) -> str:
     return name
 
 
-def github_repo_names(args: argparse.Namespace) -> tuple[str, ...]:
-    """``--github`` / ``--github-repos-file`` names, validated, in order, without repeats."""
-    names = [normalize_repo_name(n) for n in getattr(args, "github", None) or [] if n.strip()]
-    return tuple(dict.fromkeys(names))
-
-
-def github_config_from_args(
-    args: argparse.Namespace, base: GitHubConfig | None = None
-) -> GitHubConfig:
-    """``base`` (defaults < config file < ``--github-…`` flags) plus the source flags."""
-    base = base or GitHubConfig()
-    repos = tuple(dict.fromkeys((*base.github_repos, *github_repo_names(args))))
-    query = getattr(args, "github_query", None) or base.github_search_query
-    return dataclasses.replace(base, github_repos=repos, github_search_query=query)
-
-
 def github_pull_requests(p: Any, plan: Any, config: GitHubConfig) -> tuple[Any, Any]:
     """Graph entry: (PCollection[PullRequest], PCollection[Rejection]) for the plan's GitHub
     repositories and search query, merged with those of ``config``."""

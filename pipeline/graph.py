@@ -27,11 +27,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from smelter.pipeline.plan import STAGES, RunPlan
+from smelter.pipeline.plan import RunPlan
 from smelter.transforms import lifeline
 from smelter.transforms.stage import ChainFn, Stage, StageFn
-
-__all__ = ["STAGES", "RunPlan", "WriteJsonl", "build"]
 
 
 class WriteJsonl(beam.PTransform):

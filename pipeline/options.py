@@ -8,8 +8,9 @@ Deliberate choices:
 - Precedence: defaults < config file < flags.
 - A setting several stages must agree on is one section, copied into each stage's config
   (a field with ``metadata={"from_section": ...}``): ``[paths]`` holds which paths are tests,
-  and the miners and the snapshot stage each carry it, so it is part of their cache keys. Keys
-  that moved (``RENAMED``) are a one-line error naming the new place, not a silent default.
+  and the miners and the snapshot stage each carry it, so it is part of their cache keys;
+  ``[git]`` holds where mirrors live, carried by every stage that opens one. Keys that moved
+  (``RENAMED``) are a one-line error naming the new place, not a silent default.
 - Every numeric field states its accepted range in its metadata (``"min"``, ``"max"``; a byte
   size string such as ``"4g"`` has ``"min_bytes"``). ``build_stage_configs`` checks each value
   from a file or flag against it before Beam starts, so ``--validate-pids-limit -1`` (which
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 # here must stay Beam-free: --help and the README reference import them all.
 STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "paths": ("smelter.transforms.testpaths", "PathsConfig"),
+    "git": ("smelter.transforms.adapters.git", "GitConfig"),
     "mine": ("smelter.transforms.mine.config", "MineConfig"),
     "github": ("smelter.transforms.mine.github_config", "GitHubConfig"),
     "snapshot": ("smelter.transforms.snapshot.config", "SnapshotConfig"),
@@ -69,9 +71,15 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
 # Keys that moved: old TOML key (or flag, with dashes) -> (section, new key). A file or command
 # line still using one gets a one-line error naming the new place instead of "unknown key".
 RENAMED: dict[str, tuple[str, str]] = {
-    f"{stage}_test_{what}": ("paths", f"test_{what}")
-    for stage in ("mine", "snapshot", "github")
-    for what in ("dir_names", "file_globs")
+    **{
+        f"{stage}_test_{what}": ("paths", f"test_{what}")
+        for stage in ("mine", "snapshot", "github")
+        for what in ("dir_names", "file_globs")
+    },
+    **{
+        f"{stage}_mirror_dir": ("git", "mirror_dir")
+        for stage in ("mine", "github", "snapshot", "render")
+    },
 }
 
 

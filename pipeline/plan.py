@@ -1,8 +1,8 @@
 """What one run does (``RunPlan``) and the stage order, apart from the Beam graph.
 
 Deliberate choice: this module imports no Beam, so ``smelter run --help`` (which needs the stage
-names for ``--until``) and ``--dry-run`` start without Beam's import time. ``pipeline.graph``
-re-exports both names.
+names for ``--until``) and ``--dry-run`` start without Beam's import time. The stage names are
+``schemas.Stage``, the same strings ``Rejection.stage`` holds.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-STAGES = ("mine", "snapshot", "environment", "validate", "clean", "render", "pack")
+from smelter.schemas import Stage
+
+STAGES: tuple[Stage, ...] = tuple(Stage)
 
 
 @dataclasses.dataclass(frozen=True)

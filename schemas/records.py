@@ -388,11 +388,24 @@ class Reason(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+class Stage(enum.StrEnum):
+    """The pipeline's stages in run order: ``--until`` choices, step labels, ``Rejection.stage``
+    and metric namespaces. A StrEnum, so ``Stage.MINE == "mine"`` and JSON holds the string."""
+
+    MINE = "mine"
+    SNAPSHOT = "snapshot"
+    ENVIRONMENT = "environment"
+    VALIDATE = "validate"
+    CLEAN = "clean"
+    RENDER = "render"
+    PACK = "pack"
+
+
 class Rejection(Record):
     """A record that left the pipeline, and why; the dead-letter output of every stage."""
 
     instance_id: str
-    stage: str
+    stage: Stage
     reason: Reason
     detail: str = ""
     repo: str = ""

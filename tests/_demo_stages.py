@@ -7,11 +7,13 @@ from pathlib import Path
 
 from smelter.pipeline.demo import DemoRepo
 from smelter.schemas import Candidate, PullRequest
-from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.environment.builder import EnvironmentFn
 from smelter.transforms.environment.config import EnvConfig
-from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
-from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.git_source import GitSource, RepoSpec
+from smelter.transforms.snapshot.config import SnapshotConfig
+from smelter.transforms.snapshot.snapshot import SnapshotFn
 from smelter.transforms.stage import Rejected
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -20,7 +22,7 @@ HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 def demo_candidates(demo: DemoRepo, work: Path) -> dict[int, Candidate]:
     """PR number -> Candidate for every demo PR that survives mine and snapshot."""
     source = GitSource(GitRepo(demo.path), RepoSpec(str(demo.path), demo.name), MineConfig())
-    snap = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(work / "mirrors")))
+    snap = SnapshotFn(SnapshotConfig(git=GitConfig(mirror_dir=str(work / "mirrors"))))
     snap.setup()
     out: dict[int, Candidate] = {}
     for pr in source:

@@ -225,3 +225,36 @@ def test_old_test_path_keys_name_the_new_one(tmp_path: Path, git_repo: Path, old
 
 def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+def test_mirror_dir_is_one_setting_for_every_stage(tmp_path: Path, git_repo: Path) -> None:
+    """Regression: the mirror folder was four options (mine_, github_, snapshot_, render_
+    mirror_dir), one defaulting to "" where the others used None; set for one stage only, the
+    next stage cloned the repository again elsewhere."""
+    mirrors = str(tmp_path / "mirrors")
+    proc = smelter("mine", "--repo", str(git_repo), "--dry-run", "--mirror-dir", mirrors)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)["config"]
+    assert config["git"] == {"mirror_dir": mirrors}
+    for section in ("mine", "github", "snapshot", "pack"):
+        assert config[section]["git"] == {"mirror_dir": mirrors}, section
+
+
+@pytest.mark.parametrize(
+    ("section", "old"),
+    [
+        ("mine", "mine_mirror_dir"),
+        ("github", "github_mirror_dir"),
+        ("snapshot", "snapshot_mirror_dir"),
+        ("pack", "render_mirror_dir"),
+    ],
+)
+def test_old_mirror_keys_name_the_new_one(
+    tmp_path: Path, git_repo: Path, section: str, old: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[{section}]\n{old} = "m"\n')
+    proc = smelter("mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run")
+    assert_one_line_error(proc, f"[{section}] {old}", "[git] mirror_dir")
+    proc = smelter("mine", "--repo", str(git_repo), "--dry-run", flag(old), "m")
+    assert_one_line_error(proc, flag(old), "--mirror-dir")

@@ -18,9 +18,11 @@ import pytest
 
 from smelter.pipeline.demo import DEMO_PRS, DemoPR, create_demo_repo
 from smelter.schemas import Candidate, Reason
-from smelter.transforms.adapters.git import GitRepo
-from smelter.transforms.mine.git_source import MineConfig, MineGitFn, RepoSpec
-from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.adapters.git import GitConfig, GitRepo
+from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.git_source import MineGitFn, RepoSpec
+from smelter.transforms.snapshot.config import SnapshotConfig
+from smelter.transforms.snapshot.snapshot import SnapshotFn
 
 
 def test_demo_is_deterministic(tmp_path: Path) -> None:
@@ -53,8 +55,8 @@ def demo_candidates(
 ) -> tuple[GitRepo, dict[int, Candidate]]:
     root = tmp_path_factory.mktemp("demo")
     demo = create_demo_repo(root / "repo")
-    mine = MineGitFn(MineConfig(mine_mirror_dir=str(root / "mirrors")))
-    snap = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(root / "mirrors")))
+    mine = MineGitFn(MineConfig(git=GitConfig(mirror_dir=str(root / "mirrors"))))
+    snap = SnapshotFn(SnapshotConfig(git=GitConfig(mirror_dir=str(root / "mirrors"))))
     snap.setup_stage()
     out: dict[int, Candidate] = {}
     for pr in mine.run(RepoSpec.from_url(str(demo.path), name=demo.name)):

@@ -17,14 +17,17 @@ from typing import Any
 import pytest
 
 from smelter.schemas import Candidate, PullRequest, Reason, Rejection
-from smelter.transforms.mine.git_source import MineConfig, MineGitFn, RepoSpec
+from smelter.transforms.adapters.git import GitConfig
+from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.git_source import MineGitFn, RepoSpec
+from smelter.transforms.mine.github_config import GitHubConfig
 from smelter.transforms.mine.github_source import (
     CommitFacts,
-    GitHubConfig,
     GitHubSource,
     rebase_base,
 )
-from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.snapshot.config import SnapshotConfig
+from smelter.transforms.snapshot.snapshot import SnapshotFn
 from tests._gitutil import Repo
 from tests.fixtures.github_standin import FakeCommit, FakePull, FakeRepo, GitHubStandin, _commits
 
@@ -133,9 +136,9 @@ def build_origin(path: Path) -> Origin:
 
 
 def _iso(repo: Repo, sha: str, fmt: str) -> str:
-    from smelter.transforms.mine.github_source import iso_utc
+    from smelter.transforms.dates import utc_iso
 
-    return iso_utc(repo.git("log", "-1", f"--format={fmt}", sha)) or ""
+    return utc_iso(repo.git("log", "-1", f"--format={fmt}", sha)) or ""
 
 
 def standin_repo(origin: Origin) -> FakeRepo:
@@ -177,7 +180,7 @@ def standin(origin: Origin, github_standin_factory: Any) -> GitHubStandin:
 def _mine(standin: GitHubStandin, tmp: Path) -> dict[int, PullRequest | Rejection]:
     config = GitHubConfig(
         github_base_url=standin.base_url, github_cache_dir=str(tmp / "gh-cache"),
-        github_mirror_dir=str(tmp / "mirrors"), github_require_linked_issue=False,
+        git=GitConfig(mirror_dir=str(tmp / "mirrors")), github_require_linked_issue=False,
         github_backoff_seconds=0.05,
     )  # fmt: skip
     with GitHubSource(config, environ={"GITHUB_TOKEN": TOKEN}, report=lambda s: None) as src:
@@ -190,7 +193,7 @@ def _mine(standin: GitHubStandin, tmp: Path) -> dict[int, PullRequest | Rejectio
 
 
 def _snapshot(pr: PullRequest, tmp: Path) -> Candidate:
-    fn = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(tmp / "mirrors")))
+    fn = SnapshotFn(SnapshotConfig(git=GitConfig(mirror_dir=str(tmp / "mirrors"))))
     fn.setup()
     (candidate,) = list(fn.process(pr))
     assert isinstance(candidate, Candidate), candidate
@@ -360,7 +363,7 @@ def test_git_miner_on_the_same_history(
     """Git history alone has no PR number for a rebase merge: the git miner cannot see #5, #6
     and #8 (their commits are plain commits to it), reads the issue reference "(#2)" in #8's
     last commit as a squash of PR #2, and agrees with GitHub on the squash PR #7."""
-    fn = MineGitFn(MineConfig(mine_mirror_dir=str(tmp_path / "mirrors")))
+    fn = MineGitFn(MineConfig(git=GitConfig(mirror_dir=str(tmp_path / "mirrors"))))
     fn.setup()
     raw = list(fn.process(RepoSpec.from_url(str(origin.repo.path), NAME)))
     out = [getattr(o, "value", o) for o in raw]  # rejects come out as TaggedOutput

@@ -15,8 +15,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from smelter.pipeline.demo import DEMO_PRS, REPO_NAME
 from smelter.schemas import PullRequest, Reason, Rejection
+from smelter.transforms.adapters.git import GitConfig
+from smelter.transforms.mine.github_config import GitHubConfig
 from smelter.transforms.mine.github_source import (
-    GitHubConfig,
     GitHubSource,
     MineGitHub,
     hints_before,
@@ -45,7 +46,7 @@ def _config(standin: GitHubStandin, tmp: Path, **kw: Any) -> GitHubConfig:
     return GitHubConfig(
         github_base_url=standin.base_url,
         github_cache_dir=str(tmp / "gh-cache"),
-        github_mirror_dir=str(tmp / "mirrors"),
+        git=GitConfig(mirror_dir=str(tmp / "mirrors")),
         github_backoff_seconds=0.05,
         **kw,
     )
@@ -309,10 +310,12 @@ def test_beam_transform_yields_records_and_rejects(
 
 def test_github_mine_matches_git_mine(demo_github: GitHubStandin, demo_repo_session, tmp_path):
     """Same PRs, same candidates, whichever source mined them (problem text aside)."""
-    from smelter.transforms.mine.git_source import MineConfig, MineGitFn, RepoSpec
-    from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+    from smelter.transforms.mine.config import MineConfig
+    from smelter.transforms.mine.git_source import MineGitFn, RepoSpec
+    from smelter.transforms.snapshot.config import SnapshotConfig
+    from smelter.transforms.snapshot.snapshot import SnapshotFn
 
-    git_fn = MineGitFn(MineConfig(mine_mirror_dir=str(tmp_path / "mirrors")))
+    git_fn = MineGitFn(MineConfig(git=GitConfig(mirror_dir=str(tmp_path / "mirrors"))))
     git_fn.setup()
     git_out = list(git_fn.process(RepoSpec.from_url(str(demo_repo_session.path), REPO_NAME)))
     gh_out, _ = _mine(_config(demo_github, tmp_path))
@@ -333,7 +336,7 @@ def test_github_mine_matches_git_mine(demo_github: GitHubStandin, demo_repo_sess
             (i.repo, i.number) for i in h.linked_issues
         }
 
-    snap = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(tmp_path / "mirrors")))
+    snap = SnapshotFn(SnapshotConfig(git=GitConfig(mirror_dir=str(tmp_path / "mirrors"))))
     snap.setup()
     text_fields = {"problem_statement", "hints_text", "linked_issues", "source"}
     for n in git_prs:
@@ -376,7 +379,7 @@ def test_cli_mine_github_end_to_end(
 def test_cli_source_flags(tmp_path: Path) -> None:
     import argparse
 
-    from smelter.pipeline.github_cli import add_github_arguments, github_config_from_args
+    from smelter.pipeline.github_cli import add_github_arguments, normalize_repo_name
 
     repos_file = tmp_path / "repos.txt"
     repos_file.write_text("# mine these\npsf/requests\nhttps://github.com/pallets/click.git\n")
@@ -386,9 +389,9 @@ def test_cli_source_flags(tmp_path: Path) -> None:
         "--github", "acme/widgets", "--github-repos-file", str(repos_file),
         "--github-query", "language:python", "--since-last-run",
     ])  # fmt: skip
-    config = github_config_from_args(args)
-    assert config.github_repos == ("acme/widgets", "psf/requests", "pallets/click")
-    assert config.github_search_query == "language:python"
+    names = tuple(normalize_repo_name(n) for n in args.github)
+    assert names == ("acme/widgets", "psf/requests", "pallets/click")
+    assert args.github_query == "language:python"
     assert getattr(args, "github.github_since_last_run") is True
 
 

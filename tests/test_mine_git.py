@@ -10,16 +10,16 @@ from apache_beam.pvalue import TaggedOutput
 
 from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
 from smelter.schemas import PullRequest, Reason, Rejection
-from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.adapters.git import GitConfig, GitRepo
+from smelter.transforms.dates import utc_iso
+from smelter.transforms.mine.config import MineConfig
 from smelter.transforms.mine.git_source import (
     GitSource,
-    MineConfig,
     MineGitFn,
     RepoSpec,
     derive_repo_name,
     in_date_range,
     pr_commits,
-    utc_iso,
 )
 
 
@@ -167,7 +167,7 @@ def test_pr_commits_stop_at_mainline(tmp_path: Path) -> None:
 
 
 def test_stage_shell_routes_rejections(demo: DemoRepo, tmp_path: Path) -> None:
-    fn = MineGitFn(MineConfig(mine_mirror_dir=str(tmp_path / "m")))
+    fn = MineGitFn(MineConfig(git=GitConfig(mirror_dir=str(tmp_path / "m"))))
     fn.setup()
     out = list(fn.process(RepoSpec(str(demo.path), demo.name)))
     main = [o for o in out if not isinstance(o, TaggedOutput)]

@@ -18,10 +18,12 @@ import pytest
 from _gitutil import Repo
 
 from smelter.schemas import PullRequest, Reason, Rejection
-from smelter.transforms.adapters.git import GitRepo
+from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.diff import diff_path, is_utf8, shown_path, split_diff, unquote_path
-from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
-from smelter.transforms.snapshot.snapshot import SnapshotConfig, SnapshotFn
+from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.git_source import GitSource, RepoSpec
+from smelter.transforms.snapshot.config import SnapshotConfig
+from smelter.transforms.snapshot.snapshot import SnapshotFn
 from smelter.transforms.stage import Rejected, printable
 from smelter.transforms.validate.validate import touched_test_modules
 
@@ -126,7 +128,7 @@ def test_snapshot_rejects_an_undecodable_name_from_another_source(
     sha = odd_repo.git("log", "--format=%H", "--grep=Merge pull request #2 ", "main")
     base = odd_repo.git("rev-parse", f"{sha}^1")
     record = pr.model_copy(update={"diff": diff, "merge_commit": sha, "base_commit": base})
-    fn = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(tmp_path / "mirrors")))
+    fn = SnapshotFn(SnapshotConfig(git=GitConfig(mirror_dir=str(tmp_path / "mirrors"))))
     fn.setup()
     with pytest.raises(Rejected) as info:
         fn.run(record)

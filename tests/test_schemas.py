@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import pydantic
 import pytest
 
 from smelter.schemas import (
@@ -18,6 +19,7 @@ from smelter.schemas import (
     Rejection,
     Sample,
     ShardRow,
+    Stage,
     Task,
     TestRun,
     TestStatus,
@@ -138,3 +140,22 @@ def test_rejection_reason_is_an_enum_in_the_schema() -> None:
     bad = json.loads(EXAMPLES["rejection"].to_json()) | {"reason": "because"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(load_schema("rejection")).validate(bad)
+
+
+def test_rejection_stage_is_an_enum_in_the_schema() -> None:
+    """Regression: stage names were spelled in four lists, one with a stage no code emits."""
+    bad = json.loads(EXAMPLES["rejection"].to_json()) | {"stage": "tokenize"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(load_schema("rejection")).validate(bad)
+    with pytest.raises(pydantic.ValidationError):
+        Rejection(instance_id="acme__demo-2", stage="tokenize", reason=Reason.TOO_LONG)
+    assert EXAMPLES["rejection"].stage is Stage.MINE and Stage.MINE == "mine"
+
+
+def test_run_until_choices_are_the_stages() -> None:
+    from smelter.pipeline.plan import STAGES
+
+    assert tuple(Stage) == STAGES
+    assert [str(s) for s in STAGES] == [
+        "mine", "snapshot", "environment", "validate", "clean", "render", "pack",
+    ]  # fmt: skip

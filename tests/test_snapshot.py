@@ -10,10 +10,11 @@ from apache_beam.pvalue import TaggedOutput
 
 from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
 from smelter.schemas import Candidate, Comment, LinkedIssue, PullRequest, Reason
-from smelter.transforms.adapters.git import GitRepo
-from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
+from smelter.transforms.adapters.git import GitConfig, GitRepo
+from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.git_source import GitSource, RepoSpec
+from smelter.transforms.snapshot.config import SnapshotConfig
 from smelter.transforms.snapshot.snapshot import (
-    SnapshotConfig,
     SnapshotFn,
     hints_text,
     problem_statement,
@@ -34,7 +35,7 @@ def prs(demo: DemoRepo) -> dict[int, PullRequest]:
 
 @pytest.fixture
 def snap(tmp_path: Path) -> SnapshotFn:
-    fn = SnapshotFn(SnapshotConfig(snapshot_mirror_dir=str(tmp_path / "mirrors")))
+    fn = SnapshotFn(SnapshotConfig(git=GitConfig(mirror_dir=str(tmp_path / "mirrors"))))
     fn.setup()
     return fn
 

@@ -114,9 +114,7 @@ def test_one_paths_option_drives_mining_and_snapshot(tmp_path: Path) -> None:
     _, rejected = _outputs(MineGitFn(default["mine"]), spec)
     assert [r.reason for r in rejected] == [Reason.NO_TEST_CHANGES]
 
-    configs = _configs(
-        {"paths": {"test_dir_names": ["checks"]}, "snapshot": {"snapshot_mirror_dir": mirrors}}
-    )
+    configs = _configs({"paths": {"test_dir_names": ["checks"]}, "git": {"mirror_dir": mirrors}})
     for section in ("mine", "snapshot", "github"):
         assert configs[section].test_paths.test_dir_names == ("checks",), section
     assert configs["github"].mine_config.path_rules == configs["mine"].path_rules

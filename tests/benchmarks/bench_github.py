@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fixtures, 
 
 from smelter.pipeline.demo import create_demo_repo
 from smelter.schemas import PullRequest
-from smelter.transforms.mine.github_source import GitHubConfig, GitHubSource
+from smelter.transforms.adapters.git import GitConfig
+from smelter.transforms.mine.github_config import GitHubConfig
+from smelter.transforms.mine.github_source import GitHubSource
 from tests.fixtures.github_standin import GitHubStandin, standin_from_demo
 
 
@@ -73,7 +75,7 @@ def main() -> None:
             config = GitHubConfig(
                 github_base_url=standin.base_url,
                 github_cache_dir=str(tmp / "gh"),
-                github_mirror_dir=str(tmp / "mirrors"),
+                git=GitConfig(mirror_dir=str(tmp / "mirrors")),
                 github_per_page=args.per_page,
                 github_require_linked_issue=args.require_linked_issue,
             )

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from smelter.schemas import PullRequest
-from smelter.transforms.adapters.git import GitRepo
-from smelter.transforms.mine.git_source import GitSource, MineConfig, MineGitFn, RepoSpec
+from smelter.transforms.adapters.git import GitConfig, GitRepo
+from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.git_source import GitSource, MineGitFn, RepoSpec
 
 N_MODULES = 40
 LINES = 40
@@ -133,7 +134,7 @@ def main() -> None:
         print(f"  kept PRs per second:         {kept / t_mine:,.0f}")
         print(f"  commits scanned per second:  {h.commits / t_mine:,.0f} (all commits in repo)")
 
-        fn = MineGitFn(MineConfig(mine_mirror_dir=str(root / "mirrors")))
+        fn = MineGitFn(MineConfig(git=GitConfig(mirror_dir=str(root / "mirrors"))))
         t0 = time.perf_counter()
         n = sum(1 for _ in fn.run(spec))
         t_stage = time.perf_counter() - t0

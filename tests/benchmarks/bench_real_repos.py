@@ -139,7 +139,8 @@ def kept_prs(mirror: Path, name: str) -> list[tuple[int, str]]:
     """(number, merged_at) of every PR the git miner keeps with default ``[mine]`` settings."""
     from smelter.schemas import PullRequest
     from smelter.transforms.adapters.git import GitRepo
-    from smelter.transforms.mine.git_source import GitSource, MineConfig, RepoSpec
+    from smelter.transforms.mine.config import MineConfig
+    from smelter.transforms.mine.git_source import GitSource, RepoSpec
 
     source = GitSource(GitRepo(mirror), RepoSpec.from_url(str(mirror), name=name), MineConfig())
     return [(r.number, r.merged_at) for r in source if isinstance(r, PullRequest)]

@@ -51,6 +51,7 @@ import docker.errors
 import requests
 
 from smelter.transforms.adapters import docker_engine as eng
+from smelter.transforms.cache import cache_dir
 from smelter.transforms.errors import Fatal
 from smelter.transforms.util import stable_hash, tail
 
@@ -85,10 +86,7 @@ Source = Literal["auto", "local", "registry"]
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("SMELTER_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smelter"
-    )
-    return Path(root)
+    return cache_dir()
 
 
 @dataclass(frozen=True)

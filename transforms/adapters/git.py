@@ -17,6 +17,9 @@ Deliberate choices:
 - Mirrors live in a cache folder keyed by a hash of the URL, are created by cloning into a
   temporary folder and renaming (a killed clone leaves no half mirror), and are guarded by an
   ``flock`` so concurrent workers on one machine clone or fetch once.
+- Where mirrors live is one setting, ``[git] mirror_dir`` (``GitConfig``), copied into every
+  stage that opens a mirror (both miners, snapshot, render), so they share one clone per
+  repository. It is read here, beside the code that uses it, in a module without Beam.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from smelter.transforms.cache import cache_dir
+
 _GIT_ENV = {
     # Deterministic, non-interactive git whatever the user's config says.
     "GIT_TERMINAL_PROMPT": "0",
@@ -42,6 +47,28 @@ _GIT_ENV = {
 }
 _SHA = re.compile(rb"^[0-9a-f]{40}$")
 _RS, _US = "\x1e", "\x1f"
+
+
+@dataclasses.dataclass(frozen=True)
+class GitConfig:
+    """The ``[git]`` options, one setting for every stage that opens a mirror."""
+
+    mirror_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "folder of bare git mirrors, shared by the miners, the snapshot and "
+                          "the render stage (default: $SMELTER_MIRROR_DIR, else "
+                          "~/.cache/smelter/mirrors)"},
+    )  # fmt: skip
+
+    @property
+    def mirror_root(self) -> str:
+        """The folder to use; the default is looked up where it is used (on the worker)."""
+        return self.mirror_dir or os.environ.get("SMELTER_MIRROR_DIR") or str(cache_dir("mirrors"))
+
+
+# Metadata of a stage config's ``git`` field: a copy of the ``[git]`` section, set by the option
+# loader; not a flag or key of that stage's own section.
+FROM_GIT_SECTION = {"from_section": "git", "help": "git mirror settings, from [git]"}
 
 
 class GitError(Exception):

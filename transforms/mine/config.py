@@ -1,11 +1,12 @@
 """The ``[mine]`` options of the git miner, apart from the Beam stage so the CLI can list them
-without importing Beam. ``smelter.transforms.mine.git_source`` re-exports ``MineConfig``."""
+without importing Beam."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
 
+from smelter.transforms.adapters.git import FROM_GIT_SECTION, GitConfig
 from smelter.transforms.testpaths import FROM_PATHS_SECTION, PathRules, PathsConfig
 
 
@@ -53,10 +54,7 @@ class MineConfig:
             "first (0 = all); combine with --mine-since for recent ones",
         },
     )
-    mine_mirror_dir: str | None = field(
-        default=None,
-        metadata={"help": "folder of bare git mirrors (default ~/.cache/smelter/mirrors)"},
-    )
+    git: GitConfig = field(default=GitConfig(), metadata=FROM_GIT_SECTION)
     test_paths: PathsConfig = field(default=PathsConfig(), metadata=FROM_PATHS_SECTION)
 
     @property

@@ -26,40 +26,31 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-import os
 import re
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 from apache_beam.metrics import Metrics
 
-from smelter.schemas import LinkedIssue, PullRequest, Reason, Record, Rejection
+from smelter.schemas import LinkedIssue, PullRequest, Reason, Record, Rejection, Stage
 from smelter.transforms.adapters.git import GitError, GitRepo, GraphNode, LogEntry
+from smelter.transforms.dates import utc_iso
 from smelter.transforms.diff import (
     DiffParseError,
     SplitDiff,
     replace_sections,
     split_diff,
 )
+from smelter.transforms.errors import Rejected
 from smelter.transforms.mine.config import MineConfig
 from smelter.transforms.mine.prmeta import PrCommit, classify_commit, instance_id, linked_issues
-from smelter.transforms.stage import Rejected, StageFn
+from smelter.transforms.stage import StageFn
 from smelter.transforms.testpaths import PathKind, PathRules
-from smelter.transforms.util import utc_iso
 
 log = logging.getLogger(__name__)
 
-STAGE = "mine"
+STAGE = Stage.MINE
 _DIFF_BATCH = 256
-
-
-def default_mirror_dir() -> str:
-    """Where bare mirrors live when no folder is configured (shared by mine and snapshot)."""
-    if os.environ.get("SMELTER_MIRROR_DIR"):
-        return os.environ["SMELTER_MIRROR_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "smelter" / "mirrors")
 
 
 def derive_repo_name(url: str) -> str:
@@ -339,9 +330,8 @@ class MineGitFn(StageFn):
         return None  # a repository's history moves: always re-scan (the scan is cheap)
 
     def open_repo(self, spec: RepoSpec) -> GitRepo:
-        mirror_dir = self._config.mine_mirror_dir or default_mirror_dir()
         try:
-            return GitRepo.mirror(spec.url, mirror_dir)
+            return GitRepo.mirror(spec.url, self._config.git.mirror_root)
         except GitError as e:
             raise Rejected(Reason.REPO_UNAVAILABLE, f"{spec.url}: {e}") from e
 

@@ -1,17 +1,19 @@
 """The ``[github]`` options of the GitHub miner, apart from the Beam stage so the CLI can list them
-without importing Beam (or PyGithub). ``smelter.transforms.mine.github_source`` re-exports them."""
+without importing Beam (or PyGithub)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smelter.transforms.adapters.git import FROM_GIT_SECTION, GitConfig
+from smelter.transforms.cache import cache_dir
+from smelter.transforms.dates import utc_iso
 from smelter.transforms.mine.config import MineConfig
 from smelter.transforms.testpaths import FROM_PATHS_SECTION, PathsConfig
-from smelter.transforms.util import stable_hash, utc_iso
+from smelter.transforms.util import stable_hash
 
 if TYPE_CHECKING:
     from smelter.transforms.adapters.github_http import RetryPolicy
@@ -21,11 +23,6 @@ DEFAULT_BOTS = (
     "github-actions[bot]", "allcontributors[bot]", "greenkeeper[bot]", "pyup-bot",
 )  # fmt: skip
 OUTCOME_FORMAT = 1
-
-
-def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "smelter" / "github")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +82,6 @@ class GitHubConfig:
             "help": "reject PRs with more added+deleted lines than this (0 = no limit)",
         },
     )
-    github_mirror_dir: str | None = field(
-        default=None,
-        metadata={"help": "folder of bare git mirrors, shared with the snapshot stage "
-                          "(default ~/.cache/smelter/mirrors)"},
-    )  # fmt: skip
     github_max_prs_per_repo: int | None = field(
         default=None, metadata={"min": 1, "help": "stop after this many listed PRs per repository"}
     )
@@ -150,6 +142,7 @@ class GitHubConfig:
     github_request_timeout_seconds: int = field(
         default=30, metadata={"min": 1, "help": "timeout of one HTTP request"}
     )
+    git: GitConfig = field(default=GitConfig(), metadata=FROM_GIT_SECTION)
     test_paths: PathsConfig = field(default=PathsConfig(), metadata=FROM_PATHS_SECTION)
 
     def __post_init__(self) -> None:
@@ -171,7 +164,7 @@ class GitHubConfig:
 
     @property
     def cache_root(self) -> Path:
-        return Path(self.github_cache_dir or default_cache_dir())
+        return Path(self.github_cache_dir) if self.github_cache_dir else cache_dir("github")
 
     @property
     def mine_config(self) -> MineConfig:
@@ -182,6 +175,7 @@ class GitHubConfig:
             mine_max_files=self.github_max_changed_files,
             mine_max_changed_lines=self.github_max_changed_lines,
             mine_require_tests_and_code=self.github_require_tests_and_code,
+            git=self.git,
             test_paths=self.test_paths,
         )
 

@@ -55,43 +55,23 @@ from smelter.transforms.adapters.github_http import (
     install_connection_classes,
     stderr_countdown,
 )
+from smelter.transforms.dates import parse_utc, utc_iso
 from smelter.transforms.diff import DiffParseError, SplitDiff
 from smelter.transforms.errors import Fatal, Rejected, Retryable
 from smelter.transforms.mine.git_source import (
+    STAGE,  # both miners are one stage: one counter namespace, one Rejection.stage
     carry_diff,
-    default_mirror_dir,
     filter_reason,
     in_date_range,
-    utc_iso,
 )
 from smelter.transforms.mine.github_config import GitHubConfig
 from smelter.transforms.mine.prmeta import IssueRef, classify_commit, instance_id, linked_issues
-from smelter.transforms.stage import Stage, StageFn, stable_hash, tail
+from smelter.transforms.stage import Stage, StageFn
+from smelter.transforms.util import stable_hash, tail
 
 log = logging.getLogger(__name__)
 
-STAGE = "mine"
 # --------------------------------------------------------------------------- pure helpers
-
-
-def iso_utc(value: dt.datetime | str | None) -> str | None:
-    """Any timestamp -> ``YYYY-MM-DDTHH:MM:SSZ`` in UTC (GitHub's form); None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return utc_iso(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_when(text: str) -> dt.datetime:
-    """``2024-01-02`` or any ISO 8601 date-time -> aware UTC datetime (naive means UTC)."""
-    try:
-        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise Fatal(f"not an ISO date or date-time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def is_bot(login: str, user_type: str | None, bot_logins: Iterable[str]) -> bool:
@@ -120,8 +100,8 @@ def hints_before(comments: Iterable[Comment], first_commit_at: str | None) -> li
     """SWE-bench hints: the comments created before the PR's first commit (all if unknown)."""
     if first_commit_at is None:
         return list(comments)
-    cutoff = parse_when(first_commit_at)
-    return [c for c in comments if parse_when(c.created_at) < cutoff]
+    cutoff = parse_utc(first_commit_at)
+    return [c for c in comments if parse_utc(c.created_at) < cutoff]
 
 
 def hints_text(issues: Iterable[LinkedIssue], first_commit_at: str | None) -> str:
@@ -236,7 +216,7 @@ class GitHubSource:
         root = config.cache_root
         self.outcomes = OutcomeStore(root / "outcomes")
         self.state_dir = root / "state"
-        self.mirror_dir = Path(config.github_mirror_dir or default_mirror_dir())
+        self.mirror_dir = Path(config.git.mirror_root)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> GitHubSource:
@@ -323,15 +303,15 @@ class GitHubSource:
             return
         state_path = self.state_dir / f"{full_name.replace('/', '__')}.json"
         state = RepoState.load(state_path)
-        watermark = parse_when(state.watermark) if cfg.github_since_last_run and \
+        watermark = parse_utc(state.watermark) if cfg.github_since_last_run and \
             state.watermark else None  # fmt: skip
-        since = parse_when(cfg.github_since) if cfg.github_since else None
+        since = parse_utc(cfg.github_since) if cfg.github_since else None
         fingerprint = cfg.outcome_fingerprint()
         newest: dt.datetime | None = None
         seen: set[int] = set()
         pulls = repo.get_pulls(state="closed", sort="updated", direction="desc")
         for pr in pulls:
-            updated = _aware(pr.updated_at or pr.created_at)
+            updated = parse_utc(pr.updated_at or pr.created_at)
             # Sorted by update time: everything after this point is older still.
             if watermark is not None and updated <= watermark:
                 break
@@ -345,7 +325,7 @@ class GitHubSource:
             seen.add(pr.number)
             summary.listed += 1
             newest = max(newest, updated) if newest else updated
-            key = stable_hash(fingerprint, iso_utc(updated), pr.merge_commit_sha)
+            key = stable_hash(fingerprint, utc_iso(updated), pr.merge_commit_sha)
             outcome = self.outcomes.get(full_name, pr.number, key)
             if outcome is not None:
                 summary.reused += 1
@@ -360,9 +340,9 @@ class GitHubSource:
             yield outcome
         # Only a run that listed everything moves the watermark; an interrupted one resumes.
         if newest is not None:
-            old = parse_when(state.watermark) if state.watermark else None
+            old = parse_utc(state.watermark) if state.watermark else None
             mark = max(newest, old) if old else newest
-            RepoState(iso_utc(mark), iso_utc(dt.datetime.now(dt.UTC))).save(state_path)
+            RepoState(utc_iso(mark), utc_iso(dt.datetime.now(dt.UTC))).save(state_path)
         if self.transport is not None:
             self._report(summary.line(self.transport))
 
@@ -381,7 +361,7 @@ class GitHubSource:
         cfg = self.config
         if pr.merged_at is None:
             raise Rejected(Reason.NOT_MERGED, "closed without merging")
-        merged_at = iso_utc(pr.merged_at) or ""
+        merged_at = utc_iso(pr.merged_at) or ""
         if not in_date_range(merged_at, cfg.github_since, cfg.github_until):
             raise Rejected(Reason.OUT_OF_DATE_RANGE, f"merged {merged_at}")
         login = pr.user.login if pr.user else ""
@@ -407,9 +387,9 @@ class GitHubSource:
         if commits is None:
             commits = list(pr.get_commits())
         messages = [c.commit.message for c in commits]
-        dates = [_aware(c.commit.author.date) for c in commits
+        dates = [parse_utc(c.commit.author.date) for c in commits
                  if c.commit.author and c.commit.author.date]  # fmt: skip
-        first_commit_at = iso_utc(min(dates)) if dates else None
+        first_commit_at = utc_iso(min(dates)) if dates else None
         refs = issue_refs(repo, pr.title, pr.body or "", messages)
         if cfg.github_require_linked_issue and not refs:
             raise Rejected(Reason.NO_LINKED_ISSUE, "no closing keyword in title, body or commits")
@@ -428,7 +408,7 @@ class GitHubSource:
             head_commit=shape.head,
             merge_commit=merge_sha,
             merge_style=shape.style,
-            created_at=iso_utc(pr.created_at) or "",
+            created_at=utc_iso(pr.created_at) or "",
             merged_at=merged_at,
             author=login,
             author_association=pr.author_association,
@@ -452,7 +432,7 @@ class GitHubSource:
             comments = [_comment(c) for c in issue.get_comments()] if issue.comments else []
             return LinkedIssue(
                 repo=ref.repo, number=ref.number, title=issue.title or "",
-                body=issue.body or "", created_at=iso_utc(issue.created_at), comments=comments,
+                body=issue.body or "", created_at=utc_iso(issue.created_at), comments=comments,
             )  # fmt: skip
         except UnknownObjectException:
             return LinkedIssue(repo=ref.repo, number=ref.number)
@@ -522,20 +502,20 @@ def rebase_base(landed: list[CommitFacts], pr_commits: list[CommitFacts], merge_
             raise Rejected(Reason.DIFF_FAILED, (
                 f"the {n} commits ending at {merge_sha[:12]} are not the PR's commits (a squash "
                 f"merge without its number?): commit {n - i} of {n} is {want.subject!r} authored "
-                f"{iso_utc(want.author_at)}, but {got.sha[:12]} there is {got.subject!r} "
-                f"authored {iso_utc(got.author_at)} with {len(got.parents)} parent(s)"
+                f"{utc_iso(want.author_at)}, but {got.sha[:12]} there is {got.subject!r} "
+                f"authored {utc_iso(got.author_at)} with {len(got.parents)} parent(s)"
             ))  # fmt: skip
     return landed[n].sha
 
 
 def _instant(value: str | None) -> dt.datetime | None:
-    return parse_when(value) if value else None
+    return parse_utc(value) if value else None
 
 
 def _facts(c: Any) -> CommitFacts:
     """A PyGithub Commit of a PR's commits list (no request: every field is in the list)."""
     author = c.commit.author
-    when = iso_utc(author.date) if author and author.date else None
+    when = utc_iso(author.date) if author and author.date else None
     subject = (c.commit.message or "").split("\n", 1)[0].strip()
     return CommitFacts(c.sha, tuple(p.sha for p in c.parents), subject, when)
 
@@ -599,12 +579,8 @@ def local_diff(git: GitRepo, base: str, merge: str, cfg: GitHubConfig) -> tuple[
         raise Rejected(Reason.DIFF_FAILED, str(e)) from None
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _comment(c: Any) -> Comment:
-    return Comment(author=c.user.login if c.user else "", created_at=iso_utc(c.created_at) or "",
+    return Comment(author=c.user.login if c.user else "", created_at=utc_iso(c.created_at) or "",
                    body=c.body or "")  # fmt: skip
 
 

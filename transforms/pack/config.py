@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from smelter.transforms.adapters.git import FROM_GIT_SECTION, GitConfig
+
 PACK_MODES: tuple[str, ...] = ("split", "drop")  # packing.py takes them from here
 SHARD_CODECS = ("none", "zstd", "snappy")
 
@@ -21,13 +23,6 @@ class PackConfig:
         default="qwen2.5",
         metadata={
             "help": "qwen2.5 (= Qwen3 / Qwen3-Coder ids), qwen3.6, or hf:/path/to/tokenizer folder"
-        },
-    )
-    render_mirror_dir: str = dataclasses.field(
-        default="",
-        metadata={
-            "help": "where remote repositories are mirrored to read files at base_commit "
-            "(default: the miner's, $SMELTER_MIRROR_DIR or ~/.cache/smelter/mirrors)"
         },
     )
     pack_max_len: int = dataclasses.field(
@@ -58,6 +53,7 @@ class PackConfig:
             "~2x slower) or snappy; position_ids and loss_mask are compact either way"
         },
     )
+    git: GitConfig = dataclasses.field(default=GitConfig(), metadata=FROM_GIT_SECTION)
 
     def __post_init__(self) -> None:
         if self.shard_compression not in SHARD_CODECS:

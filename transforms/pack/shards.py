@@ -393,13 +393,12 @@ def write_stats(path: str, stats: dict[str, Any]) -> None:
 def open_repo(repo_url: str, mirror_dir: str = "") -> FileReader:
     """A reader over ``repo_url``: a local repository as is, else the miner's mirror (reused
     without a fetch when it exists: mining fetched it already), else a fresh mirror."""
-    from smelter.transforms.adapters.git import GitError, GitRepo
-    from smelter.transforms.mine.git_source import default_mirror_dir
+    from smelter.transforms.adapters.git import GitConfig, GitError, GitRepo
 
     local = GitRepo(repo_url)
     if "://" not in repo_url and Path(repo_url).exists() and local.is_repo():
         return local
-    cache = mirror_dir or default_mirror_dir()
+    cache = GitConfig(mirror_dir or None).mirror_root
     existing = GitRepo.existing_mirror(repo_url, cache)
     if existing is not None:
         return existing
@@ -424,7 +423,7 @@ class RenderFn(StageFn):
         # Only what changes a Sample keys the cache: a new pack_max_len must not re-render.
         self._config_hash = stable_hash(self.STAGE, self.VERSION, config.render_part())
         self._reader_factory = reader_factory or functools.partial(
-            open_repo, mirror_dir=config.render_mirror_dir
+            open_repo, mirror_dir=config.git.mirror_dir or ""
         )
 
     def setup_stage(self) -> None:

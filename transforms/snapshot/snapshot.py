@@ -20,20 +20,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smelter.schemas import Candidate, PullRequest, Reason
+from smelter.schemas import Candidate, PullRequest, Reason, Stage
 from smelter.transforms.adapters.git import GitError, GitRepo
+from smelter.transforms.dates import utc_iso
 from smelter.transforms.diff import DiffParseError, SplitDiff, split_diff
-from smelter.transforms.mine.git_source import (
-    carry_diff,
-    default_mirror_dir,
-    undecodable_detail,
-    utc_iso,
-)
+from smelter.transforms.errors import Rejected
+from smelter.transforms.mine.git_source import carry_diff, undecodable_detail
 from smelter.transforms.snapshot.config import SnapshotConfig
-from smelter.transforms.stage import Rejected, StageFn
+from smelter.transforms.stage import StageFn
 from smelter.transforms.testpaths import PathKind
 
-STAGE = "snapshot"
+STAGE = Stage.SNAPSHOT
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -112,7 +109,7 @@ class SnapshotFn(StageFn):
         repos = getattr(self, "_repos", None)
         if repos is None:
             repos = self._repos = {}
-        mirror_dir = self._config.snapshot_mirror_dir or default_mirror_dir()
+        mirror_dir = self._config.git.mirror_root
         if url not in repos:
             # The miner has just fetched this mirror; fetching again per worker is wasted work.
             existing = GitRepo.existing_mirror(url, mirror_dir)
