@@ -10,8 +10,8 @@ Deliberate choices:
   every PR of a repository whose lines are the same shares it. The cutoff of the env layer is the
   PR date rounded down to a ``env_exclude_newer_bucket_days`` bucket (so neighbouring PRs share
   it); the instance layer installs with the exact PR date, filling in anything newer it needs.
-- Rendered Dockerfiles inline every requirement line, so a task can be rebuilt from its record
-  alone (plus the snapshot and the uv binary); ``frozen_requirements`` pins what was installed.
+- What goes into each layer is rendered in ``dockerfiles`` (pure), and a failed build's log
+  is read in ``buildlog``.
 - A rung is accepted only when the package imports and ``pytest --collect-only`` collects the
   touched test files with the gold patch applied, in a throwaway container with no network. The
   rung that worked is remembered per repository and tried first next time.
