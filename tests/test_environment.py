@@ -15,7 +15,7 @@ from smelter.schemas import Candidate, Reason, Rejection
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.base_images import BaseImage
 from smelter.transforms.environment import builder as envmod
-from smelter.transforms.environment import buildlog, dockerfiles
+from smelter.transforms.environment import buildlog, check, dockerfiles
 from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import recipe as rc
 from smelter.transforms.environment.builder import EnvironmentFn
@@ -117,11 +117,11 @@ def test_env_requirements_add_build_requirements_once() -> None:
 
 
 def test_check_script_exit_codes() -> None:
-    script = dockerfiles.check_script(["pkg"], ["tests/test_a.py"], 2)
+    script = check.check_script(["pkg"], ["tests/test_a.py"], 2)
     assert "python -c 'import pkg' || exit 91" in script
     assert script.count("git apply") == 2
     assert "--collect-only" in script and "|| exit 93" in script
-    assert "pytest" not in dockerfiles.check_script(["pkg"], [], 0)
+    assert "pytest" not in check.check_script(["pkg"], [], 0)
 
 
 def test_check_collects_only_test_files_that_still_exist(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_check_collects_only_test_files_that_still_exist(tmp_path: Path) -> None
     shims.mkdir()
     (shims / "python").write_text('#!/bin/sh\necho "$@" >> "$ARGS_LOG"\n')
     (shims / "python").chmod(0o755)
-    script = dockerfiles.check_script([], ["tests/test_gone.py", "tests/test_kept.py"], 0)
+    script = check.check_script([], ["tests/test_gone.py", "tests/test_kept.py"], 0)
     script = script.replace(f"cd {dockerfiles.WORKDIR}", f"cd {tmp_path}")
     log = tmp_path / "args.log"
     env = {"PATH": f"{shims}:/usr/bin:/bin", "ARGS_LOG": str(log)}

@@ -13,8 +13,8 @@ Deliberate choices:
 - What goes into each layer is rendered in ``dockerfiles`` (pure), and a failed build's log
   is read in ``buildlog``.
 - A rung is accepted only when the package imports and ``pytest --collect-only`` collects the
-  touched test files with the gold patch applied, in a throwaway container with no network. The
-  rung that worked is remembered per repository and tried first next time.
+  touched test files with the gold patch applied, in a throwaway container with no network
+  (``check``). The rung that worked is remembered per repository and tried first next time.
 - Secrets never enter an image or a record: the index URL (which may carry credentials) is a
   build argument, not Dockerfile text. The CA bundle is public material and is baked into the
   env layer so that builds verify TLS behind an intercepting proxy.
@@ -57,6 +57,7 @@ from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters import registry as reg
 from smelter.transforms.adapters.git import GitError, GitRepo
 from smelter.transforms.environment import buildlog as bl
+from smelter.transforms.environment import check as ck
 from smelter.transforms.environment import dockerfiles as df
 from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import pyversion as pyv
@@ -310,7 +311,10 @@ class Builder:
                 plan, env_hit, env_log, (alias, inst_log), rung_built = built
                 done = False
                 try:
-                    check = self._check(alias, c, names, collect)
+                    check = ck.run_check(
+                        self.client, alias, c, names, collect,
+                        self.config.env_check_timeout_seconds,
+                    )  # fmt: skip
                     if check is not None and check.reason is not None:
                         failures.append(_Attempt(label, check.reason, check.output, python))
                         attempts.append(EnvAttempt(
@@ -336,7 +340,7 @@ class Builder:
 
     def _record(
         self, c: Candidate, src: _Source, python: str, versions: Sequence[str],
-        base: bi.BaseImage, rung: rc.Rung, plan: _Plan, alias: str, check: _Check | None,
+        base: bi.BaseImage, rung: rc.Rung, plan: _Plan, alias: str, check: ck.Check | None,
         inst_cut: str | None, env_hit: bool, build_log: str, attempts: Sequence[EnvAttempt],
         system: Sequence[str], started: float,
     ) -> Environment:  # fmt: skip
@@ -522,41 +526,6 @@ class Builder:
         if alias is None:  # removed by someone else (a prune on another machine) right away
             raise Retryable(f"instance image {tag} vanished right after its build")
         return alias, text
-
-    def _check(
-        self, tag: str, c: Candidate, names: Sequence[str], collect: Sequence[str]
-    ) -> _Check | None:
-        """Import + collect with the gold patch, as the test user, then as root if that fails."""
-        if not names and not collect:
-            return None
-        patches = [p for p in (c.patch, c.test_patch) if p.strip()]
-        files = {f"{df.CHECK_DIR}/{i}.diff": p for i, p in enumerate(patches)}
-        script = df.check_script(names, collect, len(patches))
-        first: _Check | None = None
-        for user in (df.TEST_USER, "root"):
-            res = eng.run_container(
-                self.client, tag, ["sh", "-c", script], files=files, user=user,
-                timeout=self.config.env_check_timeout_seconds, network="none",
-                extra_labels={eng.LABEL_INSTANCE: c.instance_id},
-            )  # fmt: skip
-            if res.exit_code == 0:
-                return _Check(None, res.output, None if user == "root" else user)
-            reason = (
-                Reason.COLLECTION_FAILED
-                if res.timed_out
-                else df.CHECK_EXIT_REASONS.get(res.exit_code or 0, Reason.BUILD_FAILED)
-            )
-            first = first or _Check(
-                reason, f"[as {user}, exit {res.exit_code}]\n{res.output}", None
-            )
-        return first
-
-
-@dataclass(frozen=True)
-class _Check:
-    reason: Reason | None
-    output: str
-    user: str | None
 
 
 def locks_dir() -> Path:

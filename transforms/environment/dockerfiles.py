@@ -26,14 +26,13 @@ from string import Template
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from smelter.schemas import Candidate, Reason
+from smelter.schemas import Candidate
 from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import pyversion as pyv
 from smelter.transforms.environment import recipe as rc
 
 WORKDIR = "/testbed"
 TEST_USER = "smelter"
-CHECK_DIR = "/smelter-check"
 
 
 # --------------------------------------------------------------------------- resolver cutoffs
@@ -274,35 +273,6 @@ def env_requirements(rung: rc.Rung, project: pj.Project) -> list[str]:
     if "pip" not in named:
         lines.append("pip")
     return lines
-
-
-def check_script(import_names: Sequence[str], collect_files: Sequence[str], patches: int) -> str:
-    """Shell run in the check container; its exit code says which step failed (91/92/93)."""
-    lines = ["set -u", f"cd {WORKDIR} || exit 90"]
-    if import_names:
-        stmt = "; ".join(f"import {n}" for n in import_names)
-        lines.append(f"python -c {shlex.quote(stmt)} || exit 91")
-    for i in range(patches):
-        lines.append(f"git apply --whitespace=nowarn {CHECK_DIR}/{i}.diff || exit 92")
-    if patches:  # the patched C source of a compiled extension, built as validation will
-        lines.append(f"if [ -f {REBUILD_FILE} ]; then sh {REBUILD_FILE} > /dev/null 2>&1; fi")
-    if collect_files:
-        # Only the files still there with both patches applied: a PR that deletes a test
-        # module (merged into another, say) has nothing of it to collect.
-        files = " ".join(shlex.quote(f) for f in collect_files)
-        lines += [
-            "set --",
-            f'for f in {files}; do [ -e "$f" ] && set -- "$@" "$f"; done',
-            'if [ "$#" -gt 0 ]; then',
-            "  python -m pytest --collect-only -q -p no:cacheprovider -p no:randomly"
-            ' "$@" || exit 93',
-            "fi",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-CHECK_EXIT_REASONS = {91: Reason.IMPORT_FAILED, 92: Reason.COLLECTION_FAILED,
-                      93: Reason.COLLECTION_FAILED}  # fmt: skip
 
 
 def pythonpath(paths: Iterable[str]) -> list[str]:
