@@ -9,8 +9,9 @@ Deliberate choices:
 - A setting several stages must agree on is one section, copied into each stage's config
   (a field with ``metadata={"from_section": ...}``): ``[paths]`` holds which paths are tests,
   and the miners and the snapshot stage each carry it, so it is part of their cache keys;
-  ``[git]`` holds where mirrors live, carried by every stage that opens one. Keys that moved
-  (``RENAMED``) are a one-line error naming the new place, not a silent default.
+  ``[git]`` holds where mirrors live, carried by every stage that opens one; ``[filters]``
+  holds which PRs both miners keep. Keys that moved (``RENAMED``) are a one-line error naming
+  the new place, not a silent default.
 - Every numeric field states its accepted range in its metadata (``"min"``, ``"max"``; a byte
   size string such as ``"4g"`` has ``"min_bytes"``). ``build_stage_configs`` checks each value
   from a file or flag against it before Beam starts, so ``--validate-pids-limit -1`` (which
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "paths": ("smelter.transforms.testpaths", "PathsConfig"),
     "git": ("smelter.transforms.adapters.git", "GitConfig"),
+    "filters": ("smelter.transforms.mine.config", "FiltersConfig"),
     "mine": ("smelter.transforms.mine.config", "MineConfig"),
     "github": ("smelter.transforms.mine.github_config", "GitHubConfig"),
     "snapshot": ("smelter.transforms.snapshot.config", "SnapshotConfig"),
@@ -80,6 +82,12 @@ RENAMED: dict[str, tuple[str, str]] = {
         f"{stage}_mirror_dir": ("git", "mirror_dir")
         for stage in ("mine", "github", "snapshot", "render")
     },
+    "mine_max_files": ("filters", "max_files"),
+    "github_max_changed_files": ("filters", "max_files"),
+    "mine_max_changed_lines": ("filters", "max_changed_lines"),
+    "github_max_changed_lines": ("filters", "max_changed_lines"),
+    "mine_require_tests_and_code": ("filters", "require_tests_and_code"),
+    "github_require_tests_and_code": ("filters", "require_tests_and_code"),
 }
 
 
@@ -352,8 +360,8 @@ def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> Pip
         raise Fatal(f"Beam option {e}") from None
     for arg in unknown:
         old_key = arg.split("=", 1)[0].removeprefix("--").replace("-", "_")
-        if arg.startswith("--") and old_key in RENAMED:
-            raise Fatal(renamed_message(old_key))
+        if arg.startswith("--") and old_key.removeprefix("no_") in RENAMED:  # --no-…: a bool
+            raise Fatal(renamed_message(old_key.removeprefix("no_")))
     if unknown:
         raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
     from apache_beam.options.pipeline_options import PipelineOptions

@@ -258,3 +258,41 @@ def test_old_mirror_keys_name_the_new_one(
     assert_one_line_error(proc, f"[{section}] {old}", "[git] mirror_dir")
     proc = smelter("mine", "--repo", str(git_repo), "--dry-run", flag(old), "m")
     assert_one_line_error(proc, flag(old), "--mirror-dir")
+
+
+def test_filters_are_one_setting_for_both_miners(tmp_path: Path, git_repo: Path) -> None:
+    """Regression: the git and the GitHub miner had their own size/test filters under different
+    names (mine_max_files, github_max_changed_files…), so one could keep what the other
+    rejected."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[filters]\nmax_changed_lines = 300\n")
+    proc = smelter(
+        "mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run",
+        "--max-files", "7", "--no-require-tests-and-code",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)["config"]
+    expected = {"max_files": 7, "max_changed_lines": 300, "require_tests_and_code": False}
+    assert config["filters"] == expected
+    for section in ("mine", "github"):
+        assert config[section]["filters"] == expected, section
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new"),
+    [
+        ("mine", "mine_max_files", "max_files"),
+        ("github", "github_max_changed_files", "max_files"),
+        ("github", "github_max_changed_lines", "max_changed_lines"),
+        ("mine", "mine_require_tests_and_code", "require_tests_and_code"),
+    ],
+)
+def test_old_filter_keys_name_the_new_one(
+    tmp_path: Path, git_repo: Path, section: str, old: str, new: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[{section}]\n{old} = 1\n")
+    proc = smelter("mine", "--repo", str(git_repo), "--config", str(cfg), "--dry-run")
+    assert_one_line_error(proc, f"[{section}] {old}", f"[filters] {new}")
+    proc = smelter("mine", "--repo", str(git_repo), "--dry-run", flag(old), "1")
+    assert_one_line_error(proc, flag(old), flag(new))

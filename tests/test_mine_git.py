@@ -12,7 +12,7 @@ from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create
 from smelter.schemas import PullRequest, Reason, Rejection
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.dates import utc_iso
-from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.config import FiltersConfig, MineConfig
 from smelter.transforms.mine.git_source import (
     GitSource,
     MineGitFn,
@@ -137,11 +137,11 @@ def test_filters(demo: DemoRepo) -> None:
     assert set(prs) == {18, 19, 20, 21}
     assert rejects[11].reason is Reason.OUT_OF_DATE_RANGE
     assert rejects[25].reason is Reason.OUT_OF_DATE_RANGE
-    prs, rejects = mine(demo, mine_max_files=2)
+    prs, rejects = mine(demo, filters=FiltersConfig(max_files=2))
     assert rejects[11].reason is Reason.TOO_MANY_FILES and 20 in rejects
-    prs, rejects = mine(demo, mine_max_changed_lines=8)
+    prs, rejects = mine(demo, filters=FiltersConfig(max_changed_lines=8))
     assert rejects[13].reason is Reason.TOO_MANY_LINES and 24 in prs
-    prs, rejects = mine(demo, mine_require_tests_and_code=False)
+    prs, rejects = mine(demo, filters=FiltersConfig(require_tests_and_code=False))
     assert {14, 15, 16} <= set(prs)
     prs, _ = mine(demo, mine_max_prs=3)
     assert set(prs) == {11, 12, 13}

@@ -98,7 +98,7 @@ def test_every_numeric_flag_refuses_values_outside_its_range(
     ("flag", "value", "shown"),
     [
         ("--mine-max-prs", "-1", ">= 0"),
-        ("--mine-max-files", "-5", ">= 0"),
+        ("--max-files", "-5", ">= 0"),
         ("--validate-reruns-before", "0", "1..100"),
         ("--validate-reruns-after", "-1", "1..100"),
         ("--validate-timeout-seconds", "0", ">= 1"),

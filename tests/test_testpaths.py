@@ -117,7 +117,7 @@ def test_one_paths_option_drives_mining_and_snapshot(tmp_path: Path) -> None:
     configs = _configs({"paths": {"test_dir_names": ["checks"]}, "git": {"mirror_dir": mirrors}})
     for section in ("mine", "snapshot", "github"):
         assert configs[section].test_paths.test_dir_names == ("checks",), section
-    assert configs["github"].mine_config.path_rules == configs["mine"].path_rules
+    assert configs["github"].test_paths.rules == configs["mine"].path_rules
     prs, rejected = _outputs(MineGitFn(configs["mine"]), spec)
     assert rejected == [] and len(prs) == 1
     pr = prs[0]

@@ -42,7 +42,7 @@ from smelter.transforms.diff import (
     split_diff,
 )
 from smelter.transforms.errors import Rejected
-from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.config import FiltersConfig, MineConfig
 from smelter.transforms.mine.prmeta import PrCommit, classify_commit, instance_id, linked_issues
 from smelter.transforms.stage import StageFn
 from smelter.transforms.testpaths import PathKind, PathRules
@@ -111,17 +111,18 @@ def pr_commits(graph: dict[str, GraphNode], merge: LogEntry, mainline: set[str])
     return sorted(out, key=lambda n: (n.author_time, n.sha))
 
 
-def filter_reason(split: SplitDiff, config: MineConfig) -> tuple[Reason, str] | None:
-    """Why a PR with this diff is not kept (size, test+code), or None to keep it."""
+def filter_reason(split: SplitDiff, filters: FiltersConfig) -> tuple[Reason, str] | None:
+    """Why a PR with this diff is not kept (size, test+code), or None to keep it; both miners
+    ask this, so they reject a PR alike."""
     n_files = len(split.files)
-    if config.mine_max_files and n_files > config.mine_max_files:
-        return Reason.TOO_MANY_FILES, f"{n_files} files > {config.mine_max_files}"
+    if filters.max_files and n_files > filters.max_files:
+        return Reason.TOO_MANY_FILES, f"{n_files} files > {filters.max_files}"
     added, removed = split.lines(PathKind.CODE)
     t_added, t_removed = split.lines(PathKind.TEST)
     changed = added + removed + t_added + t_removed
-    if config.mine_max_changed_lines and changed > config.mine_max_changed_lines:
-        return Reason.TOO_MANY_LINES, f"{changed} changed lines > {config.mine_max_changed_lines}"
-    if config.mine_require_tests_and_code:
+    if filters.max_changed_lines and changed > filters.max_changed_lines:
+        return Reason.TOO_MANY_LINES, f"{changed} changed lines > {filters.max_changed_lines}"
+    if filters.require_tests_and_code:
         if not split.code_files:
             return Reason.NO_CODE_CHANGES, f"changes only {_kinds(split)}"
         if not split.test_files:
@@ -271,7 +272,7 @@ class GitSource:
                                      self.config.path_rules)  # fmt: skip
         except DiffParseError as e:
             raise Rejected(Reason.DIFF_FAILED, str(e)) from e
-        why = filter_reason(split, self.config)
+        why = filter_reason(split, self.config.filters)
         if why is not None:
             raise Rejected(*why)
         if pr.style == "merge":

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from smelter.transforms.adapters.git import FROM_GIT_SECTION, GitConfig
 from smelter.transforms.cache import cache_dir
 from smelter.transforms.dates import utc_iso
-from smelter.transforms.mine.config import MineConfig
+from smelter.transforms.mine.config import FROM_FILTERS_SECTION, FiltersConfig
 from smelter.transforms.testpaths import FROM_PATHS_SECTION, PathsConfig
 from smelter.transforms.util import stable_hash
 
@@ -67,20 +67,6 @@ class GitHubConfig:
     github_license_allowlist: tuple[str, ...] = field(
         default=(),
         metadata={"help": "SPDX ids a repository's license must be one of (empty: any)"},
-    )
-    github_require_tests_and_code: bool = field(
-        default=True, metadata={"help": "reject PRs that do not change both tests and code"}
-    )
-    github_max_changed_files: int = field(
-        default=50,
-        metadata={"min": 0, "help": "reject PRs changing more files than this (0 = no limit)"},
-    )
-    github_max_changed_lines: int = field(
-        default=2000,
-        metadata={
-            "min": 0,
-            "help": "reject PRs with more added+deleted lines than this (0 = no limit)",
-        },
     )
     github_max_prs_per_repo: int | None = field(
         default=None, metadata={"min": 1, "help": "stop after this many listed PRs per repository"}
@@ -142,6 +128,7 @@ class GitHubConfig:
     github_request_timeout_seconds: int = field(
         default=30, metadata={"min": 1, "help": "timeout of one HTTP request"}
     )
+    filters: FiltersConfig = field(default=FiltersConfig(), metadata=FROM_FILTERS_SECTION)
     git: GitConfig = field(default=GitConfig(), metadata=FROM_GIT_SECTION)
     test_paths: PathsConfig = field(default=PathsConfig(), metadata=FROM_PATHS_SECTION)
 
@@ -166,27 +153,20 @@ class GitHubConfig:
     def cache_root(self) -> Path:
         return Path(self.github_cache_dir) if self.github_cache_dir else cache_dir("github")
 
-    @property
-    def mine_config(self) -> MineConfig:
-        """The git miner's filters with these limits: both sources reject a PR alike."""
-        return MineConfig(
-            mine_since=self.github_since,
-            mine_until=self.github_until,
-            mine_max_files=self.github_max_changed_files,
-            mine_max_changed_lines=self.github_max_changed_lines,
-            mine_require_tests_and_code=self.github_require_tests_and_code,
-            git=self.git,
-            test_paths=self.test_paths,
-        )
-
     def outcome_fingerprint(self) -> str:
         """Hash of the fields that change what a PR's outcome is (not how it is fetched)."""
         keep = (
             "github_since", "github_until", "github_require_linked_issue", "github_exclude_bots",
-            "github_bot_logins", "github_require_tests_and_code", "github_max_changed_files",
-            "github_max_changed_lines", "github_fetch_pr_comments", "test_paths",
+            "github_bot_logins", "github_fetch_pr_comments", "test_paths",
         )  # fmt: skip
-        return stable_hash(OUTCOME_FORMAT, {k: getattr(self, k) for k in keep})
+        # The [filters] values under the names they had in [github]: the same settings give the
+        # same fingerprint, so outcomes stored before the move stay valid (no re-mining).
+        moved = {
+            "github_require_tests_and_code": self.filters.require_tests_and_code,
+            "github_max_changed_files": self.filters.max_files,
+            "github_max_changed_lines": self.filters.max_changed_lines,
+        }
+        return stable_hash(OUTCOME_FORMAT, {k: getattr(self, k) for k in keep} | moved)
 
     def retry_policy(self) -> RetryPolicy:
         from smelter.transforms.adapters.github_http import (

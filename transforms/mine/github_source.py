@@ -380,7 +380,7 @@ class GitHubSource:
             commits = list(pr.get_commits())
             shape = local_shape(git, merge_sha, pr.number, [_facts(c) for c in commits])
         diff, split = local_diff(git, shape.base, merge_sha, cfg)
-        why = filter_reason(split, cfg.mine_config)  # the git miner's filters, same order
+        why = filter_reason(split, cfg.filters)  # the git miner's filters, same order
         if why is not None:
             raise Rejected(*why)
 
@@ -572,7 +572,7 @@ def local_diff(git: GitRepo, base: str, merge: str, cfg: GitHubConfig) -> tuple[
     """The PR's diff from the mirror, exactly as the git miner takes it (``carry_diff``)."""
     try:
         raw = git.diff_binary(base, merge)
-        return carry_diff(git, base, merge, raw, cfg.mine_config.path_rules)
+        return carry_diff(git, base, merge, raw, cfg.test_paths.rules)
     except GitError as e:
         raise Rejected(Reason.DIFF_FAILED, str(e)) from None
     except DiffParseError as e:
