@@ -320,7 +320,7 @@ def run_until(run_json: dict[str, Any] | None) -> str | None:
     if not run_json:
         return None
     plan = run_json.get("plan")
-    until = plan.get("until") if isinstance(plan, dict) else run_json.get("until")
+    until = plan.get("until") if isinstance(plan, dict) else None
     return normalize_stage(until) if isinstance(until, str) else None
 
 
