@@ -24,7 +24,7 @@ from smelter.transforms.errors import Fatal
 COMMAND_MODULES = [
     "smelter.pipeline.cmd_run",  # run, mine, demo
     "smelter.pipeline.cmd_images",  # images bootstrap|build|prune|ls, engine ensure
-    "smelter.pipeline.publish",  # export, publish
+    "smelter.pipeline.cmd_publish",  # export, publish
     "smelter.pipeline.cmd_report",  # report
 ]
 

@@ -420,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from smelter.pipeline.demo import create_demo_repo
+    from smelter.pipeline.demo.build import create_demo_repo
 
     check_out_dir(args.out)
     out = Path(args.out).resolve()

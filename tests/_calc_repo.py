@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from smelter.pipeline.demo import PYPROJECT
+from smelter.pipeline.demo.files import PYPROJECT
 
 GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smelter.pipeline.demo import DemoRepo
+from smelter.pipeline.demo.build import DemoRepo
 from smelter.schemas import Candidate, PullRequest
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.environment.builder import EnvironmentFn

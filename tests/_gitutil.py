@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from smelter.pipeline.demo import write_tree
+from smelter.pipeline.demo.build import write_tree
 
 _ENV_BASE = {
     "GIT_CONFIG_NOSYSTEM": "1",

@@ -20,8 +20,10 @@ import docker
 import jsonlines
 import pytest
 
-from smelter.pipeline import publish
 from smelter.pipeline.publish import card as card_mod
+from smelter.pipeline.publish.harness import evaluate_command, harness_image_name
+from smelter.pipeline.publish.hub import build_hub_folder
+from smelter.pipeline.publish.swebench import swebench_row, write_task_repo
 from smelter.schemas import Sample, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.pack.packing import pack_arrays
@@ -79,7 +81,7 @@ def test_dataset_info_features_are_exactly_what_load_dataset_yields(
     import datasets
 
     write_output(tmp_path / "out", card_tasks)
-    folder = publish.build_hub_folder(tmp_path / "out", tmp_path / "hub", repo_id="acme/calc")
+    folder = build_hub_folder(tmp_path / "out", tmp_path / "hub", repo_id="acme/calc")
     meta = card_mod.parse_card(folder.card.read_text())
     infos = {i["config_name"]: i for i in meta["dataset_info"]}
     assert sorted(infos) == ["shards", "tasks"] == sorted(c["config_name"] for c in meta["configs"])
@@ -113,7 +115,7 @@ def test_single_config_info_is_a_mapping_that_loads(
     out.mkdir()
     with jsonlines.open(out / "tasks.jsonl", "w") as w:
         w.write_all(t.model_dump(mode="json") for t in card_tasks)
-    folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/x", tasks_split="train")
+    folder = build_hub_folder(out, tmp_path / "hub", repo_id="acme/x", tasks_split="train")
     info = card_mod.parse_card(folder.card.read_text())["dataset_info"]
     assert info["config_name"] == "tasks"
     loaded = datasets.load_dataset(str(folder.path), cache_dir=str(offline))
@@ -129,12 +131,12 @@ def test_card_reports_versions_and_setup_commits_and_holds_no_escape_codes(
     commits = {t.environment_setup_commit for t in card_tasks}
     assert len(commits) == 1  # one repository, one env image: one setup commit
     assert f"| environment setup commits | {len(commits)} |" in text
-    root = publish.write_task_repo(card_tasks, tmp_path / "task_repo")
+    root = write_task_repo(card_tasks, tmp_path / "task_repo")
     for t in card_tasks:
         task_yaml = (root / "tasks" / t.instance_id / "task.yaml").read_text()
         assert "\x1b" not in task_yaml and "error: No solution found" in task_yaml
         assert f"environment_setup_commit: {t.environment_setup_commit}" in task_yaml
-    row = publish.swebench_row(card_tasks[1])
+    row = swebench_row(card_tasks[1])
     assert row["version"] == "1.3"
     assert row["environment_setup_commit"] == card_tasks[0].base_commit
     assert "\x1b" not in json.dumps(row, ensure_ascii=False) and "\x1b" not in text
@@ -144,7 +146,7 @@ def test_how_to_evaluate_section_is_the_export_line(card_tasks: list[Task]) -> N
     text = card_mod.dataset_card(card_tasks, repo_id="acme/calc")
     block = text.split("## How to evaluate", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
     assert block.splitlines() == card_mod.evaluate_commands()
-    assert block.splitlines()[1] == publish.evaluate_command("X")
+    assert block.splitlines()[1] == evaluate_command("X")
 
 
 # ------------------------------------------------------------------------------ with Docker
@@ -182,7 +184,7 @@ def test_how_to_evaluate_commands_resolve_every_task(
         .split("\n```")[0]
         .splitlines()
     )
-    images = [publish.harness_image_name(t.instance_id) for t in tasks]
+    images = [harness_image_name(t.instance_id) for t in tasks]
     try:
         export = _run(lines[0], tmp_path)
         assert export.returncode == 0, export.stderr[-2000:]

@@ -11,7 +11,7 @@ from typing import Any
 import apache_beam as beam
 import pytest
 
-from smelter.pipeline.demo import NOISY_BODY
+from smelter.pipeline.demo.files import NOISY_BODY
 from smelter.schemas import Reason, Rejection, Task
 from smelter.transforms.adapters.llm import OpenAIChatClient, UnusableReply
 from smelter.transforms.clean.clean import (

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from smelter.pipeline.demo import DEMO_PRS
+from smelter.pipeline.demo.prs import DEMO_PRS
 from smelter.schemas import Task
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER
+from smelter.pipeline.demo.prs import DEMO_PRS, DEMO_PRS_BY_NUMBER
 from smelter.schemas import Rejection, ShardRow, Task
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from smelter.pipeline.demo import DEMO_PRS, DemoPR, create_demo_repo
+from smelter.pipeline.demo.build import create_demo_repo
+from smelter.pipeline.demo.prs import DEMO_PRS, DemoPR
 from smelter.schemas import Candidate, Reason
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.mine.config import MineConfig

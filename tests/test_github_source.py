@@ -13,7 +13,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from smelter.pipeline.demo import DEMO_PRS, REPO_NAME
+from smelter.pipeline.demo.prs import DEMO_PRS, REPO_NAME
 from smelter.schemas import PullRequest, Reason, Rejection
 from smelter.transforms.adapters.git import GitConfig
 from smelter.transforms.mine.github_config import GitHubConfig

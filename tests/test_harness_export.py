@@ -2,7 +2,7 @@
 
 - ``smelter demo`` (the session's shared ``demo_out`` run: no extra demo run here), then
   ``smelter export D --dest X --harness-images``, then the command that export prints
-  (``publish.evaluate_command``): gold resolves every demo task, an empty patch none. No other
+  (``harness.evaluate_command``): gold resolves every demo task, an empty patch none. No other
   step: validation keeps the instance images of the tasks it keeps, and the flat JSONL names
   the harness images, which carry the fix for the demo's Latin-1 source file.
 - ``--docker-archive``: the archives are loaded into a second Docker engine this test starts
@@ -27,8 +27,9 @@ from pathlib import Path
 import jsonlines
 import pytest
 
-from smelter.pipeline import publish
-from smelter.pipeline.demo import DEMO_PRS
+from smelter.pipeline.demo.prs import DEMO_PRS
+from smelter.pipeline.publish.harness import evaluate_argv, evaluate_command, harness_image_name
+from smelter.pipeline.publish.images import ARCHIVE_MANIFEST
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -84,11 +85,11 @@ def test_demo_export_then_printed_command_resolves_gold_and_no_empty_patch(
     started = time.monotonic()
     stdout = _smelter("export", str(demo_out), "--dest", str(x), "--harness-images")
     command = _printed_command(stdout)
-    assert command == publish.evaluate_command(x)
+    assert command == evaluate_command(x)
     ids = _demo_ids(x)
     assert ids and len(ids) == sum(p.valid for p in DEMO_PRS)
     with jsonlines.open(x / "tasks.jsonl") as rows:
-        assert {r["image"] for r in rows} == {publish.harness_image_name(i) for i in ids}
+        assert {r["image"] for r in rows} == {harness_image_name(i) for i in ids}
 
     gold = _swebench(shlex.split(command), tmp_path / "gold", "smelter-gold", "gold")
     assert gold["resolved_ids"] == ids, gold
@@ -99,7 +100,7 @@ def test_demo_export_then_printed_command_resolves_gold_and_no_empty_patch(
         w.write_all(
             {"instance_id": i, "model_patch": "", "model_name_or_path": "empty"} for i in ids
         )
-    argv = publish.evaluate_argv(x / "tasks.jsonl", empty, run_id="smelter-empty")
+    argv = evaluate_argv(x / "tasks.jsonl", empty, run_id="smelter-empty")
     report = _swebench(argv, tmp_path / "empty", "smelter-empty", "empty")
     assert report["resolved_ids"] == [] and report["empty_patch_ids"] == ids, report
     print(
@@ -154,7 +155,7 @@ def test_docker_archives_resolve_gold_in_a_fresh_engine(
 ) -> None:
     x, archives = tmp_path / "X", tmp_path / "archives"
     stdout = _smelter("export", str(demo_out), "--dest", str(x), "--docker-archive", str(archives))
-    manifest = json.loads((archives / publish.ARCHIVE_MANIFEST).read_text())
+    manifest = json.loads((archives / ARCHIVE_MANIFEST).read_text())
     ids = _demo_ids(x)
     assert sorted(i for a in manifest["archives"] for i in a["tasks"]) == ids
     # as a user on the other machine would: the docker CLI, one archive at a time

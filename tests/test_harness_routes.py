@@ -29,7 +29,10 @@ import docker
 import jsonlines
 import pytest
 
-from smelter.pipeline import publish
+from smelter.pipeline.publish.harness import evaluate_argv, evaluate_command, harness_image_name
+from smelter.pipeline.publish.hub import build_hub_folder
+from smelter.pipeline.publish.images import build_harness_images
+from smelter.pipeline.publish.swebench import export_tasks
 from smelter.schemas import Candidate, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.git import GitRepo
@@ -119,7 +122,7 @@ def latin1_task(
         assert task.PASS_TO_PASS == ["tests/test_units.py::test_plain"]
         yield task
     finally:  # the harness image the tests build first: it holds the instance image
-        eng.remove_image(docker_client, publish.harness_image_name(INSTANCE_ID))
+        eng.remove_image(docker_client, harness_image_name(INSTANCE_ID))
         remove_instance_image(docker_client, image)
 
 
@@ -130,12 +133,12 @@ def _empty(path: Path) -> Path:
 
 
 def test_flat_jsonl_with_harness_images(latin1_task: Task, tmp_path: Path) -> None:
-    paths = publish.export_tasks([latin1_task], tmp_path / "X", harness_images=True)
-    publish.build_harness_images(paths.task_repo, eng.connect())
-    gold = shlex.split(publish.evaluate_command(tmp_path / "X"))
+    paths = export_tasks([latin1_task], tmp_path / "X", harness_images=True)
+    build_harness_images(paths.task_repo, eng.connect())
+    gold = shlex.split(evaluate_command(tmp_path / "X"))
     report = _swebench(gold, tmp_path / "gold", "smelter-gold", "gold")
     assert report["resolved_ids"] == [INSTANCE_ID], report
-    argv = publish.evaluate_argv(paths.jsonl, _empty(tmp_path / "e.jsonl"), run_id="empty")
+    argv = evaluate_argv(paths.jsonl, _empty(tmp_path / "e.jsonl"), run_id="empty")
     report = _swebench(argv, tmp_path / "empty", "empty", "empty")
     assert report["resolved_ids"] == [], report
 
@@ -146,10 +149,10 @@ def test_hub_folder_parquet_with_harness_images(
     out = tmp_path / "out"
     out.mkdir()
     (out / "tasks.jsonl").write_text(latin1_task.model_dump_json() + "\n")
-    folder = publish.build_hub_folder(out, tmp_path / "hub", harness_images=True)
-    publish.build_harness_images(folder.path / "task_repo", docker_client)
+    folder = build_hub_folder(out, tmp_path / "hub", harness_images=True)
+    build_harness_images(folder.path / "task_repo", docker_client)
     (parquet,) = (folder.path / "data" / "tasks").glob("*.parquet")
-    argv = publish.evaluate_argv(parquet, run_id="hub-gold")
+    argv = evaluate_argv(parquet, run_id="hub-gold")
     report = _swebench(argv, tmp_path / "gold", "hub-gold", "gold")
     assert report["resolved_ids"] == [INSTANCE_ID], report
 
@@ -161,8 +164,8 @@ def test_task_repo_with_prebuilt_harness_images(
 
     Run in a subprocess: the harness writes logs/ under the working directory.
     """
-    paths = publish.export_tasks([latin1_task], tmp_path / "X", harness_images=True)
-    publish.build_harness_images(paths.task_repo, docker_client)
+    paths = export_tasks([latin1_task], tmp_path / "X", harness_images=True)
+    build_harness_images(paths.task_repo, docker_client)
     script = f"""
 import json
 import docker

@@ -8,7 +8,8 @@ import pytest
 from _gitutil import Repo
 from apache_beam.pvalue import TaggedOutput
 
-from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
+from smelter.pipeline.demo.build import DemoRepo, create_demo_repo
+from smelter.pipeline.demo.prs import DEMO_PRS, DEMO_PRS_BY_NUMBER
 from smelter.schemas import PullRequest, Reason, Rejection
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.dates import utc_iso

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smelter.pipeline.demo import DEMO_PRS
+from smelter.pipeline.demo.prs import DEMO_PRS
 from smelter.schemas import Candidate, PullRequest, Rejection
 
 CLI = [sys.executable, "-m", "smelter.pipeline.cli"]

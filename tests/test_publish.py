@@ -19,9 +19,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from smelter.pipeline import publish
 from smelter.pipeline.cli import main
 from smelter.pipeline.publish import card as card_mod
+from smelter.pipeline.publish.card import DEFAULT_DATASET_NAME
+from smelter.pipeline.publish.harness import (
+    END_MARKER,
+    START_MARKER,
+    _heredoc_delimiter,
+    eval_script,
+    evaluate_argv,
+    evaluate_command,
+    harness_dockerfile,
+    harness_gitattributes,
+    harness_image_name,
+    patched_files,
+    ungradable_tests,
+)
+from smelter.pipeline.publish.hub import build_hub_folder, push_folder
+from smelter.pipeline.publish.images import archive_file_name, archive_groups
+from smelter.pipeline.publish.swebench import (
+    SWEBENCH_COLUMNS,
+    export_tasks,
+    swebench_row,
+    tasks_arrow_schema,
+    write_rows_parquet,
+)
 from smelter.schemas import (
     Dockerfiles,
     Environment,
@@ -129,14 +151,14 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def test_test_lists_are_json_strings_like_public_swebench(built: tuple[Path, list[Task]]) -> None:
     _, tasks = built
-    row = publish.swebench_row(tasks[1])
+    row = swebench_row(tasks[1])
     # The public datasets store json.dumps(list) (", " separators), never a Python repr.
     assert row["FAIL_TO_PASS"] == (
         '["tests/test_mul.py::test_mul[2-3-6]", "tests/test_mul.py::test_mul[0-5-0]", '
         '"tests/test_mul.py::TestMul::test_blob"]'
     )
     assert json.loads(row["PASS_TO_PASS"]) == tasks[1].PASS_TO_PASS
-    assert list(row)[: len(publish.SWEBENCH_COLUMNS)] == list(publish.SWEBENCH_COLUMNS)
+    assert list(row)[: len(SWEBENCH_COLUMNS)] == list(SWEBENCH_COLUMNS)
     assert row["image"] == tasks[1].environment.instance_image
     assert row["log_parser"] == "parse_log_pytest" and row["eval_type"] == "pass_and_fail"
     assert row["environment_setup_commit"] == tasks[1].base_commit
@@ -145,22 +167,22 @@ def test_test_lists_are_json_strings_like_public_swebench(built: tuple[Path, lis
 
 def test_patched_files_sees_new_and_binary_files(built: tuple[Path, list[Task]]) -> None:
     _, tasks = built
-    files = publish.patched_files(tasks[1].test_patch)
+    files = patched_files(tasks[1].test_patch)
     assert [(f.path, f.new) for f in files] == [
         ("tests/data/blob.bin", True),
         ("tests/test_mul.py", True),
     ]
-    assert [(f.path, f.new) for f in publish.patched_files(tasks[0].test_patch)] == [
+    assert [(f.path, f.new) for f in patched_files(tasks[0].test_patch)] == [
         ("tests/test_core.py", False)
     ]
 
 
 def test_eval_script_shape(built: tuple[Path, list[Task]]) -> None:
     _, tasks = built
-    script = publish.eval_script(tasks[1])
+    script = eval_script(tasks[1])
     lines = script.splitlines()
-    start = lines.index(f": '{publish.START_MARKER}'")
-    end = lines.index(f": '{publish.END_MARKER}'")
+    start = lines.index(f": '{START_MARKER}'")
+    end = lines.index(f": '{END_MARKER}'")
     # swebench stores the test command's $? right before the end marker: it must be the command.
     assert end == start + 2
     assert lines[start + 1] == (
@@ -173,21 +195,21 @@ def test_eval_script_shape(built: tuple[Path, list[Task]]) -> None:
 
 
 def test_heredoc_delimiter_never_occurs_in_the_patch() -> None:
-    assert publish._heredoc_delimiter("x\nEOF_SMELTER_0\n") == "EOF_SMELTER_1"
+    assert _heredoc_delimiter("x\nEOF_SMELTER_0\n") == "EOF_SMELTER_1"
 
 
 def test_harness_image_name_matches_swebench() -> None:
     from swebench.task.checks import expected_image
 
     for iid in ("acme__calc-1", "Psf__Requests-12", "a__b__c-3"):
-        assert publish.harness_image_name(iid) == expected_image(iid)
+        assert harness_image_name(iid) == expected_image(iid)
 
 
 def test_ungradable_ids_are_reported(built: tuple[Path, list[Task]]) -> None:
     _, tasks = built
     task = tasks[0].model_copy(update={"FAIL_TO_PASS": ["tests/t.py::test_x[a b]"]})
-    assert publish.ungradable_tests(task) == ["tests/t.py::test_x[a b]"]
-    assert publish.ungradable_tests(tasks[0]) == []
+    assert ungradable_tests(task) == ["tests/t.py::test_x[a b]"]
+    assert ungradable_tests(tasks[0]) == []
 
 
 def test_arrow_schema_is_fixed_even_when_a_block_is_null_everywhere(
@@ -195,13 +217,11 @@ def test_arrow_schema_is_fixed_even_when_a_block_is_null_everywhere(
 ) -> None:
     _, tasks = built
     no_quality = [t for t in tasks if t.quality is None]
-    path = publish.write_rows_parquet(
-        [publish.swebench_row(t) for t in no_quality], tmp_path / "t.parquet"
-    )
+    path = write_rows_parquet([swebench_row(t) for t in no_quality], tmp_path / "t.parquet")
     schema = pq.read_schema(path)
     assert pa.types.is_struct(schema.field("quality").type)
     assert schema.field("quality").type.get_field_index("specification_score") >= 0
-    assert schema == publish.tasks_arrow_schema()
+    assert schema == tasks_arrow_schema()
 
 
 def test_size_category() -> None:
@@ -219,7 +239,7 @@ def test_task_repo_passes_swebench_checks(built: tuple[Path, list[Task]], tmp_pa
     from swebench.task.repo import load_task_repo
 
     _, tasks = built
-    paths = publish.export_tasks(tasks, tmp_path / "export")
+    paths = export_tasks(tasks, tmp_path / "export")
     problems = check_task_repo(paths.task_repo)
     assert [str(p) for p in problems] == []
 
@@ -235,7 +255,7 @@ def test_task_repo_passes_swebench_checks(built: tuple[Path, list[Task]], tmp_pa
         assert inst["instance_image"] == task.environment.instance_image
         assert inst["environment"]["test_command"] == task.environment.test_command
         spec = make_test_spec(inst)
-        assert spec.image == publish.harness_image_name(task.instance_id)
+        assert spec.image == harness_image_name(task.instance_id)
         assert spec.FAIL_TO_PASS == task.FAIL_TO_PASS
         dockerfile = (paths.task_repo / "tasks" / task.instance_id / "Dockerfile").read_text()
         assert f"FROM {task.environment.instance_image}" in dockerfile
@@ -251,9 +271,9 @@ def test_swebench_compiles_the_task_repo_into_a_dataset(
     from swebench.task.publish import write_parquets
 
     _, tasks = built
-    paths = publish.export_tasks(tasks, tmp_path / "export")
+    paths = export_tasks(tasks, tmp_path / "export")
     written = write_parquets(paths.task_repo, tmp_path / "compiled")
-    table = pq.read_table(written[f"{publish.DEFAULT_DATASET_NAME}/test"])
+    table = pq.read_table(written[f"{DEFAULT_DATASET_NAME}/test"])
     assert sorted(table.column("instance_id").to_pylist()) == [t.instance_id for t in tasks]
 
 
@@ -264,9 +284,9 @@ def test_problem_check_catches_a_broken_export(
     from swebench.task.checks import check_task_repo, errors
 
     _, tasks = built
-    paths = publish.export_tasks(tasks, tmp_path / "export")
+    paths = export_tasks(tasks, tmp_path / "export")
     eval_sh = paths.task_repo / "tasks" / tasks[0].instance_id / "eval.sh"
-    eval_sh.write_text(eval_sh.read_text().replace(publish.END_MARKER, "end"))
+    eval_sh.write_text(eval_sh.read_text().replace(END_MARKER, "end"))
     assert any("End Test Output" in p.message for p in errors(check_task_repo(paths.task_repo)))
 
 
@@ -274,7 +294,7 @@ def test_jsonl_is_what_swebench_loads(built: tuple[Path, list[Task]], tmp_path: 
     from swebench.harness.utils import load_swebench_dataset, make_test_spec
 
     _, tasks = built
-    paths = publish.export_tasks(tasks, tmp_path / "export")
+    paths = export_tasks(tasks, tmp_path / "export")
     rows = load_swebench_dataset(str(paths.jsonl), "test")
     assert [r["instance_id"] for r in rows] == [t.instance_id for t in tasks]
     for row, task in zip(rows, tasks, strict=True):
@@ -298,7 +318,7 @@ def _run_eval(repo: Path, task: Task, workdir: Path, candidate: str | None) -> s
         subprocess.run(
             ["git", "apply", "--binary", "-"], cwd=workdir, input=candidate.encode(), check=True
         )
-    script = publish.eval_script(task, workdir=str(workdir))
+    script = eval_script(task, workdir=str(workdir))
     # stderr merged into stdout, as `docker exec` hands the harness one stream
     done = subprocess.run(
         ["bash", "-c", script],
@@ -317,7 +337,7 @@ def _grade(task: Task, log: str, tmp_path: Path) -> bool:
     from swebench.harness.grading import get_eval_report
     from swebench.harness.utils import make_test_spec
 
-    row = publish.swebench_row(task)
+    row = swebench_row(task)
     spec = make_test_spec(row)
     log_path = tmp_path / f"{task.instance_id}.log"
     log_path.write_text(log)
@@ -334,7 +354,7 @@ def test_eval_script_on_the_host_grades_gold_resolved_and_no_patch_unresolved(
     for task in tasks:
         gold = _run_eval(repo, task, tmp_path / "testbed", task.patch)
         # graded from inside the markers, not from swebench's whole-log fallback
-        inside = gold.split(publish.START_MARKER)[1].split(publish.END_MARKER)[0]
+        inside = gold.split(START_MARKER)[1].split(END_MARKER)[0]
         assert all(f"PASSED {t}" in inside for t in task.FAIL_TO_PASS), gold[-3000:]
         assert _grade(task, gold, tmp_path), gold[-3000:]
         empty = _run_eval(repo, task, tmp_path / "testbed", None)
@@ -404,7 +424,7 @@ def test_hub_folder_loads_offline_and_card_round_trips(
     _, tasks = built
     out = tmp_path / "out"
     write_run_output(out, tasks)
-    folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/calc-tasks")
+    folder = build_hub_folder(out, tmp_path / "hub", repo_id="acme/calc-tasks")
     assert (folder.tasks, folder.shard_files) == (3, 1)
 
     meta = card_mod.parse_card(folder.card.read_text())
@@ -445,7 +465,7 @@ def test_hub_folder_without_shards_has_only_the_tasks_config(
     out.mkdir()
     with jsonlines.open(out / "tasks.jsonl", "w") as w:
         w.write_all(t.model_dump(mode="json") for t in tasks)
-    folder = publish.build_hub_folder(out, tmp_path / "hub", repo_id="acme/x", tasks_split="train")
+    folder = build_hub_folder(out, tmp_path / "hub", repo_id="acme/x", tasks_split="train")
     meta = card_mod.parse_card(folder.card.read_text())
     assert [c["config_name"] for c in meta["configs"]] == ["tasks"]
     loaded = datasets.load_dataset(str(folder.path), "tasks", cache_dir=str(offline))
@@ -510,10 +530,10 @@ def test_harness_dockerfile_links_a_workdir_that_is_not_testbed(
     built: tuple[Path, list[Task]],
 ) -> None:
     _, tasks = built
-    plain = publish.harness_dockerfile(tasks[0])
+    plain = harness_dockerfile(tasks[0])
     assert "RUN" not in plain and plain.endswith("USER root\nWORKDIR /testbed\n")
     env = tasks[0].environment.model_copy(update={"workdir": "/src/calc"})
-    moved = publish.harness_dockerfile(tasks[0].model_copy(update={"environment": env}))
+    moved = harness_dockerfile(tasks[0].model_copy(update={"environment": env}))
     assert "RUN ln -sfn /src/calc /testbed\n" in moved
 
 
@@ -534,7 +554,7 @@ def test_push_failure_is_one_line_and_never_shows_the_token(
     (folder / "README.md").write_text("---\nlicense: other\n---\n")
     secret = "hf_SECRETSECRETSECRET123"
     with pytest.raises(Fatal) as e:
-        publish.push_folder(folder, "acme/calc", secret, endpoint=f"http://127.0.0.1:{port}")
+        push_folder(folder, "acme/calc", secret, endpoint=f"http://127.0.0.1:{port}")
     message = str(e.value)
     assert message.startswith("push to acme/calc failed: ") and "\n" not in message
     assert secret not in message
@@ -545,9 +565,9 @@ def test_binary_hunks_get_gitattributes_in_the_harness_image(
 ) -> None:
     """swebench logs `git diff` as strict UTF-8: files git carries as binary are marked -diff."""
     _, tasks = built
-    assert publish.harness_gitattributes(tasks[0]) == ""
-    assert publish.harness_gitattributes(tasks[1]) == "/tests/data/blob.bin -diff\n"
-    paths = publish.export_tasks(tasks, tmp_path / "export")
+    assert harness_gitattributes(tasks[0]) == ""
+    assert harness_gitattributes(tasks[1]) == "/tests/data/blob.bin -diff\n"
+    paths = export_tasks(tasks, tmp_path / "export")
     d = paths.task_repo / "tasks" / tasks[1].instance_id
     assert (d / "harness.gitattributes").read_text() == "/tests/data/blob.bin -diff\n"
     dockerfile = (d / "Dockerfile").read_text()
@@ -558,13 +578,13 @@ def test_binary_hunks_get_gitattributes_in_the_harness_image(
 
 def test_evaluate_command_is_a_swebench_cli_line() -> None:
     """The line the export prints and the card shows; every option exists in swebench's CLI."""
-    line = publish.evaluate_command("X")
+    line = evaluate_command("X")
     assert line == "swebench eval X/tasks.jsonl --gold --run-id smelter-gold --workers 1"
     swebench = Path(sys.executable).parent / "swebench"
     help_text = subprocess.run(
         [str(swebench), "eval", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in [a for a in publish.evaluate_argv("X/tasks.jsonl", "p.jsonl") if a[:2] == "--"]:
+    for option in [a for a in evaluate_argv("X/tasks.jsonl", "p.jsonl") if a[:2] == "--"]:
         assert option in help_text, option
 
 
@@ -572,7 +592,7 @@ def test_archives_group_tasks_by_env_image(built: tuple[Path, list[Task]]) -> No
     _, tasks = built
     other = tasks[0].environment.model_copy(update={"env_image": "smelter/env:other-1"})
     moved = tasks[0].model_copy(update={"environment": other})
-    groups = publish.archive_groups([moved, *tasks[1:]])
+    groups = archive_groups([moved, *tasks[1:]])
     assert sorted(groups) == sorted({"smelter/env:other-1", tasks[1].environment.env_image})
     assert [t.instance_id for t in groups["smelter/env:other-1"]] == [moved.instance_id]
-    assert publish.archive_file_name("smelter/env:demo-calc_1.2") == "smelter-env-demo-calc_1.2.tar"
+    assert archive_file_name("smelter/env:demo-calc_1.2") == "smelter-env-demo-calc_1.2.tar"

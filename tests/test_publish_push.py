@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from smelter.pipeline import publish
 from smelter.pipeline.cli import main
+from smelter.pipeline.publish.hub import hub_endpoint, push_error_line, push_folder
 from tests.fixtures.hub_standin import HubStandin
 from tests.test_publish import build_tasks, write_run_output
 
@@ -125,7 +125,7 @@ def test_second_push_of_an_unchanged_folder_commits_nothing_and_a_change_only_th
     card = dest / "README.md"
     card.write_text(card.read_text() + "\nA note added after the first push.\n")
     hub.log.clear()
-    url = publish.push_folder(dest, REPO_ID, TOKEN, endpoint=hub.url)
+    url = push_folder(dest, REPO_ID, TOKEN, endpoint=hub.url)
     assert url == f"{hub.url}/datasets/{REPO_ID}"
     commits = hub.repo(REPO_ID).commits
     assert len(commits) == 3 and commits[-1].changed == ("README.md",)
@@ -144,8 +144,8 @@ def test_hub_endpoint_flag_wins_over_the_environment(
     monkeypatch.setenv("HF_ENDPOINT", dead)
     assert push_cli(run_output, tmp_path / "hf", "--hub-endpoint", hub.url + "/") == 0
     assert hub.kinds()[-1] == "commit"
-    assert publish.hub_endpoint(None, {"HF_ENDPOINT": "http://x/"}) == "http://x"
-    assert publish.hub_endpoint(None, {}) is None
+    assert hub_endpoint(None, {"HF_ENDPOINT": "http://x/"}) == "http://x"
+    assert hub_endpoint(None, {}) is None
 
 
 # ------------------------------------------------------------------------------------ failures
@@ -189,9 +189,9 @@ def test_push_error_line_masks_the_token_and_keeps_one_line() -> None:
     class HubError(Exception):
         server_message = "first reason\nsecond"
 
-    line = publish.push_error_line(HubError(f"boom with {TOKEN}\ndetails"), TOKEN)
+    line = push_error_line(HubError(f"boom with {TOKEN}\ndetails"), TOKEN)
     assert line == "boom with *** (first reason)"
-    assert publish.push_error_line(ValueError(""), TOKEN) == "ValueError"
+    assert push_error_line(ValueError(""), TOKEN) == "ValueError"
 
 
 # ------------------------------------------------------------------------- real process runs

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from smelter.pipeline.demo import DEMO_PRS, DEMO_PRS_BY_NUMBER, DemoRepo, create_demo_repo
+from smelter.pipeline.demo.build import DemoRepo, create_demo_repo
+from smelter.pipeline.demo.prs import DEMO_PRS, DEMO_PRS_BY_NUMBER
 from smelter.schemas import Candidate, Comment, LinkedIssue, PullRequest, Reason
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.mine.config import MineConfig

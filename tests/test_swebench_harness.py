@@ -30,7 +30,8 @@ import docker
 import jsonlines
 import pytest
 
-from smelter.pipeline import publish
+from smelter.pipeline.publish.images import build_harness_images
+from smelter.pipeline.publish.swebench import export_tasks, read_tasks
 from smelter.schemas import Candidate, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.git import GitRepo
@@ -192,7 +193,7 @@ def _predictions(path: Path, tasks: list[Task], patch: str, model: str) -> Path:
 def test_harness_resolves_gold_and_nothing_else_on_the_flat_dataset(
     harness_tasks: list[Task], in_tmp: Path
 ) -> None:
-    paths = publish.export_tasks(harness_tasks, in_tmp / "export")
+    paths = export_tasks(harness_tasks, in_tmp / "export")
     ids = sorted(t.instance_id for t in harness_tasks)
 
     gold = _evaluate(paths.jsonl, "gold", "smelter-gold", in_tmp / "reports")
@@ -246,9 +247,9 @@ def test_harness_resolves_gold_from_the_task_repository(
 ) -> None:
     from swebench.task.checks import check_task_repo
 
-    paths = publish.export_tasks(harness_tasks, in_tmp / "export")
+    paths = export_tasks(harness_tasks, in_tmp / "export")
     assert check_task_repo(paths.task_repo) == []
-    built = publish.build_harness_images(paths.task_repo, docker_client)
+    built = build_harness_images(paths.task_repo, docker_client)
     try:
         assert sorted(built) == sorted(t.instance_id for t in harness_tasks)
         gold = {t.instance_id: t.patch for t in harness_tasks}
@@ -270,9 +271,9 @@ def test_missing_instance_image_is_one_fatal_line(
         update={"instance_image": "smelter-test/never-built:0"}
     )
     task = harness_tasks[0].model_copy(update={"environment": gone})
-    paths = publish.export_tasks([task], tmp_path / "export")
+    paths = export_tasks([task], tmp_path / "export")
     with pytest.raises(Fatal) as e:
-        publish.build_harness_images(paths.task_repo, docker_client)
+        build_harness_images(paths.task_repo, docker_client)
     assert str(e.value) == (
         "1 harness image(s) not built, their instance images are missing: "
         f"{task.instance_id} (needs smelter-test/never-built:0); "
@@ -289,7 +290,7 @@ def demo_tasks(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
 ) -> Iterator[list[Task]]:
     """The demo's validated tasks from the real pipeline, instance images kept for the harness."""
-    from smelter.pipeline.demo import create_demo_repo
+    from smelter.pipeline.demo.build import create_demo_repo
 
     root = tmp_path_factory.mktemp("demo-harness")
     demo = create_demo_repo(root / "calc")
@@ -301,7 +302,7 @@ def demo_tasks(
     argv += ["--validate-keep-instance-images", "--no-progress", "--workers", "1"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tasks = publish.read_tasks(out / "tasks.jsonl")
+    tasks = read_tasks(out / "tasks.jsonl")
     try:
         yield tasks
     finally:
@@ -313,7 +314,7 @@ def demo_tasks(
 def test_harness_resolves_every_demo_task_with_gold_and_none_without(
     demo_tasks: list[Task], in_tmp: Path, docker_client: docker.DockerClient
 ) -> None:
-    from smelter.pipeline.demo import DEMO_PRS
+    from smelter.pipeline.demo.prs import DEMO_PRS
 
     ids = sorted(t.instance_id for t in demo_tasks)
     # the funnel itself is test_pipeline_e2e's business; here every task that came out counts
@@ -321,8 +322,8 @@ def test_harness_resolves_every_demo_task_with_gold_and_none_without(
     assert ids and set(ids) <= valid
     # The demo has a Latin-1 source file (PR 21): only the task repository's image carries the
     # gitattributes that keep swebench's strict-UTF-8 `git diff` logging from crashing on it.
-    paths = publish.export_tasks(demo_tasks, in_tmp / "export")
-    built = publish.build_harness_images(paths.task_repo, docker_client)
+    paths = export_tasks(demo_tasks, in_tmp / "export")
+    built = build_harness_images(paths.task_repo, docker_client)
     try:
         gold = {t.instance_id: t.patch for t in demo_tasks}
         report = _evaluate_task_repo(

@@ -500,7 +500,7 @@ def test_eval_script_undoes_a_candidate_patch_that_edits_tests_or_conftest(
     unresolved by swebench's grading on the exported eval script; the gold patch resolves.
     Without ``candidate_reset`` (SWE-bench's reset of the test patch's files only) the same
     cheat is resolved, which is what the reset is for."""
-    from smelter.pipeline import publish
+    from smelter.pipeline.publish import harness as publish
     from smelter.schemas import Provenance, TestRun, Validation
     from tests.test_publish import _grade, _run_eval
 

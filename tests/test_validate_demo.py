@@ -6,7 +6,8 @@ from __future__ import annotations
 import docker
 import pytest
 
-from smelter.pipeline.demo import DEMO_PRS_BY_NUMBER, create_demo_repo
+from smelter.pipeline.demo.build import create_demo_repo
+from smelter.pipeline.demo.prs import DEMO_PRS_BY_NUMBER
 from smelter.schemas import Candidate, Task
 from smelter.transforms.stage import Rejected
 from smelter.transforms.validate.validate import ValidateConfig, Validator

@@ -4,7 +4,7 @@ Every number in it is computed from the tasks and the run's own records, never t
 
 Deliberate choices:
 - ``dataset_info`` features are not written by hand: they are ``datasets``' own conversion of
-  the Arrow schema the Parquet files are written with (``publish.tasks_arrow_schema``, the
+  the Arrow schema the Parquet files are written with (``swebench.tasks_arrow_schema``, the
   shard writer's ``SHARD_COLUMNS``), serialised by ``datasets``' own card writer, so
   ``load_dataset`` on the folder yields exactly the types the card states.
 - The "How to evaluate" commands come from ``evaluate_commands``, the same lines
@@ -128,8 +128,8 @@ def config_features(has_shards: bool = True) -> dict[str, datasets.Features]:
     """config name -> the ``datasets`` features of its Parquet files."""
     import datasets
 
-    # publish imports this module for dataset_card; importing it here, at call time, is safe.
-    from smelter.pipeline.publish import tasks_arrow_schema
+    # publish.swebench imports this module (for its defaults): at call time, not circular.
+    from smelter.pipeline.publish.swebench import tasks_arrow_schema
 
     features = {"tasks": datasets.Features.from_arrow_schema(tasks_arrow_schema())}
     if has_shards:
@@ -165,8 +165,8 @@ def dataset_info(
 
 def evaluate_commands(out: str = "OUT", dest: str = "X") -> list[str]:
     """The card's "How to evaluate" lines: export with harness images, then swebench's eval
-    (``publish.evaluate_command``, the line ``smelter export`` prints)."""
-    from smelter.pipeline.publish import evaluate_command
+    (``harness.evaluate_command``, the line ``smelter export`` prints)."""
+    from smelter.pipeline.publish.harness import evaluate_command
 
     export = shlex.join(["smelter", "export", out, "--dest", dest, "--harness-images"])
     return [export, evaluate_command(dest)]

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fixtures, 
 
 import apache_beam as beam
 
-from smelter.pipeline.demo import DEMO_PRS, NOISY_BODY
+from smelter.pipeline.demo.files import NOISY_BODY
+from smelter.pipeline.demo.prs import DEMO_PRS
 from smelter.schemas import Task
 from smelter.transforms.clean.clean import (
     CleanConfig,

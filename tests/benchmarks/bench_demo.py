@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true", help="remove the demo's images first")
     args = parser.parse_args()
     if args.cold:
-        from smelter.pipeline.demo import REPO_NAME
+        from smelter.pipeline.demo.prs import REPO_NAME
 
         smelter(["images", "prune", "--all", "--repo", REPO_NAME])
     out = Path(args.keep or tempfile.mkdtemp(prefix="smelter-bench-demo-"))

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests helpers, run as a scrip
 
 from _demo_stages import HOST_CA, demo_candidates  # noqa: E402
 
-from smelter.pipeline.demo import create_demo_repo  # noqa: E402
+from smelter.pipeline.demo.build import create_demo_repo  # noqa: E402
 from smelter.schemas import Candidate  # noqa: E402
 from smelter.transforms.adapters import base_images as bi  # noqa: E402
 from smelter.transforms.adapters import docker_engine as eng  # noqa: E402

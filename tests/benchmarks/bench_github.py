@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fixtures, run as a script
 
-from smelter.pipeline.demo import create_demo_repo
+from smelter.pipeline.demo.build import create_demo_repo
 from smelter.schemas import PullRequest
 from smelter.transforms.adapters.git import GitConfig
 from smelter.transforms.mine.github_config import GitHubConfig

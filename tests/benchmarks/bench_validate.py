@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from smelter.pipeline.demo import create_demo_repo
+from smelter.pipeline.demo.build import create_demo_repo
 from smelter.schemas import Candidate
 from smelter.transforms.adapters.docker_engine import connect, remove_image
 from smelter.transforms.validate.grading import grade
