@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from smelter.schemas import Reason, Rejection, Sample, Task
+from smelter.schemas import Reason, Rejection, Sample, Stage, Task
 from smelter.transforms.adapters.tokenizer import load_tokenizer
 from smelter.transforms.pack import parquet_writer as pw
 from smelter.transforms.pack.config import PackConfig
@@ -51,8 +51,8 @@ from smelter.transforms.pack.packing import PackResult, pack_arrays
 from smelter.transforms.pack.render import FileReader, load_template, render_task
 from smelter.transforms.stage import REJECTS, Fatal, Rejected, StageFn, stable_hash
 
-RENDER_STAGE = "render"
-PACK_STAGE = "pack"
+RENDER_STAGE = Stage.RENDER
+PACK_STAGE = Stage.PACK
 STATS_FILE = "stats.json"
 
 
