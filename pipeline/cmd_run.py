@@ -327,7 +327,7 @@ def execute(plan: RunPlan, beam_flags: list[str], workers: int | None) -> dict[s
     write_json(out / "funnel.json", funnel)
     extra: dict[str, Any] = {}
     if clean_cfg is not None:
-        from smelter.transforms.clean.clean import clean_report, counters_of
+        from smelter.transforms.clean.report import clean_report, counters_of
 
         try:
             counters = counters_of(result, "clean")

@@ -10,11 +10,11 @@ from smelter.schemas import Candidate, PullRequest
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.environment.builder import EnvironmentFn
 from smelter.transforms.environment.config import EnvConfig
+from smelter.transforms.errors import Rejected
 from smelter.transforms.mine.config import MineConfig
 from smelter.transforms.mine.git_source import GitSource, RepoSpec
 from smelter.transforms.snapshot.config import SnapshotConfig
 from smelter.transforms.snapshot.snapshot import SnapshotFn
-from smelter.transforms.stage import Rejected
 
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 

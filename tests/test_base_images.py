@@ -11,7 +11,7 @@ import pytest
 
 from smelter.transforms.adapters import base_images as bi
 from smelter.transforms.adapters import docker_engine as eng
-from smelter.transforms.stage import Fatal
+from smelter.transforms.errors import Fatal
 
 
 def test_suite_python_mapping() -> None:

@@ -13,30 +13,31 @@ import pytest
 
 from smelter.pipeline.demo.files import NOISY_BODY
 from smelter.schemas import Reason, Rejection, Task
-from smelter.transforms.adapters.llm import OpenAIChatClient, UnusableReply
+from smelter.transforms.adapters.chat import UnusableReply
+from smelter.transforms.adapters.llm import OpenAIChatClient
 from smelter.transforms.clean.clean import (
-    CleanConfig,
     CleanFn,
-    IssueSource,
-    Prompts,
-    added_lines,
     check_endpoint,
-    clean_report,
     clean_task,
-    counters_of,
     describe_clean,
+    unusable_statement,
+)
+from smelter.transforms.clean.config import CleanConfig
+from smelter.transforms.clean.issues import IssueSource
+from smelter.transforms.clean.leak import added_lines, leak_overlap, word_ngrams
+from smelter.transforms.clean.prompting import (
+    Prompts,
     failure_output,
-    leak_overlap,
     load_prompt,
     parse_judgement,
     refusal,
     truncate_middle,
-    unusable_statement,
-    word_ngrams,
 )
+from smelter.transforms.clean.report import clean_report, counters_of
+from smelter.transforms.errors import Fatal, Rejected
 from smelter.transforms.mine.github_config import GitHubConfig
 from smelter.transforms.outage import find_outage, outage_line
-from smelter.transforms.stage import Fatal, Rejected, Stage
+from smelter.transforms.stage import Stage
 from tests.fixtures.clean_tasks import (
     POWER_PATCH,
     make_task,

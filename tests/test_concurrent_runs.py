@@ -19,8 +19,10 @@ from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.base_images import BaseImage
 from smelter.transforms.environment.builder import EnvironmentFn
 from smelter.transforms.environment.config import EnvConfig
-from smelter.transforms.stage import Rejected
-from smelter.transforms.validate.validate import ValidateConfig, ValidateFn, Validator, kept_tag
+from smelter.transforms.errors import Rejected
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.images import kept_tag
+from smelter.transforms.validate.validate import ValidateFn, Validator
 from tests.test_environment import make_candidate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]

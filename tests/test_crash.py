@@ -28,7 +28,7 @@ import pytest
 from smelter.schemas import Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.base_images import BaseImage
-from smelter.transforms.validate.validate import KEPT_SUFFIX, kept_tag
+from smelter.transforms.validate.images import KEPT_SUFFIX, kept_tag
 from tests._calc_repo import make_one_pr_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]

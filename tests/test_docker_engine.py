@@ -17,7 +17,7 @@ import requests
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters import docker_prune as dprune
 from smelter.transforms.adapters.base_images import BaseImage
-from smelter.transforms.stage import Retryable
+from smelter.transforms.errors import Retryable
 
 
 def test_labels_always_mark_smelter_and_kind() -> None:

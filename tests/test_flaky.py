@@ -12,13 +12,9 @@ import docker
 import pytest
 
 from smelter.schemas.records import TestRun, TestStatus
+from smelter.transforms.validate.config import ValidateConfig
 from smelter.transforms.validate.grading import FLAKY_RATES, extra_runs, flake_risk, grade
-from smelter.transforms.validate.validate import (
-    ValidateConfig,
-    Validator,
-    flaky_rerun_plan,
-    rerun_targets,
-)
+from smelter.transforms.validate.validate import Validator, flaky_rerun_plan, rerun_targets
 from tests.fixtures.validate import (
     BASE_TESTS,
     FIXED_CODE,

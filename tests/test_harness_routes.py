@@ -36,8 +36,9 @@ from smelter.pipeline.publish.swebench import export_tasks
 from smelter.schemas import Candidate, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.git import GitRepo
-from smelter.transforms.stage import stable_hash
-from smelter.transforms.validate.validate import ValidateConfig, Validator
+from smelter.transforms.util import stable_hash
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.validate import Validator
 from tests._calc_repo import git, write
 from tests.fixtures.validate import (
     HARNESS_INSTANCE_DOCKERFILE,

@@ -8,17 +8,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from smelter.transforms.adapters.llm import (
+from smelter.transforms.adapters.chat import (
     ChatRequest,
     LLMError,
-    OpenAIChatClient,
     UnusableReply,
-    cache_key,
     extract_json_object,
+)
+from smelter.transforms.adapters.llm import (
+    OpenAIChatClient,
+    cache_key,
     request_body,
     retry_after_seconds,
 )
-from smelter.transforms.stage import Fatal
+from smelter.transforms.errors import Fatal
 from tests.fixtures.llm_standin import LLAMA_CPP_REFUSAL, LLMStandIn, Reply
 
 SECRET = "sk-test-Zq81mVx0secret"

@@ -18,19 +18,13 @@ import requests
 
 from smelter.schemas import Reason, Task
 from smelter.transforms.adapters.llm import OpenAIChatClient
-from smelter.transforms.clean.clean import (
-    CleanConfig,
-    CleanFn,
-    Prompts,
-    check_endpoint,
-    clean_report,
-    clean_task,
-    counters_of,
-    judge_request,
-    leak_overlap,
-    parse_judgement,
-)
-from smelter.transforms.stage import Rejected, Stage
+from smelter.transforms.clean.clean import CleanFn, check_endpoint, clean_task
+from smelter.transforms.clean.config import CleanConfig
+from smelter.transforms.clean.leak import leak_overlap
+from smelter.transforms.clean.prompting import Prompts, judge_request, parse_judgement
+from smelter.transforms.clean.report import clean_report, counters_of
+from smelter.transforms.errors import Rejected
+from smelter.transforms.stage import Stage
 from tests.fixtures.clean_tasks import make_task, title_only_task
 from tests.fixtures.llama_server import LlamaServer, llama_server  # noqa: F401  (fixture)
 

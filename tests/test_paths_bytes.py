@@ -20,12 +20,13 @@ from _gitutil import Repo
 from smelter.schemas import PullRequest, Reason, Rejection
 from smelter.transforms.adapters.git import GitConfig, GitRepo
 from smelter.transforms.diff import diff_path, is_utf8, shown_path, split_diff, unquote_path
+from smelter.transforms.errors import Rejected
 from smelter.transforms.mine.config import MineConfig
 from smelter.transforms.mine.git_source import GitSource, RepoSpec
 from smelter.transforms.snapshot.config import SnapshotConfig
 from smelter.transforms.snapshot.snapshot import SnapshotFn
-from smelter.transforms.stage import Rejected, printable
-from smelter.transforms.validate.validate import touched_test_modules
+from smelter.transforms.stage import printable
+from smelter.transforms.validate.script import touched_test_modules
 
 SMELTER = str(Path(sys.executable).with_name("smelter"))
 UNICODE_TEST = "tests/test_ünïcode.py"

@@ -543,7 +543,7 @@ def test_push_failure_is_one_line_and_never_shows_the_token(
     """A hub that refuses connections (a closed port on 127.0.0.1): one line, no token."""
     import socket
 
-    from smelter.transforms.stage import Fatal
+    from smelter.transforms.errors import Fatal
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with socket.socket() as s:

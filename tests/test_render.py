@@ -20,6 +20,7 @@ from smelter.schemas import (
 )
 from smelter.transforms.adapters.git import GitRepo
 from smelter.transforms.adapters.tokenizer import load_tokenizer
+from smelter.transforms.errors import Fatal, Rejected
 from smelter.transforms.pack.render import (
     TouchedFile,
     chat_segments,
@@ -29,7 +30,7 @@ from smelter.transforms.pack.render import (
     touched_files,
 )
 from smelter.transforms.pack.shards import PackConfig, RenderFn, open_repo
-from smelter.transforms.stage import Fatal, Rejected, Stage
+from smelter.transforms.stage import Stage
 from tests._gitutil import Repo
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00binary\x00"

@@ -24,8 +24,9 @@ from smelter.transforms.adapters.sandbox import (
     prune_containers,
     read_capped,
 )
-from smelter.transforms.stage import Rejected
-from smelter.transforms.validate.validate import ValidateConfig, Validator
+from smelter.transforms.errors import Rejected
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.validate import Validator
 from tests.fixtures.validate import (
     BASE_TESTS,
     FIXED_CODE,
@@ -188,7 +189,8 @@ import sys
 from smelter.schemas.records import Candidate
 from smelter.transforms.adapters.docker_engine import connect
 from smelter.transforms.adapters.sandbox import install_cleanup_handlers
-from smelter.transforms.validate.validate import ValidateConfig, Validator
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.validate import Validator
 
 assert install_cleanup_handlers()
 cand = Candidate.model_validate_json(open(sys.argv[1]).read())

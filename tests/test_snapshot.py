@@ -12,6 +12,7 @@ from smelter.pipeline.demo.build import DemoRepo, create_demo_repo
 from smelter.pipeline.demo.prs import DEMO_PRS, DEMO_PRS_BY_NUMBER
 from smelter.schemas import Candidate, Comment, LinkedIssue, PullRequest, Reason
 from smelter.transforms.adapters.git import GitConfig, GitRepo
+from smelter.transforms.errors import Rejected
 from smelter.transforms.mine.config import MineConfig
 from smelter.transforms.mine.git_source import GitSource, RepoSpec
 from smelter.transforms.snapshot.config import SnapshotConfig
@@ -20,7 +21,6 @@ from smelter.transforms.snapshot.snapshot import (
     hints_text,
     problem_statement,
 )
-from smelter.transforms.stage import Rejected
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,9 @@ from smelter.pipeline.publish.swebench import export_tasks, read_tasks
 from smelter.schemas import Candidate, Task
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters.git import GitRepo
-from smelter.transforms.stage import stable_hash
-from smelter.transforms.validate.validate import ValidateConfig, Validator
+from smelter.transforms.util import stable_hash
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.validate import Validator
 from tests._calc_repo import CalcPR, make_calc_repo
 from tests.fixtures.validate import (
     HARNESS_INSTANCE_DOCKERFILE,
@@ -265,7 +266,7 @@ def test_harness_resolves_gold_from_the_task_repository(
 def test_missing_instance_image_is_one_fatal_line(
     harness_tasks: list[Task], tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
-    from smelter.transforms.stage import Fatal
+    from smelter.transforms.errors import Fatal
 
     gone = harness_tasks[0].environment.model_copy(
         update={"instance_image": "smelter-test/never-built:0"}

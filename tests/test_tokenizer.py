@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smelter.transforms.adapters.tokenizer import HFTokenizer, QwenTokenizer, load_tokenizer
-from smelter.transforms.stage import Fatal
+from smelter.transforms.errors import Fatal
 
 TEXTS = [
     "Hello world",

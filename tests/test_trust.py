@@ -20,7 +20,8 @@ import docker
 import pytest
 
 from smelter.schemas.records import Reason, Task, TestStatus
-from smelter.transforms.stage import Rejected
+from smelter.transforms.errors import Rejected
+from smelter.transforms.validate.config import ValidateConfig
 from smelter.transforms.validate.junit import parse_junit
 from smelter.transforms.validate.trust import (
     END_LINE,
@@ -31,7 +32,7 @@ from smelter.transforms.validate.trust import (
     parse_witness,
     summary_counts,
 )
-from smelter.transforms.validate.validate import ValidateConfig, Validator
+from smelter.transforms.validate.validate import Validator
 from tests.fixtures.validate import (
     BASE_CODE,
     BASE_TESTS,

@@ -14,14 +14,10 @@ import pytest
 
 from smelter.schemas.records import Reason, Task
 from smelter.transforms.adapters import docker_engine as eng
-from smelter.transforms.stage import Rejected
-from smelter.transforms.validate.validate import (
-    ValidateConfig,
-    Validator,
-    pytest_argv,
-    render_test_script,
-    touched_test_modules,
-)
+from smelter.transforms.errors import Rejected
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.script import pytest_argv, render_test_script, touched_test_modules
+from smelter.transforms.validate.validate import Validator
 from tests.fixtures.validate import (
     BASE_CODE,
     BASE_TESTS,

@@ -9,8 +9,9 @@ import pytest
 from smelter.pipeline.demo.build import create_demo_repo
 from smelter.pipeline.demo.prs import DEMO_PRS_BY_NUMBER
 from smelter.schemas import Candidate, Task
-from smelter.transforms.stage import Rejected
-from smelter.transforms.validate.validate import ValidateConfig, Validator
+from smelter.transforms.errors import Rejected
+from smelter.transforms.validate.config import ValidateConfig
+from smelter.transforms.validate.validate import Validator
 from tests._demo_stages import demo_candidates, with_environments
 
 

@@ -10,6 +10,12 @@ Deliberate choices:
   re-run with the same inputs does no work, a changed input or config recomputes. Outcomes are
   written with Beam's FileSystems so the cache may live on GCS/S3 as well as on local disk.
 - ``StageFn`` keeps only picklable state; subclasses open their clients in ``setup_stage``.
+  It is generic over its config, input and output records (``StageFn[CleanConfig, Task,
+  Task]``), so a subclass's ``run`` and ``_config`` carry their real types.
+- Batching is a hook, not a second ``process``: a stage whose records wait on a remote service
+  returns a ``batch_size`` above 1 and overrides ``run_batch``; cache misses are then buffered
+  per bundle and leave, each with its own window and timestamp, when the batch is full or the
+  bundle ends. Cache, counters, ticks and rejection routing are the same either way.
 - A stage knows the run that launched it (``attach(run=...)``) and ties its worker process to
   it in ``setup`` (``lifeline``): a SIGKILLed ``smelter run`` takes its workers along, and a
   record is neither started nor cached once the run is gone (a cut-short outcome cached as
@@ -29,37 +35,31 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 from pydantic_core import PydanticSerializationError
 
 from smelter.schemas import RECORDS, Reason, Record, Rejection
+from smelter.schemas import Stage as StageName  # ``Stage`` here is the PTransform below
 from smelter.transforms import lifeline
-from smelter.transforms.errors import Fatal, Rejected, Retryable
+from smelter.transforms.errors import Fatal, Rejected
 from smelter.transforms.util import stable_hash, tail
 
 log = logging.getLogger(__name__)
 
 REJECTS = "rejects"
-__all__ = [
-    "REJECTS",
-    "ChainFn",
-    "Fatal",
-    "Rejected",
-    "Retryable",
-    "Stage",
-    "StageCache",
-    "StageFn",
-    "stable_hash",
-    "tail",
-]
 CACHE_FORMAT = 1
+
+C = TypeVar("C")  # the stage's frozen config
+I = TypeVar("I")  # noqa: E741  # the record a stage takes
+O = TypeVar("O", bound=Record)  # noqa: E741  # the record it makes (besides Rejections)
 
 
 def record_kind(record: Record) -> str:
@@ -113,19 +113,30 @@ class StageCache:
                 FileSystems.delete([tmp])
 
 
-class StageFn(beam.DoFn):
+class _Pending(NamedTuple):
+    """A cache miss waiting in a batch, with where its outputs belong."""
+
+    record: Any
+    instance_id: str
+    key: str | None
+    timestamp: Any
+    window: Any
+
+
+class StageFn(beam.DoFn, Generic[C, I, O]):
     """Shell shared by every stage: cache, rejection routing, per-reason counters.
 
-    Subclasses set ``STAGE``, keep picklable config in ``__init__`` and implement ``run``.
+    Subclasses set ``STAGE``, keep picklable config in ``__init__`` and implement ``run``;
+    ``StageFn[Config, In, Out]`` types ``_config``, ``run``'s record and its outcomes.
     """
 
-    STAGE: ClassVar[str] = ""
+    STAGE: ClassVar[str] = ""  # a ``StageName`` value: Rejection.stage, counter namespace
     # Bump when a code change alters what the stage outputs for the same input: it is part of
     # the cache key, so old cached outcomes stop matching instead of being served stale.
     VERSION: ClassVar[str] = "1"
 
-    def __init__(self, config: Any, cache_root: str | None = None) -> None:
-        self._config = config
+    def __init__(self, config: C, cache_root: str | None = None) -> None:
+        self._config: C = config
         self._cache_root = cache_root
         self._progress_dir: str | None = None
         self._run: lifeline.Run | None = None
@@ -136,7 +147,7 @@ class StageFn(beam.DoFn):
         cache_root: str | None,
         progress_dir: str | None = None,
         run: lifeline.Run | None = None,
-    ) -> StageFn:
+    ) -> StageFn[C, I, O]:
         """Set where outcomes are cached and progress is ticked, and which run (host, pid of
         the launching process) the workers serve; called by the graph builder."""
         self._cache_root = cache_root
@@ -144,7 +155,7 @@ class StageFn(beam.DoFn):
         self._run = run
         return self
 
-    def has_cached(self, record: Any) -> bool:
+    def has_cached(self, record: I) -> bool:
         """Whether this stage has a cached outcome for ``record``: a picklable probe (as a bound
         method) for the stage before it. Reads the cache only, no ``setup`` needed; it does not
         ask ``reuse``, so it suits stages that serve every cache entry they find."""
@@ -163,19 +174,19 @@ class StageFn(beam.DoFn):
     def teardown_stage(self) -> None:
         """Close what setup_stage opened."""
 
-    def run(self, record: Any) -> Iterable[Record]:
+    def run(self, record: I) -> Iterable[O | Rejection]:
         raise NotImplementedError
 
-    def instance_id_of(self, record: Any) -> str:
+    def instance_id_of(self, record: I | Record) -> str:
         return getattr(record, "instance_id", "") or str(record)
 
-    def cache_key(self, record: Any) -> str | None:
+    def cache_key(self, record: I) -> str | None:
         """Key of this record's outcome; None disables caching for it."""
         if isinstance(record, Record):
             return stable_hash(self._config_hash, record)
         return None
 
-    def reuse(self, record: Any, cached: list[Record]) -> list[Record] | None:
+    def reuse(self, record: I, cached: list[Record]) -> list[Record] | None:
         """The cached outcomes to serve, or None to recompute them (counted as ``cache_stale``).
 
         For a stage whose outcome names something outside the cache (an image on the engine):
@@ -183,11 +194,33 @@ class StageFn(beam.DoFn):
         """
         return cached
 
+    def batch_size(self) -> int:
+        """Cache misses buffered per bundle before ``run_batch`` sees them; 1 (the default)
+        runs each record as it arrives."""
+        return 1
+
+    def run_batch(self, batch: Sequence[tuple[I, str]]) -> list[list[Record]]:
+        """The outcomes of buffered (record, instance_id) pairs, in their order; called on the
+        bundle's thread. The default runs them one after another; a stage whose records wait
+        on a remote service runs ``_outcomes`` of each concurrently (it confines every error
+        to its record)."""
+        return [self._outcomes(record, instance_id) for record, instance_id in batch]
+
+    def cacheable(self, outcomes: list[Record]) -> bool:
+        """Whether fresh outcomes go to the cache: not a transient failure the next run must
+        retry instead of being served."""
+        return True
+
+    def count(self, outcomes: list[Record], fresh: bool) -> None:
+        """Stage-specific counters for one record's outcomes, fresh or served from the cache;
+        called on the bundle's thread, because Beam's metrics container is thread-local."""
+
     # -- Beam ----------------------------------------------------------------------------------
     def setup(self) -> None:
         # First: a worker started for a run that is already gone dies here, before any work.
         lifeline.tie_to_run(getattr(self, "_run", None))
         self._cache = StageCache(self._cache_root) if self._cache_root else None
+        self._buffer: list[_Pending] = []
         self._ticks = None
         if self._progress_dir:
             # One append-only file per worker: the CLI sums their sizes to draw progress, which
@@ -209,7 +242,7 @@ class StageFn(beam.DoFn):
             self._ticks.write(mark)
             self._ticks.flush()
 
-    def lookup(self, record: Any) -> tuple[str, str | None, list[Record] | None]:
+    def lookup(self, record: I) -> tuple[str, str | None, list[Record] | None]:
         """(instance_id, cache key, cached outcomes or None): how every ``process`` begins."""
         instance_id = self.instance_id_of(record)
         key = self.cache_key(record) if self._cache else None
@@ -223,23 +256,64 @@ class StageFn(beam.DoFn):
             self._tick("c")
         return instance_id, key, cached
 
-    def process(self, record: Any) -> Iterator[Any]:
+    def start_bundle(self) -> None:
+        self._buffer = []
+
+    def process(
+        self,
+        record: Any,
+        timestamp: Any = beam.DoFn.TimestampParam,
+        window: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[Any]:
         lifeline.check()  # the run is gone: start nothing for it
         instance_id, key, cached = self.lookup(record)
         if cached is not None:
+            self.count(cached, fresh=False)
             yield from self._emit(cached)
+            return
+        if self.batch_size() > 1:
+            self._buffer.append(_Pending(record, instance_id, key, timestamp, window))
+            if len(self._buffer) >= self.batch_size():
+                yield from self._flush()
             return
         start = time.monotonic()
         outcomes = self._outcomes(record, instance_id)
         # Died meanwhile: the outcome may be an error the dying run caused; never cache it.
         lifeline.check()
-        self._seconds.update(int((time.monotonic() - start) * 1000))
-        if self._cache and key:
-            self._cache.put(self.STAGE, instance_id, key, outcomes)
-        self._tick("r" if all(isinstance(o, Rejection) for o in outcomes) and outcomes else "o")
+        self._settle(instance_id, key, outcomes, int((time.monotonic() - start) * 1000))
         yield from self._emit(outcomes)
 
-    def _outcomes(self, record: Any, instance_id: str) -> list[Record]:
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[Any]:
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        start = time.monotonic()
+        results = self.run_batch([(p.record, p.instance_id) for p in batch])
+        lifeline.check()  # as in ``process``: nothing of a dead run is cached
+        per_record_ms = int((time.monotonic() - start) * 1000 / len(batch))
+        for pending, outcomes in zip(batch, results, strict=True):
+            self._settle(pending.instance_id, pending.key, outcomes, per_record_ms)
+            for out in self._emit(outcomes):
+                # A buffered record's outputs may leave while another element (or none, in
+                # finish_bundle) is current: they carry their own window and timestamp.
+                if isinstance(out, TaggedOutput):
+                    value = WindowedValue(out.value, pending.timestamp, (pending.window,))
+                    yield TaggedOutput(out.tag, value)
+                else:
+                    yield WindowedValue(out, pending.timestamp, (pending.window,))
+
+    def _settle(self, instance_id: str, key: str | None, outcomes: list[Record], ms: int) -> None:
+        """Time, cache, tick and count one record's fresh outcomes."""
+        self._seconds.update(ms)
+        if self._cache and key and self.cacheable(outcomes):
+            self._cache.put(self.STAGE, instance_id, key, outcomes)
+        self._tick("r" if all(isinstance(o, Rejection) for o in outcomes) and outcomes else "o")
+        self.count(outcomes, fresh=True)
+
+    def _outcomes(self, record: I, instance_id: str) -> list[Record]:
         repo = getattr(record, "repo", "")
         try:
             return list(self.run(record))
@@ -247,7 +321,7 @@ class StageFn(beam.DoFn):
             return [
                 Rejection(
                     instance_id=instance_id,
-                    stage=self.STAGE,
+                    stage=StageName(self.STAGE),
                     reason=r.reason,
                     detail=tail(r.detail, 2000),
                     repo=repo,
@@ -261,7 +335,7 @@ class StageFn(beam.DoFn):
             return [
                 Rejection(
                     instance_id=instance_id,
-                    stage=self.STAGE,
+                    stage=StageName(self.STAGE),
                     reason=Reason.INTERNAL_ERROR,
                     detail=detail,
                     repo=repo,
@@ -296,7 +370,7 @@ class StageFn(beam.DoFn):
                         "detail": printable(outcome.detail), "repo": printable(outcome.repo)}
             )  # fmt: skip
         return Rejection(
-            instance_id=printable(self.instance_id_of(outcome)), stage=self.STAGE,
+            instance_id=printable(self.instance_id_of(outcome)), stage=StageName(self.STAGE),
             reason=Reason.INTERNAL_ERROR, repo=printable(getattr(outcome, "repo", "")),
             detail=f"{type(outcome).__name__} holds text that is not UTF-8: {why[:500]}",
         )  # fmt: skip
@@ -318,7 +392,9 @@ class ChainFn(beam.DoFn):
     runner, with no registry traffic; each stage keeps its own cache, counters and rejections.
     """
 
-    def __init__(self, *fns: StageFn) -> None:
+    def __init__(self, *fns: StageFn[Any, Any, Any]) -> None:
+        # Each record goes through at once: a stage that buffers (``batch_size`` above 1)
+        # would hold it past the next stage, so chained stages run one record at a time.
         self._fns = fns
 
     def setup(self) -> None:
@@ -343,7 +419,7 @@ class ChainFn(beam.DoFn):
 class Stage(beam.PTransform):
     """Applies a StageFn and returns (main, rejects), the shape every stage has in the graph."""
 
-    def __init__(self, fn: StageFn | ChainFn, label: str | None = None) -> None:
+    def __init__(self, fn: StageFn[Any, Any, Any] | ChainFn, label: str | None = None) -> None:
         super().__init__(label or fn.STAGE)  # type: ignore[union-attr]
         self._fn = fn
 

@@ -2,9 +2,8 @@
 
 Deliberate choices:
 - This module imports nothing heavy (no Beam, no Docker SDK), so the CLI, the option reference
-  and the image commands can use ``stable_hash`` without paying Beam's import time.
-  ``smelter.transforms.stage`` re-exports ``stable_hash`` and ``tail``, ``mine_git`` re-exports
-  ``utc_iso``, so existing imports keep working.
+  and the image commands can use ``stable_hash`` without paying Beam's import time. Every
+  importer takes these names from here: no other module re-exports them.
 """
 
 from __future__ import annotations

@@ -34,14 +34,10 @@ import apache_beam as beam
 from smelter.pipeline.demo.files import NOISY_BODY
 from smelter.pipeline.demo.prs import DEMO_PRS
 from smelter.schemas import Task
-from smelter.transforms.clean.clean import (
-    CleanConfig,
-    CleanFn,
-    check_endpoint,
-    clean_report,
-    counters_of,
-)
+from smelter.transforms.clean.clean import CleanFn, check_endpoint
+from smelter.transforms.clean.config import CleanConfig
 from smelter.transforms.clean.normalize import normalize_statement
+from smelter.transforms.clean.report import clean_report, counters_of
 from smelter.transforms.stage import Stage
 from tests.fixtures.clean_tasks import make_task, title_only_task
 from tests.fixtures.llama_server import MODEL_NAME, start_llama_server

@@ -32,7 +32,7 @@ from smelter.transforms.adapters import base_images as bi  # noqa: E402
 from smelter.transforms.adapters import docker_engine as eng  # noqa: E402
 from smelter.transforms.environment.builder import EnvironmentFn  # noqa: E402
 from smelter.transforms.environment.config import EnvConfig  # noqa: E402
-from smelter.transforms.stage import Rejected  # noqa: E402
+from smelter.transforms.errors import Rejected  # noqa: E402
 
 
 def timed(fn):

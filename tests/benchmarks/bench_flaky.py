@@ -23,8 +23,9 @@ import random
 from collections.abc import Sequence
 
 from smelter.schemas.records import TestRun, TestStatus
+from smelter.transforms.validate.config import ValidateConfig
 from smelter.transforms.validate.grading import flake_risk, grade
-from smelter.transforms.validate.validate import ValidateConfig, flaky_rerun_plan
+from smelter.transforms.validate.validate import flaky_rerun_plan
 
 REAL = "tests/test_fix.py::test_fixed"
 RATES = (0.1, 0.2, 0.3, 0.4, 0.5)

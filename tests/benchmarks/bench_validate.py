@@ -28,14 +28,10 @@ from pathlib import Path
 from smelter.pipeline.demo.build import create_demo_repo
 from smelter.schemas import Candidate
 from smelter.transforms.adapters.docker_engine import connect, remove_image
+from smelter.transforms.validate.config import ValidateConfig
 from smelter.transforms.validate.grading import grade
-from smelter.transforms.validate.validate import (
-    REPORT_PATH,
-    ValidateConfig,
-    Validator,
-    pytest_argv,
-    touched_test_modules,
-)
+from smelter.transforms.validate.script import REPORT_PATH, pytest_argv, touched_test_modules
+from smelter.transforms.validate.validate import Validator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests._demo_stages import demo_candidates, with_environments

@@ -1,4 +1,4 @@
-"""A ``ChatModel`` seam and its one backend: any OpenAI-compatible Chat Completions endpoint.
+"""The one ``ChatModel`` backend: any OpenAI-compatible Chat Completions endpoint.
 
 Deliberate choices:
 - One client for vLLM, SGLang, llama.cpp's server and hosted APIs: they all speak
@@ -19,11 +19,8 @@ Deliberate choices:
   accepts; a 4xx or 5xx whose body names the response format is a capability answer (the next
   form is tried at once), not an outage to retry. Parsing is tolerant in every form (first JSON
   object in the text, code fences and trailing commas allowed).
-- Two kinds of failure: ``LLMError`` (no answer: timeouts, 5xx, a body that is no chat
-  completion; retried, never cached, ``llm_error`` upstream) and ``UnusableReply`` (the endpoint
-  answered, the model's content is unusable: empty, cut at ``max_tokens``, no JSON object). The
-  second is the model's fault, not the infrastructure's: the caller refuses the record with the
-  stated reason.
+- The seam itself (requests, replies, the two kinds of failure, usage, reply parsing) is
+  ``chat.py``; this module is the wire: request bodies, retries, the response cache, the probe.
 - The API key is read from the environment at each request and exists only in the
   ``Authorization`` header: never an attribute, never in a cache entry, a log line or an error.
 """
@@ -36,198 +33,39 @@ import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import requests
 from apache_beam.io.filesystems import FileSystems
 
+from smelter.transforms.adapters.chat import (
+    RESPONSE_FORMATS,
+    ChatRequest,
+    ChatResponse,
+    LLMError,
+    MalformedResponse,
+    UnusableReply,
+    Usage,
+    extract_json_object,
+)
 from smelter.transforms.clean.config import DEFAULT_API_KEY_ENV
-from smelter.transforms.stage import Fatal, Retryable
+from smelter.transforms.errors import Fatal
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 MAX_RETRY_AFTER_SECONDS = 120.0
 
-
-class LLMError(Retryable):
-    """The endpoint did not give a usable answer after the retries were spent."""
-
-
-class MalformedResponse(LLMError):
-    """The HTTP body was not a chat completion (truncated, an HTML error page)."""
-
-
-class UnusableReply(Exception):
-    """The endpoint answered, but the model's content cannot be used; ``str(e)`` says why.
-
-    Not an ``LLMError``: a server that answers is up, and retrying a deterministic model gives
-    the same reply, so the record is refused (``reply_refused``) rather than failed."""
-
-
-# Structured-output forms, best first; ``probe`` keeps the first the endpoint accepts.
-RESPONSE_FORMATS = ("json_schema", "json_object", "text")
 PROBE_SCHEMA: Mapping[str, Any] = {
     "type": "object",
     "properties": {"ok": {"type": "boolean"}},
     "required": ["ok"],
 }
-
-
-# ------------------------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One chat completion to make. ``prompt_version`` names the prompt file (cache key part)."""
-
-    messages: tuple[tuple[str, str], ...]  # (role, content)
-    prompt_version: str
-    json_schema: Mapping[str, Any] | None = None
-    temperature: float = 0.0
-    max_tokens: int = 1024
-
-
-@dataclass(frozen=True)
-class ChatResponse:
-    text: str
-    data: dict[str, Any] | None
-    model: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    cached: bool = False
-
-
-class ChatModel(Protocol):
-    """What the clean stage needs from a model: answers, and who answered."""
-
-    @property
-    def model(self) -> str: ...
-
-    def complete(self, request: ChatRequest) -> ChatResponse: ...
-
-    def complete_many(
-        self, requests: Sequence[ChatRequest]
-    ) -> list[ChatResponse | LLMError | UnusableReply]: ...
-
-
-@dataclass
-class Usage:
-    """Running totals for the per-run report; thread-safe, picklable when empty."""
-
-    requests: int = 0  # HTTP requests sent, retries included
-    completions: int = 0  # answers obtained from the endpoint
-    cached: int = 0  # answers served from the response cache
-    retries: int = 0
-    errors: int = 0  # requests that ended in LLMError
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0  # wall seconds spent waiting for the endpoint (retries included)
-    cost: float = 0.0
-    refused: int = 0  # answers whose content was unusable (UnusableReply)
-    # answers obtained per structured-output form (what the report names as the mode used)
-    format_json_schema: int = 0
-    format_json_object: int = 0
-    format_text: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **deltas: float) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
-
-    def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-
-# ------------------------------------------------------------------------------------ parsing
-
-_FENCED_JSON = re.compile(r"```(?:json|JSON)?\s*\n(.*?)```", re.DOTALL)
-_CLOSER_AHEAD = re.compile(r"\s*[}\]]")
-
-
-def _balanced_object(text: str, start: int) -> str | None:
-    """The ``{...}`` starting at ``start``, braces inside strings ignored; None if unclosed."""
-    depth, in_str, escape = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None
-
-
-def _strip_trailing_commas(candidate: str) -> str:
-    """Drop ``,`` before ``}`` / ``]`` outside strings (a common small-model slip)."""
-    out: list[str] = []
-    in_str = escape = False
-    for i, ch in enumerate(candidate):
-        if in_str:
-            out.append(ch)
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_str = False
-            continue
-        if ch == '"':
-            in_str = True
-        elif ch == "," and _CLOSER_AHEAD.match(candidate, i + 1):
-            continue
-        out.append(ch)
-    return "".join(out)
-
-
-def extract_json_object(text: str) -> dict[str, Any]:
-    """First JSON object in a model's reply: bare, in a code fence, or amid prose.
-
-    Tolerates code fences and trailing commas; raises ``UnusableReply`` when no object parses.
-    """
-    sources = [m.group(1) for m in _FENCED_JSON.finditer(text)] + [text]
-    for source in sources:
-        for m in re.finditer(r"\{", source):
-            candidate = _balanced_object(source, m.start())
-            if candidate is None:
-                break  # an unclosed brace here leaves no later object closed either
-            for attempt in (candidate, _strip_trailing_commas(candidate)):
-                try:
-                    value = json.loads(attempt)
-                except ValueError:
-                    continue
-                if isinstance(value, dict):
-                    return value
-    snippet = text.strip().replace("\n", " ")[:120]
-    if not snippet:
-        raise UnusableReply("empty reply")
-    raise UnusableReply(f"no JSON object in the model's reply: {snippet!r}")
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -715,18 +553,3 @@ def _mentions_format(detail: str) -> bool:
         word in low
         for word in ("response_format", "json_schema", "json_object", "response format", "grammar")
     )
-
-
-def usage_counters(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, int]:
-    """Integer deltas between two ``Usage.snapshot()``s, as Beam counters want them."""
-    out: dict[str, int] = {}
-    for name in (
-        "requests", "completions", "cached", "retries", "errors", "refused",
-        "format_json_schema", "format_json_object", "format_text",
-    ):  # fmt: skip
-        out[name] = int(after[name] - before[name])
-    out["prompt_tokens"] = int(after["prompt_tokens"] - before["prompt_tokens"])
-    out["completion_tokens"] = int(after["completion_tokens"] - before["completion_tokens"])
-    out["request_ms"] = round((after["seconds"] - before["seconds"]) * 1000)
-    out["cost_micros"] = round((after["cost"] - before["cost"]) * 1_000_000)
-    return out

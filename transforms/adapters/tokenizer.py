@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from smelter.transforms.stage import Fatal
+from smelter.transforms.errors import Fatal
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"

@@ -6,17 +6,19 @@ Deliberate choices:
   task's ``problem_statement`` is whichever text was chosen (``Quality.used``).
 - Without ``llm_base_url`` the stage runs the deterministic normaliser alone and says so
   (``CleanFn.normalizer_only``, counter ``clean:normalizer_only``, ``describe_clean``).
-- The leak check is pure and deterministic: word n-grams of the rewrite that also occur in the
-  lines the code patch ADDS. Above ``leak_threshold`` the rewrite is refused and the normalised
-  text is used. The rewriter never sees the patch, so a leak can only come from a raw text that
-  already narrates the fix; the check catches a rewrite that kept that narration.
+- The leak check is pure and deterministic (``leak.py``): word n-grams of the rewrite that also
+  occur in the lines the code patch ADDS. Above ``leak_threshold`` the rewrite is refused and the
+  normalised text is used. Prompts, requests and reply checks are ``prompting.py``; issue texts
+  ``issues.py``; the per-run report ``report.py``.
 - Scores use SWE-bench Verified's two questions on a 0-3 scale where higher is better
   (score = 3 - Verified's label), so thresholds read "at least"; the defaults keep what
   Verified kept (labels 0 and 1).
-- Requests are batched per bundle: records that miss the stage cache are buffered and cleaned by a
-  thread pool of ``llm_concurrency`` workers; counters are bumped on the bundle's thread only,
+- Requests are batched per bundle through ``StageFn``'s batching hook (``batch_size``,
+  ``run_batch``): records that miss the stage cache are buffered and cleaned by a thread pool of
+  ``llm_concurrency`` workers; counters are bumped on the bundle's thread only (``count``),
   because Beam's metrics container is thread-local. An LLM failure rejects the record with
-  ``llm_error`` but is not written to the stage cache, so the next run tries again.
+  ``llm_error`` but is not written to the stage cache (``cacheable``), so the next run tries
+  again.
 - A validated task cost minutes of builds and test runs, so a missing statement does not throw
   it away: when the normalised text is unusable (shorter than ``min_statement_chars``, or one
   line of at most ``TITLE_ONLY_CHARS``: a title alone) and an endpoint is configured, the LLM
@@ -40,35 +42,37 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
 import requests
 from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
 
-from smelter.schemas import Quality, Reason, Rejection, Task, TestStatus
-from smelter.transforms.adapters.llm import (
-    RESPONSE_FORMATS,
+from smelter.schemas import Quality, Reason, Record, Rejection, Task
+from smelter.transforms.adapters.chat import (
     ChatModel,
     ChatRequest,
     LLMError,
-    OpenAIChatClient,
     UnusableReply,
     usage_counters,
 )
+from smelter.transforms.adapters.llm import OpenAIChatClient
 from smelter.transforms.clean.config import CleanConfig
+from smelter.transforms.clean.issues import IssueSource
+from smelter.transforms.clean.leak import leak_overlap
 from smelter.transforms.clean.normalize import NORMALIZER_VERSION, normalize_statement
-from smelter.transforms.stage import Fatal, Rejected, StageFn, stable_hash
+from smelter.transforms.clean.prompting import (
+    Prompts,
+    judge_request,
+    parse_judgement,
+    refusal,
+    rewrite_request,
+    synthesize_request,
+)
+from smelter.transforms.errors import Fatal, Rejected
+from smelter.transforms.stage import StageFn
+from smelter.transforms.util import stable_hash
 
 STAGE = "clean"
 log = logging.getLogger(__name__)
@@ -76,179 +80,6 @@ log = logging.getLogger(__name__)
 # A normalised statement of one line and at most this many characters is a title alone: GitHub
 # titles are short (SWE-bench's median is ~50 characters), real issue texts have a body.
 TITLE_ONLY_CHARS = 120
-# Characters of a before-fix run's output given to the synthesis prompt (its tail: pytest ends
-# with the assertion and the short summary).
-FAILURE_OUTPUT_CHARS = 4000
-
-
-# ------------------------------------------------------------------------------------ prompts
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A versioned prompt file: a system part and a user template with ``{{name}}`` slots."""
-
-    version: str
-    system: str
-    user: str
-
-    def render(self, **values: str) -> tuple[tuple[str, str], ...]:
-        def fill(template: str) -> str:
-            def sub(m: re.Match[str]) -> str:
-                if m.group(1) not in values:
-                    raise KeyError(f"prompt {self.version} needs {{{{{m.group(1)}}}}}")
-                return values[m.group(1)]
-
-            return re.sub(r"\{\{(\w+)\}\}", sub, template)
-
-        return (("system", fill(self.system)), ("user", fill(self.user)))
-
-
-_SECTION = re.compile(r"^=== (system|user) ===\s*$", re.MULTILINE)
-
-
-def parse_prompt(version: str, text: str) -> Prompt:
-    """Split a prompt file at its ``=== system ===`` / ``=== user ===`` lines."""
-    parts = _SECTION.split(text)
-    sections = {parts[i]: parts[i + 1].strip("\n") for i in range(1, len(parts) - 1, 2)}
-    if set(sections) != {"system", "user"}:
-        raise Fatal(f"prompt {version}: needs one '=== system ===' and one '=== user ===' section")
-    return Prompt(version=version, system=sections["system"].strip(), user=sections["user"])
-
-
-def load_prompt(name: str) -> Prompt:
-    """A packaged prompt by name (``clean_v1``) or a prompt file by path (version = its stem)."""
-    if name.endswith(".md") or "/" in name:
-        path = Path(name)
-        if not path.is_file():
-            raise Fatal(f"prompt file not found: {name}")
-        return parse_prompt(path.stem, path.read_text(encoding="utf-8"))
-    res = resources.files("smelter.transforms.clean").joinpath("prompts", f"{name}.md")
-    if not res.is_file():
-        raise Fatal(
-            f"unknown prompt {name!r} (no transforms/clean/prompts/{name}.md in the package)"
-        )
-    return parse_prompt(name, res.read_text(encoding="utf-8"))
-
-
-CLEAN_SCHEMA: Mapping[str, Any] = {
-    "type": "object",
-    "properties": {"statement": {"type": "string"}},
-    "required": ["statement"],
-    "additionalProperties": False,
-}
-# The synthesis schema sets a minimum length: a grammar-constrained server (llama.cpp, vLLM,
-# SGLang) then cannot answer a bare test name, as SmolLM2 did; the reply's length is checked
-# again for servers that read the schema as a hint. No maxLength: llama.cpp expands it into
-# that many nested optional rules, and a grammar of 2000 crashed its server.
-SYNTHESIS_MIN_CHARS = 80
-SYNTHESIZE_SCHEMA: Mapping[str, Any] = {
-    "type": "object",
-    "properties": {"statement": {"type": "string", "minLength": SYNTHESIS_MIN_CHARS}},
-    "required": ["statement"],
-    "additionalProperties": False,
-}
-JUDGE_SCHEMA: Mapping[str, Any] = {
-    "type": "object",
-    "properties": {
-        "specification_score": {"type": "integer", "enum": [0, 1, 2, 3]},
-        "test_alignment_score": {"type": "integer", "enum": [0, 1, 2, 3]},
-        "rationale": {"type": "string"},
-    },
-    "required": ["specification_score", "test_alignment_score", "rationale"],
-    "additionalProperties": False,
-}
-
-
-# ------------------------------------------------------------------------------------ leak check
-
-_WORD = re.compile(r"\w+")
-
-
-def added_lines(patch: str) -> list[str]:
-    """The lines a unified diff adds (without the ``+``); file headers excluded."""
-    return [
-        line[1:]
-        for line in patch.splitlines()
-        if line.startswith("+") and not line.startswith("+++ ")
-    ]
-
-
-def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """Lower-cased word n-grams; punctuation and whitespace do not count, so reflowing or
-    re-quoting code does not hide a copy."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def leak_overlap(rewrite: str, patch: str, n: int) -> float:
-    """Share of n-grams common to the rewrite and the patch's added lines, relative to the
-    smaller of the two sets: 1.0 when the rewrite reproduces a small fix whole, or when a long
-    fix fills the rewrite. 0.0 when either side has no n-gram."""
-    mine = word_ngrams(rewrite, n)
-    theirs = word_ngrams("\n".join(added_lines(patch)), n)
-    if not mine or not theirs:
-        return 0.0
-    return len(mine & theirs) / min(len(mine), len(theirs))
-
-
-def truncate_middle(text: str, limit: int) -> str:
-    """Keep the head and the tail (where tracebacks end); mark the cut."""
-    if len(text) <= limit:
-        return text
-    half = max(0, limit // 2 - 20)
-    cut = len(text) - 2 * half
-    return f"{text[:half]}\n[... {cut} characters cut ...]\n{text[-half:]}"
-
-
-# ------------------------------------------------------------------------------------ the logic
-
-
-@dataclass(frozen=True)
-class Prompts:
-    clean: Prompt
-    judge: Prompt
-    synthesize: Prompt | None = None
-
-    @classmethod
-    def load(cls, config: CleanConfig) -> Prompts:
-        return cls(
-            clean=load_prompt(config.clean_prompt),
-            judge=load_prompt(config.judge_prompt),
-            synthesize=load_prompt(config.synthesize_prompt) if config.llm_synthesize else None,
-        )
-
-    def version(self, judge: bool, first: Prompt | None = None) -> str:
-        """Versions of the prompts a record went through, joined by ``+``."""
-        head = (first or self.clean).version
-        return f"{head}+{self.judge.version}" if judge else head
-
-
-# ------------------------------------------------------------------------------------ refusals
-
-_PLACEHOLDER = re.compile(r"<[^<>\n]{1,80}>")
-_SLOT = re.compile(r"\{\{\w+\}\}")
-
-
-def refusal(text: str, prompt: Prompt, ngram: int = 6) -> str | None:
-    """Why a model's statement cannot be used, or None. Pure.
-
-    Empty; a placeholder of the prompt (``<the rewritten statement>``) or any text that is one
-    ``<...>`` alone; or a copy of the prompt's own instructions (half of the reply's word
-    n-grams occur in the system part or the user template with its slots emptied). The filled
-    slots are not counted: a rewrite is meant to repeat the statement it was given."""
-    stripped = text.strip().strip('"').strip()
-    if not stripped:
-        return "empty reply"
-    placeholders = set(_PLACEHOLDER.findall(prompt.system + "\n" + prompt.user))
-    if stripped in placeholders or _PLACEHOLDER.fullmatch(stripped):
-        return f"echoes the prompt's placeholder {stripped[:60]!r}"
-    mine = word_ngrams(stripped, ngram)
-    instructions = word_ngrams(prompt.system + "\n" + _SLOT.sub(" ", prompt.user), ngram)
-    if mine and len(mine & instructions) / len(mine) >= 0.5:
-        share = len(mine & instructions) / len(mine)
-        return f"repeats the prompt's instructions ({share:.0%} of its word {ngram}-grams)"
-    return None
 
 
 def unusable_statement(normalized: str, config: CleanConfig) -> str | None:
@@ -261,159 +92,6 @@ def unusable_statement(normalized: str, config: CleanConfig) -> str | None:
     if "\n" not in normalized.strip() and len(normalized) <= TITLE_ONLY_CHARS:
         return f"a title alone ({len(normalized)} characters, one line)"
     return None
-
-
-def failure_output(task: Task, limit: int = FAILURE_OUTPUT_CHARS) -> str:
-    """The tail of a before-fix run in which a FAIL_TO_PASS test failed: what a reporter saw.
-
-    Prefers a run whose status for those tests is failed or errored (an assertion or traceback
-    to quote) over one where they were absent; empty when validation kept no log."""
-    wanted = set(task.FAIL_TO_PASS)
-    best = ""
-    for run in task.validation.runs:
-        if run.side != "before" or not run.log_tail.strip():
-            continue
-        statuses = {run.statuses.get(t) for t in wanted}
-        if statuses & {TestStatus.FAILED, TestStatus.ERROR}:
-            best = run.log_tail
-            break
-        best = best or run.log_tail
-    best = best.strip()
-    return best[-limit:] if len(best) > limit else best
-
-
-def rewrite_request(task: Task, statement: str, config: CleanConfig, prompt: Prompt) -> ChatRequest:
-    messages = prompt.render(
-        repo=task.repo, statement=truncate_middle(statement, config.llm_max_input_chars)
-    )
-    return ChatRequest(
-        messages=messages,
-        prompt_version=prompt.version,
-        json_schema=CLEAN_SCHEMA,
-        temperature=config.llm_temperature,
-        max_tokens=config.llm_max_tokens,
-    )
-
-
-def synthesize_request(task: Task, config: CleanConfig, prompt: Prompt) -> ChatRequest:
-    """The synthesis request: test ids, before-fix output and test patch; never ``task.patch``."""
-    limit = config.llm_max_input_chars
-    messages = prompt.render(
-        repo=task.repo,
-        fail_to_pass="\n".join(task.FAIL_TO_PASS),
-        failure_output=failure_output(task) or "(no output was kept)",
-        test_patch=truncate_middle(task.test_patch, limit),
-    )
-    return ChatRequest(
-        messages=messages,
-        prompt_version=prompt.version,
-        json_schema=SYNTHESIZE_SCHEMA,
-        temperature=config.llm_temperature,
-        max_tokens=config.llm_max_tokens,
-    )
-
-
-def judge_request(task: Task, statement: str, config: CleanConfig, prompt: Prompt) -> ChatRequest:
-    limit = config.llm_max_input_chars
-    messages = prompt.render(
-        repo=task.repo,
-        statement=truncate_middle(statement, limit),
-        fail_to_pass="\n".join(task.FAIL_TO_PASS),
-        test_patch=truncate_middle(task.test_patch, limit),
-    )
-    return ChatRequest(
-        messages=messages,
-        prompt_version=prompt.version,
-        json_schema=JUDGE_SCHEMA,
-        temperature=config.llm_temperature,
-        max_tokens=min(config.llm_max_tokens, 512),
-    )
-
-
-def _score(data: Mapping[str, Any], name: str) -> int:
-    value = data.get(name)
-    try:
-        score = int(value)  # type: ignore[arg-type]  # "2" from a lax model is fine
-    except (TypeError, ValueError):
-        raise UnusableReply(f"judge gave no integer {name}: {value!r}") from None
-    if not 0 <= score <= 3 or (isinstance(value, float) and value != score):
-        raise UnusableReply(f"judge gave {name}={value!r}, outside 0-3")
-    return score
-
-
-def parse_judgement(data: Mapping[str, Any] | None) -> tuple[int, int, str]:
-    """(specification_score, test_alignment_score, rationale) from the judge's JSON."""
-    if data is None:
-        raise UnusableReply("judge reply had no JSON object")
-    rationale = str(data.get("rationale", "")).strip()
-    return _score(data, "specification_score"), _score(data, "test_alignment_score"), rationale
-
-
-@dataclass(frozen=True)
-class IssueText:
-    """Text of the issues a git-mined PR closes, fetched from GitHub (``IssueSource``)."""
-
-    statement: str
-    hints: str
-    numbers: tuple[int, ...]
-
-
-class IssueSource:
-    """Issue texts through the GitHub source's client: its token pool, response cache (a re-run
-    costs conditional requests only) and retries. Opened in ``setup``; one request at a time,
-    because the clean stage's thread pool shares it and PyGithub's requester is not meant for
-    concurrent use."""
-
-    def __init__(self, config: CleanConfig) -> None:
-        from smelter.transforms.mine.github_source import GitHubSource
-
-        self._source = GitHubSource(config.github, report=lambda line: log.info("%s", line))
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def enabled(config: CleanConfig, environ: Mapping[str, str] = os.environ) -> bool:
-        """A token is at hand and fetching is on: without a token nothing changes."""
-        return config.clean_fetch_issues and bool(environ.get(config.github.github_token_env))
-
-    def open(self) -> IssueSource:
-        self._source.open()
-        return self
-
-    def close(self) -> None:
-        self._source.close()
-
-    def fetch(self, task: Task) -> IssueText | None:
-        """The linked issues' title + body (as the snapshot stage joins them) and their hint
-        comments; None when the task is not git-mined, closes no issue, or no issue has text.
-        Issues live in the task's repository: the task keeps only their numbers."""
-        from github import GithubException
-
-        from smelter.transforms.mine.github_source import hints_text
-        from smelter.transforms.mine.prmeta import IssueRef
-
-        numbers = task.provenance.linked_issues
-        if task.provenance.source != "git" or not numbers:
-            return None
-        try:
-            with self._lock:
-                issues = [
-                    self._source.fetch_issue(task.repo, IssueRef(task.repo, n, True))
-                    for n in numbers
-                ]
-        except (GithubException, OSError) as e:
-            # The PR's own text is still there: a GitHub hiccup costs the issue text, not the
-            # task. (A spent quota waits inside the transport, as the GitHub source does.)
-            log.warning("%s: issue text not fetched: %s", task.instance_id, type(e).__name__)
-            return None
-        found = [i for i in issues if i.title.strip() or i.body.strip()]
-        if not found:
-            return None
-        statement = "\n\n".join(f"{i.title.strip()}\n\n{i.body.strip()}".strip() for i in found)
-        return IssueText(
-            statement=statement,
-            hints=hints_text(found, task.created_at),
-            numbers=tuple(i.number for i in found),
-        )
 
 
 def _complete(model: ChatModel, request: ChatRequest, what: str) -> Any:
@@ -626,24 +304,8 @@ def check_endpoint(config: CleanConfig, session: requests.Session | None = None)
 
 # ------------------------------------------------------------------------------------ Beam
 
-# Counters in namespace "clean" (besides StageFn's ok / rejected_* / cache_hits):
-USAGE_COUNTERS = (
-    "requests",
-    "completions",
-    "cached",
-    "retries",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "request_ms",
-    "cost_micros",
-    "refused",
-    *(f"format_{form}" for form in RESPONSE_FORMATS),
-)
-FLAG_COUNTERS = ("normalizer_only", "leak_refused", "rewritten", "synthesized", "issue_text")
 
-
-class CleanFn(StageFn):
+class CleanFn(StageFn[CleanConfig, Task, Task]):
     """``Task -> Task`` (cleaned, with ``quality``) or a Rejection; see the module docstring."""
 
     STAGE = STAGE
@@ -678,10 +340,7 @@ class CleanFn(StageFn):
     ) -> CleanFn:
         """As ``StageFn.attach``; LLM replies default to ``<cache_root>/llm`` beside the stage
         cache, so a re-run of a run directory makes no request without any extra flag."""
-        if run is None:  # works with a StageFn.attach that takes no run, too
-            super().attach(cache_root, progress_dir)
-        else:
-            super().attach(cache_root, progress_dir, run=run)
+        super().attach(cache_root, progress_dir, run=run)
         if cache_root and not self._config.llm_cache_dir:
             self._llm_cache_dir = cache_root.rstrip("/") + "/llm"
         return self
@@ -696,10 +355,9 @@ class CleanFn(StageFn):
 
     # -- StageFn hooks -------------------------------------------------------------------------
     def setup_stage(self) -> None:
-        cfg: CleanConfig = self._config
+        cfg = self._config
         self._model: OpenAIChatClient | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._buffer: list[tuple[Task, str, str | None, Any, Any]] = []
         self._issues: IssueSource | None = IssueSource(cfg).open() if self._fetch_issues else None
         if cfg.normalizer_only:
             return
@@ -733,67 +391,35 @@ class CleanFn(StageFn):
         issues = getattr(self, "_issues", None)
         yield clean_task(record, self._config, self._model, self._prompts, issues)
 
-    # -- batching ------------------------------------------------------------------------------
-    def start_bundle(self) -> None:
-        self._buffer = []
+    # -- batching: StageFn buffers cache misses, the pool sends their requests at once ----------
+    def batch_size(self) -> int:
+        """``llm_batch_size`` with an endpoint; the normaliser alone has nothing to wait on."""
+        return 1 if self._config.normalizer_only else max(1, self._config.llm_batch_size)
 
-    def process(
-        self,
-        record: Task,
-        timestamp: Any = beam.DoFn.TimestampParam,
-        window: Any = beam.DoFn.WindowParam,
-    ) -> Iterator[Any]:
-        if self._model is None:  # normaliser only: nothing to batch
-            Metrics.counter(STAGE, "normalizer_only").inc()
-            yield from super().process(record)
-            return
-        instance_id, key, cached = self.lookup(record)
-        if cached is not None:
-            yield from self._emit(cached)
-            return
-        self._buffer.append((record, instance_id, key, timestamp, window))
-        if len(self._buffer) >= max(1, self._config.llm_batch_size):
-            yield from self._flush()
-
-    def finish_bundle(self) -> Iterator[Any]:
-        yield from self._flush()
-
-    def _flush(self) -> Iterator[Any]:
-        batch, self._buffer = self._buffer, []
-        if not batch:
-            return
-        assert self._pool is not None and self._model is not None
-        started = time.monotonic()
-        results = list(self._pool.map(lambda item: self._outcomes(item[0], item[1]), batch))
-        per_record_ms = int((time.monotonic() - started) * 1000 / len(batch))
-        for (_record, instance_id, key, timestamp, window), outcomes in zip(
-            batch, results, strict=True
-        ):
-            if self._cache and key and _cacheable(outcomes):
-                self._cache.put(self.STAGE, instance_id, key, outcomes)
-            seconds = getattr(self, "_seconds", None)
-            if seconds is not None:
-                seconds.update(per_record_ms)
-            rejected = bool(outcomes) and all(isinstance(o, Rejection) for o in outcomes)
-            self._tick_safe("r" if rejected else "o")
-            for o in outcomes:
-                if isinstance(o, Task) and o.quality is not None:
-                    if o.quality.leak_rejected:
-                        Metrics.counter(STAGE, "leak_refused").inc()
-                    if o.quality.used in ("rewritten", "synthesized"):
-                        Metrics.counter(STAGE, o.quality.used).inc()
-                    if o.quality.raw_source == "issue" and o.provenance.source == "git":
-                        Metrics.counter(STAGE, "issue_text").inc()  # fetched by this stage
-            for out in self._emit(outcomes):
-                # A buffered record's outputs may leave while another element (or none, in
-                # finish_bundle) is current: they carry their own window and timestamp.
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    yield beam.pvalue.TaggedOutput(
-                        out.tag, WindowedValue(out.value, timestamp, (window,))
-                    )
-                else:
-                    yield WindowedValue(out, timestamp, (window,))
+    def run_batch(self, batch: Sequence[tuple[Task, str]]) -> list[list[Record]]:
+        assert self._pool is not None
+        results = list(self._pool.map(lambda item: self._outcomes(*item), batch))
         self._report_usage()
+        return results
+
+    def cacheable(self, outcomes: list[Record]) -> bool:
+        """An LLM failure is transient: caching it would make the next run skip the retry."""
+        return not any(isinstance(o, Rejection) and o.reason is Reason.LLM_ERROR for o in outcomes)
+
+    def count(self, outcomes: list[Record], fresh: bool) -> None:
+        if self._config.normalizer_only:
+            Metrics.counter(STAGE, "normalizer_only").inc()  # every record, cached or not
+            return
+        if not fresh:
+            return
+        for o in outcomes:
+            if isinstance(o, Task) and o.quality is not None:
+                if o.quality.leak_rejected:
+                    Metrics.counter(STAGE, "leak_refused").inc()
+                if o.quality.used in ("rewritten", "synthesized"):
+                    Metrics.counter(STAGE, o.quality.used).inc()
+                if o.quality.raw_source == "issue" and o.provenance.source == "git":
+                    Metrics.counter(STAGE, "issue_text").inc()  # fetched by this stage
 
     def _report_usage(self) -> None:
         assert self._model is not None
@@ -802,112 +428,3 @@ class CleanFn(StageFn):
             if delta:
                 Metrics.counter(STAGE, name).inc(delta)
         self._usage_seen = now
-
-    def _tick_safe(self, mark: str) -> None:
-        tick = getattr(self, "_tick", None)
-        if tick is not None:
-            tick(mark)
-
-
-def _cacheable(outcomes: list[Any]) -> bool:
-    """An LLM failure is transient: caching it would make the next run skip the retry."""
-    return not any(isinstance(o, Rejection) and o.reason is Reason.LLM_ERROR for o in outcomes)
-
-
-@dataclass(frozen=True)
-class CleanReport:
-    """Per-run figures of the clean stage, read back from Beam counters."""
-
-    normalizer_only: bool
-    tasks_in: int = 0
-    kept: int = 0
-    rewritten: int = 0
-    synthesized: int = 0
-    issue_texts: int = 0
-    leak_refused: int = 0
-    refused_replies: int = 0
-    stage_cache_hits: int = 0
-    requests: int = 0
-    completions: int = 0
-    cached: int = 0
-    retries: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    request_seconds: float = 0.0
-    cost: float = 0.0
-    rejected: dict[str, int] = field(default_factory=dict)
-    # answers obtained per structured-output form (json_schema, json_object, text)
-    formats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def response_format(self) -> str:
-        """The structured-output form(s) the answers came in, most used first."""
-        used = sorted((n, f) for f, n in self.formats.items() if n)
-        if not used:
-            return "none asked (every reply cached)" if self.cached else "none asked"
-        return " + ".join(f"{f} ({n})" for n, f in reversed(used))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"response_format": self.response_format}
-
-    def summary(self) -> str:
-        if self.normalizer_only:
-            return f"clean: normaliser only, {self.kept} kept of {self.tasks_in}"
-        per = max(1, self.tasks_in - self.stage_cache_hits)
-        cost = f", cost {self.cost:.4f}" if self.cost else ""
-        rejected = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())) or "none"
-        return (
-            f"clean: {self.kept} kept of {self.tasks_in} (rejected: {rejected}), "
-            f"{self.rewritten} rewritten, {self.synthesized} synthesized, "
-            f"{self.issue_texts} issue texts fetched, {self.leak_refused} leaking rewrites "
-            f"refused, {self.refused_replies} unusable replies; structured output: "
-            f"{self.response_format}; {self.requests} requests "
-            f"({self.cached} cached replies, {self.retries} retries, {self.errors} errors), "
-            f"{self.prompt_tokens}+{self.completion_tokens} tokens, "
-            f"{self.request_seconds:.1f} s waiting ({self.requests / per:.1f} requests per "
-            f"uncached task){cost}"
-        )
-
-
-def clean_report(counters: Mapping[str, int], config: CleanConfig) -> CleanReport:
-    """Build the report from ``{counter name: value}`` of namespace ``clean``
-    (see ``counters_of`` for reading them off a ``PipelineResult``)."""
-    rejected = {
-        k.removeprefix("rejected_"): v for k, v in counters.items() if k.startswith("rejected_")
-    }
-    ok = counters.get("ok", 0)
-    return CleanReport(
-        normalizer_only=config.normalizer_only,
-        tasks_in=ok + sum(rejected.values()),
-        kept=ok,
-        rewritten=counters.get("rewritten", 0),
-        synthesized=counters.get("synthesized", 0),
-        issue_texts=counters.get("issue_text", 0),
-        leak_refused=counters.get("leak_refused", 0),
-        refused_replies=counters.get("refused", 0),
-        stage_cache_hits=counters.get("cache_hits", 0),
-        requests=counters.get("requests", 0),
-        completions=counters.get("completions", 0),
-        cached=counters.get("cached", 0),
-        retries=counters.get("retries", 0),
-        errors=counters.get("errors", 0),
-        prompt_tokens=counters.get("prompt_tokens", 0),
-        completion_tokens=counters.get("completion_tokens", 0),
-        request_seconds=counters.get("request_ms", 0) / 1000.0,
-        cost=counters.get("cost_micros", 0) / 1_000_000,
-        rejected=rejected,
-        formats={f: counters.get(f"format_{f}", 0) for f in RESPONSE_FORMATS},
-    )
-
-
-def counters_of(result: Any, namespace: str = STAGE) -> dict[str, int]:
-    """Committed counter values of one namespace from a finished ``PipelineResult``."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    found: dict[str, int] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(namespace))
-    for c in query["counters"]:
-        name = c.key.metric.name
-        found[name] = found.get(name, 0) + int(c.committed or c.attempted or 0)
-    return found

@@ -1,5 +1,5 @@
 """The ``[clean]`` options, apart from the Beam stage so the CLI can list them without importing
-Beam. ``smelter.transforms.clean.clean`` re-exports ``CleanConfig``."""
+Beam; every importer takes ``CleanConfig`` from here."""
 
 from __future__ import annotations
 

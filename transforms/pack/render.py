@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 
 from smelter.schemas import Reason, Sample, Task
 from smelter.transforms.adapters.tokenizer import IM_END, IM_START, Tokenizer
-from smelter.transforms.stage import Fatal, Rejected
+from smelter.transforms.errors import Fatal, Rejected
 
 DEFAULT_TEMPLATE = "chatml_v1"
 

@@ -45,11 +45,13 @@ from apache_beam.pvalue import TaggedOutput
 
 from smelter.schemas import Reason, Rejection, Sample, Stage, Task
 from smelter.transforms.adapters.tokenizer import load_tokenizer
+from smelter.transforms.errors import Fatal, Rejected
 from smelter.transforms.pack import parquet_writer as pw
 from smelter.transforms.pack.config import PackConfig
 from smelter.transforms.pack.packing import PackResult, pack_arrays
 from smelter.transforms.pack.render import FileReader, load_template, render_task
-from smelter.transforms.stage import REJECTS, Fatal, Rejected, StageFn, stable_hash
+from smelter.transforms.stage import REJECTS, StageFn
+from smelter.transforms.util import stable_hash
 
 RENDER_STAGE = Stage.RENDER
 PACK_STAGE = Stage.PACK

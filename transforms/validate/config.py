@@ -1,5 +1,5 @@
 """The ``[validate]`` options, apart from the Beam stage so the CLI can list them without importing
-Beam. ``smelter.transforms.validate.validate`` re-exports ``ValidateConfig``."""
+Beam; every importer takes ``ValidateConfig`` from here."""
 
 from __future__ import annotations
 
