@@ -494,7 +494,7 @@ def test_environments_and_packing(out_dir: Path) -> None:
     assert packing["sequences"] == 3 and packing["tokens"] == tokens
     assert packing["lower bound ceil(tokens/length)"] == -(-tokens // MAX_LEN)
     assert packing["documents"] == 5 and packing["documents split"] == 1
-    assert packing["documents dropped (render/tokenize/pack rejects)"] == 1
+    assert packing["documents dropped (render/pack rejects)"] == 1
     assert packing["mean fill"] == pytest.approx(tokens / (3 * MAX_LEN))
     per_shard = rp.shard_tokens(data.shards, max_len)
     assert per_shard.get_column("tokens").to_list() == [124, 52]

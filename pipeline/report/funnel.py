@@ -28,7 +28,7 @@ from smelter.pipeline.report.frames import (
 )
 from smelter.pipeline.report.load import RunData, last_stage_with_output, read_shards
 from smelter.pipeline.run_folder import FILES, PULL_REQUESTS, M, iter_records, shard_paths
-from smelter.schemas import Candidate, PullRequest, Rejection, Task
+from smelter.schemas import Candidate, PullRequest, Rejection, Stage, Task
 
 STEPS: tuple[str, ...] = (
     "mined",
@@ -40,31 +40,21 @@ STEPS: tuple[str, ...] = (
 )
 """Funnel steps in order; a record's ``reached`` column is an index into this tuple."""
 
-STAGE_ORDER: tuple[str, ...] = (
-    "mine",
-    "snapshot",
-    "environment",
-    "validate",
-    "clean",
-    "render",
-    "tokenize",
-    "pack",
-)
+STAGE_ORDER: tuple[str, ...] = tuple(s.value for s in Stage)
 
 
 # The last funnel step a record reached when a stage rejected it.
 REACHED_WHEN_REJECTED = {
-    "mine": 0,
-    "snapshot": 0,
-    "environment": 1,
-    "validate": 2,
-    "clean": 3,
-    "render": 4,
-    "tokenize": 4,
-    "pack": 4,
+    Stage.MINE.value: 0,
+    Stage.SNAPSHOT.value: 0,
+    Stage.ENVIRONMENT.value: 1,
+    Stage.VALIDATE.value: 2,
+    Stage.CLEAN.value: 3,
+    Stage.RENDER.value: 4,
+    Stage.PACK.value: 4,
 }
 # Rejections after a task exists: they decide "packed", not whether the PR became a task.
-POST_TASK_STAGES = frozenset({"render", "tokenize", "pack"})
+POST_TASK_STAGES = frozenset({Stage.RENDER.value, Stage.PACK.value})
 
 
 OUTCOME_SCHEMA: dict[str, Any] = {
@@ -390,7 +380,7 @@ def funnel_check(
         )
         if unpacked.height:
             messages.append(
-                f"{unpacked.height} tasks are neither packed nor rejected by render/tokenize/pack: "
+                f"{unpacked.height} tasks are neither packed nor rejected by render or pack: "
                 f"{examples(unpacked)}"
             )
     return FunnelCheck(

@@ -311,7 +311,7 @@ def packing_summary(
         ("p10 fill", _num(fill.quantile(0.1, "nearest"))),
         ("documents", float(per_doc.height)),
         ("documents split", float(split)),
-        ("documents dropped (render/tokenize/pack rejects)", float(dropped)),
+        ("documents dropped (render/pack rejects)", float(dropped)),
         ("documents dropped (stats.json)", None if stats_dropped is None else float(stats_dropped)),
         ("documents split (stats.json)", None if stats_split is None else float(stats_split)),
     ]
