@@ -49,12 +49,6 @@ def shard_paths(out_dir: Path) -> list[Path]:
     return sorted((out_dir / SHARDS).glob("*.parquet"))
 
 
-def read_records(path: Path, model: type[M]) -> tuple[list[M], list[str]]:
-    """Records of one JSONL file; a line that is not JSON or not a valid record is a problem."""
-    problems: list[str] = []
-    return list(iter_records(path, model, problems)), problems
-
-
 def iter_records(path: Path, model: type[M], problems: list[str]) -> Iterator[M]:
     """Stream the valid records of a JSONL file, appending one line per bad line to ``problems``.
 

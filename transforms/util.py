@@ -1,4 +1,4 @@
-"""Small pure helpers every layer shares (hashing, log tails, dates), apart from the Beam shell.
+"""Small pure helpers every layer shares (hashing, log tails), apart from the Beam shell.
 
 Deliberate choices:
 - This module imports nothing heavy (no Beam, no Docker SDK), so the CLI, the option reference
@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from smelter.schemas import Record
@@ -56,14 +55,3 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
 
     blob = json.dumps(parts, sort_keys=True, default=default, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def utc_iso(date: str | int) -> str:
-    """An ISO 8601 date (any offset) or unix seconds, as ``YYYY-MM-DDTHH:MM:SSZ``."""
-    if isinstance(date, int):
-        dt = datetime.fromtimestamp(date, UTC)
-    else:
-        dt = datetime.fromisoformat(date.replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -13,7 +13,6 @@ Deliberate choices:
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import socket
 import time
@@ -36,6 +35,7 @@ from smelter.transforms.adapters.docker_engine import (
     owner_of,
     owner_token_alive,
 )
+from smelter.transforms.dates import parse_utc
 
 # A build step runs in a container the engine makes from the step's parent image: it inherits
 # that image's labels (a base image's dev.smelter=1) but never the build's own ``labels`` (those
@@ -51,9 +51,7 @@ _FRACTION = re.compile(r"(\.\d{1,6})\d*")
 def _engine_time(text: str) -> float:
     """Seconds since the epoch of an engine timestamp (``2024-05-01T10:00:00.123456789Z``)."""
     try:
-        return dt.datetime.fromisoformat(
-            _FRACTION.sub(r"\1", text).replace("Z", "+00:00")
-        ).timestamp()
+        return parse_utc(_FRACTION.sub(r"\1", text)).timestamp()
     except ValueError:
         return 0.0
 

@@ -49,7 +49,7 @@ from typing import Any
 import requests
 from apache_beam.metrics import Metrics
 
-from smelter.schemas import Quality, Reason, Record, Rejection, Task
+from smelter.schemas import Quality, Reason, Record, Rejection, Stage, Task
 from smelter.transforms.adapters.chat import (
     ChatModel,
     ChatRequest,
@@ -74,7 +74,7 @@ from smelter.transforms.errors import Fatal, Rejected
 from smelter.transforms.stage import StageFn
 from smelter.transforms.util import stable_hash
 
-STAGE = "clean"
+STAGE = Stage.CLEAN
 log = logging.getLogger(__name__)
 
 # A normalised statement of one line and at most this many characters is a title alone: GitHub

@@ -51,7 +51,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from smelter.schemas import Candidate, Dockerfiles, EnvAttempt, Environment, Reason
+from smelter.schemas import Candidate, Dockerfiles, EnvAttempt, Environment, Reason, Stage
 from smelter.transforms.adapters import base_images as bi
 from smelter.transforms.adapters import docker_engine as eng
 from smelter.transforms.adapters import registry as reg
@@ -70,7 +70,7 @@ from smelter.transforms.util import stable_hash, tail
 
 log = logging.getLogger(__name__)
 
-STAGE = "environment"
+STAGE = Stage.ENVIRONMENT
 ENV_REPO = "smelter/env"
 INSTANCE_REPO = "smelter/instance"
 MAX_RECIPE_FILE_BYTES = 1_000_000

@@ -27,6 +27,7 @@ from string import Template
 from packaging.requirements import InvalidRequirement, Requirement
 
 from smelter.schemas import Candidate
+from smelter.transforms.dates import parse_utc, utc_iso
 from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import pyversion as pyv
 from smelter.transforms.environment import recipe as rc
@@ -40,7 +41,7 @@ TEST_USER = "smelter"
 
 def env_cutoff(created_at: str, bucket_days: int) -> str:
     """The env layer's resolver cutoff: the PR's UTC date rounded down to a day bucket."""
-    when = _parse_time(created_at)
+    when = parse_utc(created_at)
     days = (when.date() - dt.date(1970, 1, 1)).days
     start = dt.date(1970, 1, 1) + dt.timedelta(days=days - days % max(1, bucket_days))
     return start.isoformat()
@@ -48,14 +49,7 @@ def env_cutoff(created_at: str, bucket_days: int) -> str:
 
 def instance_cutoff(created_at: str) -> str:
     """The instance layer's cutoff: the PR's own timestamp, RFC 3339 UTC."""
-    return _parse_time(created_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str) -> dt.datetime:
-    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC)
+    return utc_iso(created_at)
 
 
 def resolve_date(c: Candidate) -> str:
@@ -73,7 +67,7 @@ def resolver_cutoff(when: str, python: str) -> str:
     floor = dt.datetime.combine(
         pyv.release_date(python) + pyv.ADOPTION_LAG, dt.time(), tzinfo=dt.UTC
     )
-    return max(_parse_time(when), floor).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return max(parse_utc(when), floor).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- Dockerfiles

@@ -20,9 +20,9 @@ import apache_beam as beam
 from packaging.version import InvalidVersion, Version
 
 from smelter.schemas import Task
+from smelter.transforms.dates import utc_iso
 from smelter.transforms.environment import project as pj
 from smelter.transforms.environment import recipe as rc
-from smelter.transforms.util import utc_iso
 
 
 def major_minor(version: str | None) -> str:

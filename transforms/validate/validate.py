@@ -51,6 +51,7 @@ from smelter.schemas.records import (
     Provenance,
     Reason,
     Record,
+    Stage,
     Task,
     TestRun,
     Validation,
@@ -87,7 +88,7 @@ from smelter.transforms.validate.script import (
 T = TypeVar("T")
 R = TypeVar("R")
 
-STAGE = "validate"
+STAGE = Stage.VALIDATE
 # Environment fields that describe the build, not the image: left out of the cache key.
 VOLATILE_ENV_FIELDS: dict[str, Any] = {
     "build_seconds": 0.0,
