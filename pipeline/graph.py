@@ -116,7 +116,8 @@ def build(p: beam.Pipeline, plan: RunPlan) -> None:
         tasks = tasks | "SetupCommits" >> SetupCommits()
         tasks | "WriteTasks" >> WriteJsonl(f"{out}/tasks.jsonl")
     if tasks is not None and plan.includes("render"):
-        from smelter.transforms.pack.shards import PackShards, RenderFn
+        from smelter.transforms.pack.render import RenderFn
+        from smelter.transforms.pack.shards import PackShards
 
         samples, rej = tasks | "render" >> _stage(plan, RenderFn(cfg["pack"]))
         rejects.append(rej)

@@ -21,15 +21,17 @@ from smelter.schemas import (
 from smelter.transforms.adapters.git import GitRepo
 from smelter.transforms.adapters.tokenizer import load_tokenizer
 from smelter.transforms.errors import Fatal, Rejected
+from smelter.transforms.pack.config import PackConfig
 from smelter.transforms.pack.render import (
+    RenderFn,
     TouchedFile,
     chat_segments,
     load_template,
+    open_repo,
     render_task,
     tokenize_segments,
     touched_files,
 )
-from smelter.transforms.pack.shards import PackConfig, RenderFn, open_repo
 from smelter.transforms.stage import Stage
 from tests._gitutil import Repo
 

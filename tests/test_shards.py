@@ -17,11 +17,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from smelter.schemas import Reason, Sample, ShardRow
 from smelter.transforms.adapters.tokenizer import load_tokenizer
+from smelter.transforms.pack.config import PackConfig
 from smelter.transforms.pack.packing import pack_arrays
 from smelter.transforms.pack.shards import (
     STATS_FILE,
     BucketStats,
-    PackConfig,
     PackShards,
     TokenStore,
     bucket_of,

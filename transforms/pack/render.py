@@ -15,7 +15,7 @@ Deliberate choices:
 - Text is NFC-normalised before rendering, the same normalisation the tokenizer applies, so
   ``tokenizer.decode(sample.input_ids) == sample.text`` holds exactly.
 - Files are read through ``FileReader`` (``GitRepo.read_file`` is one), so tests use a real git
-  repository and the Beam stage opens the repo from ``Task.provenance.repo_url``.
+  repository and the Beam stage (``RenderFn``) opens the repo from ``Task.provenance.repo_url``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ import functools
 import importlib.resources
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Literal, Protocol
 
-from smelter.schemas import Reason, Sample, Task
-from smelter.transforms.adapters.tokenizer import IM_END, IM_START, Tokenizer
+from smelter.schemas import Reason, Sample, Stage, Task
+from smelter.transforms.adapters.tokenizer import IM_END, IM_START, Tokenizer, load_tokenizer
 from smelter.transforms.errors import Fatal, Rejected
+from smelter.transforms.pack.config import PackConfig
+from smelter.transforms.stage import StageFn
+from smelter.transforms.util import stable_hash
 
 DEFAULT_TEMPLATE = "chatml_v1"
 
@@ -254,3 +258,56 @@ def render_task(task: Task, reader: FileReader, tok: Tokenizer, template: ChatTe
         tokenizer=tok.name,
         template=template.name,
     )
+
+
+# --------------------------------------------------------------------------- render stage
+
+
+def open_repo(repo_url: str, mirror_dir: str = "") -> FileReader:
+    """A reader over ``repo_url``: a local repository as is, else the miner's mirror (reused
+    without a fetch when it exists: mining fetched it already), else a fresh mirror."""
+    from smelter.transforms.adapters.git import GitConfig, GitError, GitRepo
+
+    local = GitRepo(repo_url)
+    if "://" not in repo_url and Path(repo_url).exists() and local.is_repo():
+        return local
+    cache = GitConfig(mirror_dir or None).mirror_root
+    existing = GitRepo.existing_mirror(repo_url, cache)
+    if existing is not None:
+        return existing
+    try:
+        return GitRepo.mirror(repo_url, cache)
+    except GitError as e:
+        raise Rejected(Reason.REPO_UNAVAILABLE, f"{repo_url}: {e}") from None
+
+
+class RenderFn(StageFn):
+    """Task -> Sample: chat text in the configured template, token ids, assistant-only loss mask."""
+
+    STAGE = Stage.RENDER
+
+    def __init__(
+        self,
+        config: PackConfig,
+        cache_root: str | None = None,
+        reader_factory: Callable[[str], FileReader] | None = None,
+    ) -> None:
+        super().__init__(config, cache_root)
+        # Only what changes a Sample keys the cache: a new pack_max_len must not re-render.
+        self._config_hash = stable_hash(self.STAGE, self.VERSION, config.render_part())
+        self._reader_factory = reader_factory or functools.partial(
+            open_repo, mirror_dir=config.git.mirror_dir or ""
+        )
+
+    def setup_stage(self) -> None:
+        self._tok = load_tokenizer(self._config.render_tokenizer)
+        self._template = load_template(self._config.render_template)
+        self._readers: dict[str, FileReader] = {}
+
+    def run(self, task: Task) -> Iterator[Sample]:
+        url = task.provenance.repo_url
+        if not url:
+            raise Rejected(Reason.REPO_UNAVAILABLE, "task has no provenance.repo_url")
+        if url not in self._readers:
+            self._readers[url] = self._reader_factory(url)
+        yield render_task(task, self._readers[url], self._tok, self._template)

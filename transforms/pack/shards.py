@@ -32,8 +32,7 @@ import itertools
 import json
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -43,17 +42,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from smelter.schemas import Reason, Rejection, Sample, Stage, Task
-from smelter.transforms.adapters.tokenizer import load_tokenizer
-from smelter.transforms.errors import Fatal, Rejected
+from smelter.schemas import Reason, Rejection, Sample, Stage
+from smelter.transforms.errors import Fatal
 from smelter.transforms.pack import parquet_writer as pw
 from smelter.transforms.pack.config import PackConfig
 from smelter.transforms.pack.packing import PackResult, pack_arrays
-from smelter.transforms.pack.render import FileReader, load_template, render_task
-from smelter.transforms.stage import REJECTS, StageFn
-from smelter.transforms.util import stable_hash
+from smelter.transforms.stage import REJECTS
 
-RENDER_STAGE = Stage.RENDER
 PACK_STAGE = Stage.PACK
 STATS_FILE = "stats.json"
 
@@ -387,59 +382,6 @@ def pack_stats(
 def write_stats(path: str, stats: dict[str, Any]) -> None:
     with FileSystems.create(path) as f:
         f.write((json.dumps(stats, indent=2) + "\n").encode())
-
-
-# --------------------------------------------------------------------------- render stage
-
-
-def open_repo(repo_url: str, mirror_dir: str = "") -> FileReader:
-    """A reader over ``repo_url``: a local repository as is, else the miner's mirror (reused
-    without a fetch when it exists: mining fetched it already), else a fresh mirror."""
-    from smelter.transforms.adapters.git import GitConfig, GitError, GitRepo
-
-    local = GitRepo(repo_url)
-    if "://" not in repo_url and Path(repo_url).exists() and local.is_repo():
-        return local
-    cache = GitConfig(mirror_dir or None).mirror_root
-    existing = GitRepo.existing_mirror(repo_url, cache)
-    if existing is not None:
-        return existing
-    try:
-        return GitRepo.mirror(repo_url, cache)
-    except GitError as e:
-        raise Rejected(Reason.REPO_UNAVAILABLE, f"{repo_url}: {e}") from None
-
-
-class RenderFn(StageFn):
-    """Task -> Sample: chat text in the configured template, token ids, assistant-only loss mask."""
-
-    STAGE = RENDER_STAGE
-
-    def __init__(
-        self,
-        config: PackConfig,
-        cache_root: str | None = None,
-        reader_factory: Callable[[str], FileReader] | None = None,
-    ) -> None:
-        super().__init__(config, cache_root)
-        # Only what changes a Sample keys the cache: a new pack_max_len must not re-render.
-        self._config_hash = stable_hash(self.STAGE, self.VERSION, config.render_part())
-        self._reader_factory = reader_factory or functools.partial(
-            open_repo, mirror_dir=config.git.mirror_dir or ""
-        )
-
-    def setup_stage(self) -> None:
-        self._tok = load_tokenizer(self._config.render_tokenizer)
-        self._template = load_template(self._config.render_template)
-        self._readers: dict[str, FileReader] = {}
-
-    def run(self, task: Task) -> Iterator[Sample]:
-        url = task.provenance.repo_url
-        if not url:
-            raise Rejected(Reason.REPO_UNAVAILABLE, "task has no provenance.repo_url")
-        if url not in self._readers:
-            self._readers[url] = self._reader_factory(url)
-        yield render_task(task, self._readers[url], self._tok, self._template)
 
 
 # --------------------------------------------------------------------------- pack transform
