@@ -130,7 +130,7 @@ class StageFn(beam.DoFn, Generic[C, I, O]):
     ``StageFn[Config, In, Out]`` types ``_config``, ``run``'s record and its outcomes.
     """
 
-    STAGE: ClassVar[str] = ""  # a ``StageName`` value: Rejection.stage, counter namespace
+    STAGE: ClassVar[StageName]  # Rejection.stage and the counters' namespace
     # Bump when a code change alters what the stage outputs for the same input: it is part of
     # the cache key, so old cached outcomes stop matching instead of being served stale.
     VERSION: ClassVar[str] = "1"

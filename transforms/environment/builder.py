@@ -570,7 +570,7 @@ def available_bases(
 # --------------------------------------------------------------------------- the stage
 
 
-class EnvironmentFn(StageFn):
+class EnvironmentFn(StageFn[EnvConfig, Candidate, Candidate]):
     """Candidate -> Candidate with ``environment`` set, or a Rejection with the build log tail."""
 
     STAGE = STAGE

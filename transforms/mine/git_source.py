@@ -28,7 +28,7 @@ import fnmatch
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from apache_beam.metrics import Metrics
 
@@ -316,10 +316,10 @@ class GitSource:
 # --------------------------------------------------------------------------- stage
 
 
-class MineGitFn(StageFn):
+class MineGitFn(StageFn[MineConfig, RepoSpec, Record]):
     """RepoSpec -> PullRequest (main) and Rejection (filtered PRs, unreachable repositories)."""
 
-    STAGE: ClassVar[str] = STAGE
+    STAGE = STAGE
 
     def __init__(self, config: MineConfig, cache_root: str | None = None) -> None:
         super().__init__(config, cache_root)

@@ -592,7 +592,7 @@ def _gh_message(e: GithubException) -> str:
 # --------------------------------------------------------------------------- Beam
 
 
-class MineGitHubFn(StageFn):
+class MineGitHubFn(StageFn[GitHubConfig, str, PullRequest]):
     """Repository name (``owner/name``) -> its PRs as PullRequest records, or rejections."""
 
     STAGE = STAGE

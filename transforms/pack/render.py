@@ -281,7 +281,7 @@ def open_repo(repo_url: str, mirror_dir: str = "") -> FileReader:
         raise Rejected(Reason.REPO_UNAVAILABLE, f"{repo_url}: {e}") from None
 
 
-class RenderFn(StageFn):
+class RenderFn(StageFn[PackConfig, Task, Sample]):
     """Task -> Sample: chat text in the configured template, token ids, assistant-only loss mask."""
 
     STAGE = Stage.RENDER

@@ -18,8 +18,6 @@ Deliberate choices:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from smelter.schemas import Candidate, PullRequest, Reason, Stage
 from smelter.transforms.adapters.git import GitError, GitRepo
 from smelter.transforms.dates import utc_iso
@@ -93,10 +91,10 @@ def build_candidate(pr: PullRequest, split: SplitDiff) -> Candidate:
 # --------------------------------------------------------------------------- stage
 
 
-class SnapshotFn(StageFn):
+class SnapshotFn(StageFn[SnapshotConfig, PullRequest, Candidate]):
     """PullRequest -> Candidate (main) or Rejection."""
 
-    STAGE: ClassVar[str] = STAGE
+    STAGE = STAGE
 
     def __init__(self, config: SnapshotConfig, cache_root: str | None = None) -> None:
         super().__init__(config, cache_root)
@@ -124,7 +122,7 @@ class SnapshotFn(StageFn):
         return repos[url]
 
     def run(self, record: PullRequest) -> list[Candidate]:
-        cfg: SnapshotConfig = self._config
+        cfg = self._config
         repo = self.repo_for(record.repo_url, record.merge_commit)
         try:
             repo.rev_parse(record.base_commit)
