@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from smelter.pipeline.publish.card import DEFAULT_DATASET_NAME, DEFAULT_TASKS_SPLIT
-from smelter.pipeline.publish.harness import evaluate_command, ungradable_tests
-from smelter.pipeline.publish.hub import build_hub_folder, hub_endpoint, push_folder
-from smelter.pipeline.publish.images import build_harness_images, save_docker_archives
-from smelter.pipeline.publish.swebench import export_tasks, read_tasks
 from smelter.transforms.errors import Fatal
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from smelter.pipeline.publish.harness import evaluate_command, ungradable_tests
+    from smelter.pipeline.publish.images import build_harness_images, save_docker_archives
+    from smelter.pipeline.publish.swebench import export_tasks, read_tasks
+
     out = Path(args.out)
     dest = Path(args.dest) if args.dest else out / "export"
     tasks = read_tasks(out / "tasks.jsonl")
@@ -47,6 +47,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    from smelter.pipeline.publish.hub import build_hub_folder, hub_endpoint, push_folder
+    from smelter.pipeline.publish.images import build_harness_images
+
     repo_id = args.repo_id or DEFAULT_DATASET_NAME
     folder = build_hub_folder(
         args.out,

@@ -194,6 +194,7 @@ def check_out_dir(out: str) -> None:
 
 
 def make_plan(args: argparse.Namespace, until: str, urls: list[str]) -> RunPlan:
+    opts.refuse_renamed_flags(getattr(args, "beam_flags", None) or ())
     classes = opts.load_config_classes()
     configs = opts.build_stage_configs(args, classes, opts.read_config_file(args.config))
     workers = getattr(args, "workers", None)

@@ -342,12 +342,22 @@ def _beam_option_classes() -> list[type[PipelineOptions]]:
     return out
 
 
+def refuse_renamed_flags(extra: Sequence[str]) -> None:
+    """A leftover flag that moved (``RENAMED``) is a one-line error naming its new place; checked
+    before anything imports Beam, whose import alone takes seconds."""
+    for arg in extra:
+        old_key = arg.split("=", 1)[0].removeprefix("--").replace("-", "_")
+        if arg.startswith("--") and old_key.removeprefix("no_") in RENAMED:  # --no-…: a bool
+            raise Fatal(renamed_message(old_key.removeprefix("no_")))
+
+
 def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> PipelineOptions:
     """Beam options from leftover flags; unknown flags are a usage error, not a silent drop.
 
     ``default_flags`` come first so a user's flag of the same name (argparse: last one wins)
     overrides them.
     """
+    refuse_renamed_flags(extra)
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, exit_on_error=False)
     for cls in _beam_option_classes():
         try:
@@ -358,10 +368,6 @@ def beam_options(extra: Sequence[str], default_flags: Sequence[str] = ()) -> Pip
         _, unknown = parser.parse_known_args(list(extra))
     except argparse.ArgumentError as e:  # a bad value: one line, not Beam's 200-line usage
         raise Fatal(f"Beam option {e}") from None
-    for arg in unknown:
-        old_key = arg.split("=", 1)[0].removeprefix("--").replace("-", "_")
-        if arg.startswith("--") and old_key.removeprefix("no_") in RENAMED:  # --no-…: a bool
-            raise Fatal(renamed_message(old_key.removeprefix("no_")))
     if unknown:
         raise Fatal(f"unrecognized arguments: {' '.join(unknown)} (see smelter COMMAND --help)")
     from apache_beam.options.pipeline_options import PipelineOptions

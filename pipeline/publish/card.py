@@ -19,7 +19,6 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import yaml
 
 from smelter.schemas import Task
@@ -27,6 +26,7 @@ from smelter.transforms.util import stable_hash
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
 
 DEFAULT_DATASET_NAME = "smelter/tasks"
 DEFAULT_TASKS_SPLIT = "test"  # what swebench's harness evaluates unless told otherwise
@@ -108,6 +108,8 @@ def _fmt(value: Any) -> str:
 
 
 def shards_arrow_schema() -> pa.Schema:
+    import pyarrow as pa  # not at module level: the CLI reads this module's defaults at start
+
     """The Arrow schema of a shard Parquet file, from the columns the shard writer declares."""
     from smelter.transforms.pack import parquet_writer as pw
     from smelter.transforms.pack.shards import SHARD_COLUMNS
