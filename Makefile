@@ -68,9 +68,11 @@ test: engine lint
 	$(BIN)/python -m pytest
 
 # The fast tier: pure functions, real git and local HTTP stand-ins; no engine, no Docker, no
-# slow tests, so it runs before the engine or base images exist.
+# slow tests, so it runs before the engine or base images exist. One worker per core
+# (pytest-xdist): these tests share nothing but the machine. `make test` stays in one process,
+# since its Docker tests share one engine and its session fixtures (images) are built once.
 unit: setup
-	$(BIN)/python -m pytest -m "not docker and not slow"
+	$(BIN)/python -m pytest -m "not docker and not slow" -n auto
 
 bench: engine
 	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -231,6 +231,7 @@ def test_since_last_run_only_mines_updated_prs(demo_github: GitHubStandin, tmp_p
     assert [o.instance_id for o in outcomes] == [f"{REPO_NAME.replace('/', '__')}-19"]
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_quota_secondary_limit_and_502_during_mining(
     demo_repo_session: Any, github_standin_factory: Any, tmp_path: Path
 ) -> None:

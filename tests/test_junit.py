@@ -92,6 +92,7 @@ def test_parser_version_is_recorded_name() -> None:
     assert PARSER == "junit_v1"
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_live_pytest_node_ids_match_collect_only(tmp_path: Path) -> None:
     """Real pytest, odd shapes: inherited tests from another module, nested classes,
     parameter ids with dots, slashes and brackets, a package directory with a dot-free name."""

@@ -164,6 +164,7 @@ def _lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(ln) for ln in path.read_bytes().decode("utf-8").splitlines() if ln]
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_smelter_mine_carries_the_repository_and_reruns_from_cache(
     odd_repo: Repo, tmp_path: Path
 ) -> None:

@@ -49,6 +49,10 @@ def mine(repo, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Every test here runs the real CLI over the demo repository (tens of seconds): not in make unit.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def mined(demo_repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mined")

@@ -346,6 +346,7 @@ def _grade(task: Task, log: str, tmp_path: Path) -> bool:
     return bool(report[task.instance_id]["resolved"])
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_eval_script_on_the_host_grades_gold_resolved_and_no_patch_unresolved(
     built: tuple[Path, list[Task]], tmp_path: Path
 ) -> None:

@@ -226,6 +226,7 @@ def _cli(hub: HubStandin, out: Path, dest: Path, token: str) -> subprocess.Compl
     )
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_cli_process_pushes_and_fails_cleanly(run_output: Path, tmp_path: Path) -> None:
     """The whole process output (logging, progress bars included) never shows the token."""
     with HubStandin({TOKEN: "acme"}) as hub:

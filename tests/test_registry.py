@@ -168,6 +168,7 @@ def test_bad_registry_form_is_one_line(tmp_path: Path) -> None:
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_registry_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
     repo = tmp_path / "calc"
     make_one_pr_repo(repo)

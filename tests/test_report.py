@@ -715,6 +715,7 @@ def test_help(capsys) -> None:
 # --------------------------------------------------------------------------- notebook
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_notebook_runs_top_to_bottom(out_dir: Path, tmp_path: Path, monkeypatch) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # Committed without outputs, so diffs stay reviewable and no stale numbers ship.

@@ -493,6 +493,7 @@ def pytest_runtest_makereport(item, call):
 """
 
 
+@pytest.mark.slow  # a real subprocess run: seconds (make unit skips it)
 def test_eval_script_undoes_a_candidate_patch_that_edits_tests_or_conftest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
